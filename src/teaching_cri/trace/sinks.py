@@ -1,0 +1,194 @@
+"""Where trace events go: a ring buffer, a rotating JSONL file, live subscribers.
+
+Every sink's ``publish`` runs on the thread that emitted the event, inside an
+RPC, so none of them may block: the file is written by a thread of its own
+behind a bounded queue, and each live subscriber has a bounded asyncio queue.
+When a queue is full the event is dropped and counted; the counts are served
+by ``TraceService.Stats`` and in ``Status`` verbose info.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import logging.handlers
+import queue
+import threading
+import time
+from collections.abc import Sequence
+from collections import deque
+from pathlib import Path
+
+from .events import TraceEvent, TraceFilter
+
+log = logging.getLogger(__name__)
+
+
+class RingBufferSink:
+    """The last ``capacity`` events, for ``Recent`` and for ``Follow``'s replay."""
+
+    name = "ring"
+
+    def __init__(self, capacity: int = 10_000) -> None:
+        self._events: deque[TraceEvent] = deque(maxlen=capacity)
+        self.delivered = 0
+
+    def publish(self, event: TraceEvent) -> None:
+        self._events.append(event)  # deque.append is atomic under the GIL
+        self.delivered += 1
+
+    def snapshot(self, flt: TraceFilter | None = None) -> list[TraceEvent]:
+        events = list(self._events)
+        return events if flt is None else [e for e in events if flt.matches(e)]
+
+    def counts(self) -> tuple[int, int]:
+        return self.delivered, 0
+
+    def close(self) -> None:
+        pass
+
+
+class JsonlFileSink:
+    """One JSON object per line, rotated by size with the standard library's
+    RotatingFileHandler, written by a background thread."""
+
+    name = "jsonl"
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        max_bytes: int = 16 * 1024 * 1024,
+        backups: int = 3,
+        queue_size: int = 65_536,
+    ) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._handler = logging.handlers.RotatingFileHandler(
+            path, maxBytes=max_bytes, backupCount=backups, encoding="utf-8"
+        )
+        self._handler.setFormatter(logging.Formatter("%(message)s"))
+        self._queue: queue.Queue[TraceEvent | None] = queue.Queue(maxsize=queue_size)
+        self.delivered = 0
+        self.dropped = 0
+        self._thread = threading.Thread(target=self._run, name="trace-jsonl", daemon=True)
+        self._thread.start()
+
+    def publish(self, event: TraceEvent) -> None:
+        try:
+            self._queue.put_nowait(event)
+        except queue.Full:
+            self.dropped += 1
+
+    def _run(self) -> None:
+        while True:
+            event = self._queue.get()
+            if event is None:
+                self._queue.task_done()
+                break
+            record = logging.makeLogRecord({"msg": event.to_json(), "levelno": logging.INFO})
+            self._handler.handle(record)
+            self.delivered += 1
+            self._queue.task_done()
+        self._handler.close()
+
+    def flush(self, timeout: float = 5.0) -> None:
+        """Wait (up to ``timeout``) until everything queued so far is on disk."""
+        deadline = time.monotonic() + timeout
+        while self._queue.unfinished_tasks and time.monotonic() < deadline:
+            time.sleep(0.005)
+
+    def counts(self) -> tuple[int, int]:
+        return self.delivered, self.dropped
+
+    def close(self) -> None:
+        if self._thread.is_alive():
+            self._queue.put(None)  # may wait for room: everything before it is written
+            self._thread.join(timeout=10)
+
+
+class Subscription:
+    """One live follower: a bounded queue of (event, events dropped before it)."""
+
+    def __init__(self, flt: TraceFilter, maxsize: int) -> None:
+        self.filter = flt
+        self.queue: asyncio.Queue[tuple[TraceEvent, int] | None] = asyncio.Queue(maxsize)
+        self.pending_drops = 0
+
+    async def get(self) -> tuple[TraceEvent, int] | None:
+        """The next event and the count dropped before it; None when closed."""
+        return await self.queue.get()
+
+
+class FanOutSink:
+    """Live subscribers (``TraceService.Follow``). Events are handed over on the
+    event loop's thread; a full subscriber queue drops the event and counts it,
+    so a slow or vanished follower never slows an RPC down."""
+
+    name = "follow"
+
+    def __init__(self, queue_size: int = 4096) -> None:
+        self.queue_size = queue_size
+        self._subs: set[Subscription] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread: int | None = None
+        self.delivered = 0
+        self.dropped = 0
+
+    def bind(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._loop_thread = threading.get_ident()
+
+    @property
+    def subscribers(self) -> int:
+        return len(self._subs)
+
+    def subscribe(self, flt: TraceFilter, replay: Sequence[TraceEvent] = ()) -> Subscription:
+        """Register a follower; ``replay`` events are queued first. Called on the
+        loop thread, so no event can fall between the replay and the live ones."""
+        sub = Subscription(flt, max(self.queue_size, len(replay) + 1))
+        for event in replay:
+            sub.queue.put_nowait((event, 0))
+        self._subs.add(sub)
+        return sub
+
+    def unsubscribe(self, sub: Subscription) -> None:
+        self._subs.discard(sub)
+
+    def publish(self, event: TraceEvent) -> None:
+        if not self._subs:
+            return
+        if self._loop is None or threading.get_ident() == self._loop_thread:
+            self._deliver(event)
+        else:
+            try:
+                self._loop.call_soon_threadsafe(self._deliver, event)
+            except RuntimeError:  # loop closed during shutdown
+                self.dropped += 1
+
+    def _deliver(self, event: TraceEvent) -> None:
+        for sub in tuple(self._subs):
+            if not sub.filter.matches(event):
+                continue
+            try:
+                sub.queue.put_nowait((event, sub.pending_drops))
+            except asyncio.QueueFull:
+                sub.pending_drops += 1
+                self.dropped += 1
+            else:
+                sub.pending_drops = 0
+                self.delivered += 1
+
+    def counts(self) -> tuple[int, int]:
+        return self.delivered, self.dropped
+
+    def close(self) -> None:
+        """End every follower's stream."""
+        for sub in tuple(self._subs):
+            while True:
+                try:
+                    sub.queue.put_nowait(None)
+                    break
+                except asyncio.QueueFull:
+                    sub.queue.get_nowait()
+        self._subs.clear()

@@ -1,0 +1,334 @@
+"""The tracer: one line opens a span, one line traces a step.
+
+A *span* is one walk through one chart: an RPC handler, or a streaming
+callback. It is opened with::
+
+    with tracer.span("Version", rpc="Version"):
+        ...
+
+and each step is a function named after its chart node, traced by one
+decorator (or one ``with step(...)`` line for a block)::
+
+    @step("m_cb_container_version")
+    def m_cb_container_version(...): ...
+
+Decisions record the edge taken::
+
+    if decide("network_plugin_ready", ok): ...
+
+The current span lives in a ``contextvars.ContextVar``, so concurrent RPCs on
+one asyncio loop (and threads started with ``asyncio.to_thread``) never mix up
+their steps. A step outside any span costs one ContextVar lookup and emits
+nothing, so the same manager code runs untraced in unit tests or benchmarks.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import random
+import threading
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from contextvars import ContextVar, Token
+from types import MappingProxyType, TracebackType
+from typing import Any, ParamSpec, Protocol, TypeVar, cast, overload
+
+from .charts import Chart, ChartSet
+from .events import EMPTY_ATTRIBUTES, EventKind, TraceEvent
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+_current: ContextVar[Span | None] = ContextVar("teaching_cri_span", default=None)
+
+
+class Sink(Protocol):
+    """Where events go. ``publish`` is called on the emitting thread and must
+    never block: a sink that cannot keep up drops and counts."""
+
+    name: str
+
+    def publish(self, event: TraceEvent) -> None: ...
+
+    def close(self) -> None: ...
+
+    def counts(self) -> tuple[int, int]:
+        """(delivered, dropped) so far."""
+        ...
+
+
+def _new_id(bits: int) -> str:
+    # W3C trace-context sizes: 128-bit trace ids, 64-bit span ids. Ids identify,
+    # they do not protect anything, so a fast PRNG is enough.
+    return f"{random.getrandbits(bits):0{bits // 4}x}"
+
+
+def _traced_already(exc: BaseException) -> bool:
+    return bool(getattr(exc, "__teaching_cri_traced__", False))
+
+
+def _mark_traced(exc: BaseException) -> None:
+    try:
+        exc.__teaching_cri_traced__ = True  # type: ignore[attr-defined]
+    except AttributeError:  # pragma: no cover - exceptions with __slots__
+        pass
+
+
+class Tracer:
+    """Emits events to its sinks, numbering them in emission order."""
+
+    def __init__(
+        self, charts: ChartSet, sinks: Iterable[Sink] = (), *, enabled: bool = True
+    ) -> None:
+        self.charts = charts
+        self.sinks: list[Sink] = list(sinks)
+        self.enabled = enabled
+        self.emitted = 0
+        self._lock = threading.Lock()
+
+    def add_sink(self, sink: Sink) -> None:
+        self.sinks.append(sink)
+
+    def emit(self, event: TraceEvent) -> TraceEvent:
+        with self._lock:  # sequence numbers in emission order, across threads
+            self.emitted += 1
+            numbered = event.with_sequence(self.emitted)
+        for sink in self.sinks:
+            sink.publish(numbered)
+        return numbered
+
+    def span(
+        self,
+        chart: str,
+        *,
+        trace_id: str = "",
+        parent: Span | None = None,
+        **attributes: str,
+    ) -> Span:
+        """Open a span over ``chart``; its parent is the current span, if any."""
+        return Span(self, self.charts[chart], trace_id, parent, attributes)
+
+    def close(self) -> None:
+        for sink in self.sinks:
+            sink.close()
+
+
+class Span:
+    """One walk through one chart; a context manager (sync, usable in async code)."""
+
+    __slots__ = (
+        "_attrs",
+        "_done",
+        "_parent_arg",
+        "_token",
+        "_trace_id_arg",
+        "chart",
+        "end_node",
+        "node",
+        "parent_span_id",
+        "span_id",
+        "started_ns",
+        "trace_id",
+        "tracer",
+    )
+
+    def __init__(
+        self,
+        tracer: Tracer,
+        chart: Chart,
+        trace_id: str,
+        parent: Span | None,
+        attributes: Mapping[str, str],
+    ) -> None:
+        self.tracer = tracer
+        self.chart = chart
+        self._trace_id_arg = trace_id
+        self._parent_arg = parent
+        self._attrs: Mapping[str, str] = (
+            MappingProxyType(dict(attributes)) if attributes else EMPTY_ATTRIBUTES
+        )
+        self.node = chart.start
+        self.end_node: str | None = None
+        self._done = False
+        self._token: Token[Span | None] | None = None
+        self.trace_id = ""
+        self.span_id = ""
+        self.parent_span_id = ""
+        self.started_ns = 0
+
+    # -- the context manager -------------------------------------------------
+    def __enter__(self) -> Span:
+        parent = self._parent_arg or _current.get()
+        self.trace_id = self._trace_id_arg or (parent.trace_id if parent else _new_id(128))
+        self.parent_span_id = parent.span_id if parent else ""
+        self.span_id = _new_id(64)
+        self._token = _current.set(self)
+        self.started_ns = time.monotonic_ns()
+        self._emit(EventKind.BEGIN, self.chart.start)
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        try:
+            if exc is not None:
+                if not _traced_already(exc):
+                    self.error(exc)
+                else:
+                    self._done = True
+            elif not self._done:
+                self.finish()
+        finally:
+            if self._token is not None:
+                _current.reset(self._token)
+                self._token = None
+
+    # -- what steps call -----------------------------------------------------
+    def annotate(self, **attributes: str) -> None:
+        """Add attributes (a container id once known, say) to this span's later events."""
+        merged = dict(self._attrs)
+        merged.update(attributes)
+        self._attrs = MappingProxyType(merged)
+
+    @property
+    def attributes(self) -> Mapping[str, str]:
+        return self._attrs
+
+    def visit(self, node: str, **attributes: Any) -> None:
+        self.node = node
+        self._emit(EventKind.STEP, node, "", attributes)
+
+    def branch(self, node: str, label: str, **attributes: Any) -> None:
+        self.node = node
+        self._emit(EventKind.BRANCH, node, label, attributes)
+
+    def finish(self, node: str | None = None) -> None:
+        """Close at an end node: ``node``, or the one the chart leads to from here."""
+        if self._done:
+            return
+        end = node or self.end_node or self.chart.end_after(self.node)
+        if end is None:
+            raise ValueError(
+                f"chart {self.chart.name}: cannot tell which end node follows {self.node!r}; "
+                "call span.finish(node) with it"
+            )
+        self._done = True
+        self.node = end
+        self._emit(EventKind.END, end)
+
+    def error(self, exc: BaseException | str, node: str | None = None) -> None:
+        if self._done:
+            return
+        self._done = True
+        if isinstance(exc, BaseException):
+            _mark_traced(exc)
+            text = f"{type(exc).__name__}: {exc}"
+            code = getattr(exc, "code", None)
+            extra = {"error": text}
+            if code is not None:
+                extra["code"] = str(getattr(code, "name", code))
+        else:
+            extra = {"error": exc}
+        self._emit(EventKind.ERROR, node or self.node, "", extra)
+
+    def _emit(
+        self, kind: EventKind, node: str, label: str = "", extra: Mapping[str, Any] | None = None
+    ) -> None:
+        if not self.tracer.enabled:
+            return
+        attrs = self._attrs
+        if extra:
+            merged = dict(attrs)
+            merged.update((k, str(v)) for k, v in extra.items())
+            attrs = MappingProxyType(merged)
+        self.tracer.emit(
+            TraceEvent(
+                trace_id=self.trace_id,
+                span_id=self.span_id,
+                parent_span_id=self.parent_span_id,
+                monotonic_ns=time.monotonic_ns(),
+                unix_nano=time.time_ns(),
+                chart=self.chart.name,
+                node=node,
+                kind=kind,
+                label=label,
+                attributes=attrs,
+            )
+        )
+
+
+def current_span() -> Span | None:
+    return _current.get()
+
+
+class step:  # noqa: N801 - reads as a verb at the use site: ``@step("node")``
+    """Trace one chart node: a decorator for a step function, or a context manager
+    for a block. An exception escaping the step is recorded as an ERROR at this
+    node (once: the enclosing span does not record it again) and re-raised."""
+
+    __slots__ = ("attributes", "node")
+
+    def __init__(self, node: str, **attributes: Any) -> None:
+        self.node = node
+        self.attributes = attributes
+
+    def __enter__(self) -> Span | None:
+        span = _current.get()
+        if span is not None:
+            span.visit(self.node, **self.attributes)
+        return span
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc is not None and not _traced_already(exc):
+            span = _current.get()
+            if span is not None:
+                span.error(exc, self.node)
+
+    @overload
+    def __call__(self, fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]: ...
+    @overload
+    def __call__(self, fn: Callable[P, R]) -> Callable[P, R]: ...
+    def __call__(self, fn: Callable[P, Any]) -> Callable[P, Any]:
+        if inspect.iscoroutinefunction(fn):
+
+            @functools.wraps(fn)
+            async def async_wrapper(*args: P.args, **kwargs: P.kwargs) -> Any:
+                with self:
+                    return await fn(*args, **kwargs)
+
+            return async_wrapper
+
+        @functools.wraps(fn)
+        def wrapper(*args: P.args, **kwargs: P.kwargs) -> Any:
+            with self:
+                return fn(*args, **kwargs)
+
+        return cast(Callable[P, Any], wrapper)
+
+
+def branch(node: str, label: str, **attributes: Any) -> None:
+    """Record that decision ``node`` took the edge labelled ``label``."""
+    span = _current.get()
+    if span is not None:
+        span.branch(node, label, **attributes)
+
+
+def decide(node: str, condition: bool, yes: str = "Y", no: str = "N") -> bool:
+    """Trace a yes/no decision (iSulad's charts label them Y and N) and return it."""
+    branch(node, yes if condition else no)
+    return condition
+
+
+def annotate(**attributes: str) -> None:
+    span = _current.get()
+    if span is not None:
+        span.annotate(**attributes)
