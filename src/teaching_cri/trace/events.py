@@ -40,7 +40,7 @@ class TraceEvent:
     node: str
     kind: EventKind
     label: str = ""
-    attributes: Mapping[str, str] = field(default=EMPTY_ATTRIBUTES)
+    attributes: Mapping[str, str] = field(default_factory=lambda: EMPTY_ATTRIBUTES)
     sequence: int = 0
 
     def with_sequence(self, sequence: int) -> TraceEvent:

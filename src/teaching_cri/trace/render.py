@@ -9,6 +9,7 @@ counterpart for are dashed and grey, notes hang off their nodes.
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -96,13 +97,16 @@ _SHAPES = {
 
 
 def _node_label(node: Node, ov: Overlay | None) -> str:
-    text = node.label + ("  (+ ours)" if node.ours else "")
+    label = textwrap.fill(node.label, 60) if node.kind is NodeKind.NOTE else node.label
+    text = label + ("  (+ ours)" if node.ours else "")
     if node.absent:
         text += f"\n(absent: {node.absent})"
     if ov is not None:
         for v in ov.orders(node.id):
-            text += f"\n#{v.order}" + (f" {v.label}" if v.label else "")
-            text += f"  {_ms(v.duration_ns)}" if v.kind is not EventKind.END else ""
+            text += "\n" + ("✗ " if v.kind is EventKind.ERROR else "") + f"#{v.order}"
+            text += f" {v.label}" if v.label else ""
+            timed = v.kind not in (EventKind.END, EventKind.ERROR)
+            text += f"  {_ms(v.duration_ns)}" if timed else ""
             if v.error:
                 text += f"\n{v.error[:80]}"
     return text
@@ -171,7 +175,10 @@ def render_text(chart: Chart, events: Iterable[TraceEvent] = (), *, color: bool 
         else:
             mark = "○"
         shape = {"decision": "◇ ", "start": "▶ ", "end": "■ "}.get(node.kind.value, "  ")
-        steps = ",".join(f"#{v.order}" + (f"[{v.label}]" if v.label else "") for v in visits)
+        steps = ",".join(
+            ("✗" if v.kind is EventKind.ERROR else "") + f"#{v.order}"
+            + (f"[{v.label}]" if v.label else "") for v in visits
+        )
         time_ = _ms(sum(v.duration_ns for v in visits if v.kind is not EventKind.END))
         tag = " (+ ours)" if node.ours else (f" (absent: {node.absent})" if node.absent else "")
         line = f" {mark} {shape}{node.label:<{width}}  {steps:<14}"
@@ -184,8 +191,11 @@ def render_text(chart: Chart, events: Iterable[TraceEvent] = (), *, color: bool 
             line = dim + line + reset
         lines.append(line.rstrip())
     if ov.visits:
-        parts = []
+        parts: list[str] = []
         for v in ov.visits:
+            if v.kind is EventKind.ERROR:
+                parts[-1] += " ✗ error"
+                continue
             parts.append(chart.nodes[v.node].label + (f" [{v.label}]" if v.label else ""))
         lines.append("path: " + " → ".join(parts))
     else:

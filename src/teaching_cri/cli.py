@@ -1,0 +1,191 @@
+"""The ``teaching-cri`` command: serve, demo, trace follow/show, charts."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Sequence
+from datetime import datetime
+from pathlib import Path
+
+from . import __version__
+from .config import KEYS, LOG_LEVELS, ConfigError, resolve
+from .runtime.backends import BACKEND_NAMES
+
+PROG = "teaching-cri"
+
+
+def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("serve", help="run the CRI server on a unix socket")
+    p.add_argument("--config", type=Path, help="TOML file with any of: " + ", ".join(KEYS))
+    p.add_argument("--socket", help="unix socket to listen on")
+    p.add_argument("--root", help="persistent state directory")
+    p.add_argument("--state", help="runtime state directory (sockets, shim files)")
+    p.add_argument("--stream-address", help="HOST:PORT of the streaming server (127.0.0.1:10350)")
+    p.add_argument("--runtime", help=f"backend: {', '.join(BACKEND_NAMES)} (auto)")
+    p.add_argument("--log-level", help=f"{', '.join(LOG_LEVELS)} (info)")
+    p.add_argument("--trace-file", help="JSONL trace file ('' to turn it off)")
+
+
+def _socket_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--socket", type=Path, help="the server's socket (default: the standard one)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__)
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _serve_parser(sub)
+
+    demo = sub.add_parser("demo", help="walk through the RPCs that exist, showing each chart")
+    _socket_arg(demo)
+    demo.add_argument("--svg-dir", type=Path, help="also write each call's chart as SVG here")
+    demo.add_argument("--color", action=argparse.BooleanOptionalAction, default=None)
+
+    trace = sub.add_parser("trace", help="watch or draw a live server's traces")
+    tsub = trace.add_subparsers(dest="trace_command", required=True)
+    follow = tsub.add_parser("follow", help="print events as they happen, one per line")
+    _socket_arg(follow)
+    follow.add_argument("--chart", action="append", default=[], help="only this chart (repeatable)")
+    follow.add_argument("--container", default="", help="only events about this container id")
+    follow.add_argument("--sandbox", default="", help="only events about this sandbox id")
+    follow.add_argument("--since", type=float, default=0.0,
+                        help="first replay the last SECONDS of buffered events")
+    show = tsub.add_parser("show", help="draw the latest trace of a chart")
+    _socket_arg(show)
+    show.add_argument("chart")
+    show.add_argument("--format", choices=("text", "svg", "png"), default="text")
+    show.add_argument("-o", "--output", type=Path, help="file to write (svg/png)")
+
+    charts = sub.add_parser("charts", help="list the flow charts, or draw one")
+    charts.add_argument("name", nargs="?")
+    charts.add_argument("--format", choices=("text", "svg", "png"), default="text")
+    charts.add_argument("-o", "--output", type=Path)
+    return parser
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from .daemon import StartupError, run
+
+    values = {k: getattr(args, k.replace("-", "_")) for k in KEYS}
+    try:
+        config = resolve(values, args.config)
+    except ConfigError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=config.log_level.upper(),
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+    )
+    try:
+        asyncio.run(run(config))
+    except StartupError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def format_event_line(event: object, dropped: int = 0) -> str:
+    from .trace.events import TraceEvent
+
+    assert isinstance(event, TraceEvent)
+    when = datetime.fromtimestamp(event.unix_nano / 1e9).strftime("%H:%M:%S.%f")
+    ids = [f"trace={event.trace_id[:8]}", f"span={event.span_id[:8]}"]
+    ids += [f"{k}={v}" for k, v in sorted(event.attributes.items())
+            if k in ("container_id", "sandbox_id", "code", "error")]
+    label = f" [{event.label}]" if event.label else ""
+    line = f"{when}  {event.chart:<22} {event.kind.value:<6} {event.node}{label}  {' '.join(ids)}"
+    return (f"({dropped} events dropped)\n" if dropped else "") + line
+
+
+def _follow(args: argparse.Namespace) -> int:
+    import time
+
+    import grpc
+
+    from .client import connect
+
+    try:
+        client = connect(args.socket)
+    except ConnectionError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 1
+    since = time.time_ns() - int(args.since * 1e9) if args.since > 0 else 0
+    try:
+        for event, dropped in client.follow(charts=args.chart, container_id=args.container,
+                                            sandbox_id=args.sandbox, since_unix_nano=since):
+            print(format_event_line(event, dropped), flush=True)
+    except grpc.RpcError as exc:
+        if exc.code() == grpc.StatusCode.CANCELLED:
+            return 0
+        print(f"{PROG}: error: {exc.code().name}: {exc.details()}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        client.close()
+    return 0
+
+
+def _write_rendering(chart_name: str, fmt: str, output: Path | None, events: list[object]) -> int:
+    from .trace.charts import ChartSet
+    from .trace.render import render_png, render_svg, render_text
+
+    charts = ChartSet.load()
+    if chart_name not in charts:
+        print(f"{PROG}: error: unknown chart {chart_name!r}; known: {', '.join(sorted(charts))}",
+              file=sys.stderr)
+        return 2
+    chart = charts[chart_name]
+    evs = events  # type: ignore[assignment]
+    if fmt == "text":
+        print(render_text(chart, evs, color=sys.stdout.isatty()))  # type: ignore[arg-type]
+        return 0
+    data = render_svg(chart, evs).encode() if fmt == "svg" else render_png(chart, evs)  # type: ignore[arg-type]
+    if output is None:
+        sys.stdout.buffer.write(data)
+    else:
+        output.write_bytes(data)
+        print(output)
+    return 0
+
+
+def _show(args: argparse.Namespace) -> int:
+    from .client import connect
+
+    try:
+        with connect(args.socket) as client:
+            events = client.recent(charts=[args.chart])
+    except ConnectionError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 1
+    return _write_rendering(args.chart, args.format, args.output, list(events))
+
+
+def _charts(args: argparse.Namespace) -> int:
+    from .trace.charts import ChartSet
+
+    if not args.name:
+        for name, chart in sorted(ChartSet.load().items()):
+            print(f"{name:<24} {chart.title}")
+        return 0
+    return _write_rendering(args.name, args.format, args.output, [])
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "serve":
+        return _serve(args)
+    if args.command == "demo":
+        from .demo import main as demo_main
+
+        return demo_main(args.socket, args.svg_dir, args.color)
+    if args.command == "trace":
+        return _follow(args) if args.trace_command == "follow" else _show(args)
+    return _charts(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,196 @@
+"""Server configuration: defaults, a TOML file (``--config``), then flags.
+
+Every option has one name, used both as a flag (``--stream-address``) and as a
+key of the TOML file (``stream-address = "127.0.0.1:10350"``); a flag given on
+the command line wins over the file. Everything is validated before anything
+is created on disk, so a bad option leaves nothing half-made behind.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .runtime.backends import BACKEND_NAMES
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+DEFAULT_STREAM_ADDRESS = "127.0.0.1:10350"  # iSulad's websocket server port
+SOCKET_NAME = "teaching-cri.sock"
+# sockaddr_un.sun_path is 108 bytes, including the terminating NUL.
+MAX_SOCKET_PATH = 107
+
+
+class ConfigError(ValueError):
+    """A bad option: the message names it and says what is wrong."""
+
+
+def is_root() -> bool:
+    return os.geteuid() == 0
+
+
+def default_state_dir() -> Path:
+    """Runtime state (sockets, shim files): tmpfs that a reboot clears."""
+    if is_root():
+        return Path("/run/teaching-cri")
+    xdg = os.environ.get("XDG_RUNTIME_DIR")
+    if xdg and Path(xdg).is_dir() and os.access(xdg, os.W_OK):
+        return Path(xdg) / "teaching-cri"
+    return Path(f"/tmp/teaching-cri-{os.geteuid()}")
+
+
+def default_root_dir() -> Path:
+    """Persistent state (images, container records)."""
+    if is_root():
+        return Path("/var/lib/teaching-cri")
+    data = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(data) / "teaching-cri"
+
+
+def default_socket() -> Path:
+    return default_state_dir() / SOCKET_NAME
+
+
+@dataclass(frozen=True)
+class Config:
+    socket: Path
+    root: Path
+    state: Path
+    stream_address: str
+    runtime: str
+    log_level: str
+    trace_file: Path | None
+    # The default socket's directory is ours to create; a socket path the user
+    # names must be in a directory that already exists.
+    socket_is_default: bool = False
+
+    @property
+    def stream_host_port(self) -> tuple[str, int]:
+        host, port = _split_host_port(self.stream_address)
+        return host, port
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "socket": str(self.socket),
+            "root": str(self.root),
+            "state": str(self.state),
+            "stream-address": self.stream_address,
+            "runtime": self.runtime,
+            "log-level": self.log_level,
+            "trace-file": str(self.trace_file) if self.trace_file else "",
+        }
+
+
+KEYS = ("socket", "root", "state", "stream-address", "runtime", "log-level", "trace-file")
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path}: no such file") from None
+    except OSError as exc:
+        raise ConfigError(f"config file {path}: cannot read it: {exc.strerror}") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path}: not valid TOML: {exc}") from None
+    unknown = sorted(set(data) - set(KEYS))
+    if unknown:
+        raise ConfigError(
+            f"config file {path}: unknown option(s) {', '.join(unknown)}; "
+            f"known: {', '.join(KEYS)}"
+        )
+    for key, value in data.items():
+        if not isinstance(value, str):
+            raise ConfigError(f"config file {path}: {key} must be a string")
+    return data
+
+
+def _split_host_port(value: str) -> tuple[str, int]:
+    m = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:(\d+)|([^:\[\]]+):(\d+)", value)
+    if not m:
+        raise ConfigError(f"stream-address {value!r}: expected HOST:PORT (or [IPv6]:PORT)")
+    host = m.group(1) or m.group(3)
+    port = int(m.group(2) or m.group(4))
+    if not 1 <= port <= 65535:
+        raise ConfigError(f"stream-address {value!r}: port must be 1-65535")
+    if host != "localhost":
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            raise ConfigError(
+                f"stream-address {value!r}: host must be an IP address or localhost"
+            ) from None
+    return host, port
+
+
+def _check_creatable(path: Path, what: str) -> None:
+    """``path`` exists as a writable directory, or can be made under one."""
+    probe = path
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if not probe.is_dir():
+        raise ConfigError(f"{what} {path}: {probe} is not a directory")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise ConfigError(f"{what} {path}: {probe} is not writable")
+
+
+def resolve(values: Mapping[str, str | None], config_file: Path | None = None) -> Config:
+    """Merge defaults, the config file and flags (``values``; None = not given)."""
+    merged: dict[str, str] = {}
+    if config_file is not None:
+        merged.update(read_config_file(config_file))
+    merged.update({k: v for k, v in values.items() if v is not None})
+
+    socket_is_default = "socket" not in merged
+    socket = Path(merged.get("socket") or default_socket()).absolute()
+    root = Path(merged.get("root") or default_root_dir()).absolute()
+    state = Path(merged.get("state") or default_state_dir()).absolute()
+    stream = merged.get("stream-address", DEFAULT_STREAM_ADDRESS)
+    runtime = merged.get("runtime", "auto")
+    level = merged.get("log-level", "info").lower()
+    trace = merged.get("trace-file")
+    trace_file = root / "traces" / "trace.jsonl" if trace is None else (
+        Path(trace).absolute() if trace else None
+    )
+
+    _split_host_port(stream)
+    if runtime not in BACKEND_NAMES:
+        raise ConfigError(f"runtime {runtime!r}: unknown backend; known: {', '.join(BACKEND_NAMES)}")
+    if level not in LOG_LEVELS:
+        raise ConfigError(f"log-level {level!r}: must be one of {', '.join(LOG_LEVELS)}")
+    if len(os.fsencode(socket)) > MAX_SOCKET_PATH:
+        raise ConfigError(
+            f"socket {socket}: path is {len(os.fsencode(socket))} bytes, "
+            f"a unix socket path has at most {MAX_SOCKET_PATH}"
+        )
+    if socket_is_default:
+        _check_creatable(socket.parent, "socket")
+    elif not socket.parent.is_dir():
+        raise ConfigError(f"socket {socket}: directory {socket.parent} does not exist")
+    elif not os.access(socket.parent, os.W_OK | os.X_OK):
+        raise ConfigError(f"socket {socket}: directory {socket.parent} is not writable")
+    if socket.exists() and socket.is_dir():
+        raise ConfigError(f"socket {socket}: is a directory")
+    _check_creatable(root, "root")
+    _check_creatable(state, "state")
+    if trace_file is not None:
+        _check_creatable(trace_file.parent, "trace-file")
+    return Config(
+        socket=socket,
+        root=root,
+        state=state,
+        stream_address=stream,
+        runtime=runtime,
+        log_level=level,
+        trace_file=trace_file,
+        socket_is_default=socket_is_default,
+    )

@@ -1,0 +1,177 @@
+"""The daemon: the gRPC server on the unix socket, and everything it owns.
+
+iSulad's ``main`` loads its config, restores state, starts the gRPC and
+websocket servers and waits for a signal; so does :func:`run`. The CRI server
+is a ``grpc.aio`` server: one asyncio loop serves every RPC, which is what
+makes the tracer's contextvars follow each call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import os
+import signal
+import socket
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from . import __version__
+from .api import api_pb2, api_pb2_grpc, trace_pb2, trace_pb2_grpc
+from .config import Config
+from .cri.image_service import ImageService
+from .cri.runtime_service import RuntimeService
+from .manager.runtime_manager import RuntimeManager
+from .runtime.backends import probe
+from .trace.charts import ChartSet
+from .trace.service import TraceService
+from .trace.sinks import FanOutSink, JsonlFileSink, RingBufferSink
+from .trace.tracer import Sink, Tracer
+
+log = logging.getLogger("teaching_cri.daemon")
+
+# The kubelet's CRI client uses 16 MiB in both directions (cri-client maxMsgSize).
+MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+SOCKET_MODE = 0o660
+SHUTDOWN_GRACE_SECONDS = 5.0
+
+
+class StartupError(RuntimeError):
+    """The server cannot start; the message says why, in one line."""
+
+
+def check_socket_path(path: Path) -> None:
+    """Refuse a live socket, remove a stale one, refuse anything else in the way."""
+    try:
+        st = path.lstat()
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(st.st_mode):
+        raise StartupError(f"socket {path}: a file that is not a socket is in the way")
+    probe_sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe_sock.settimeout(1.0)
+        probe_sock.connect(str(path))
+    except OSError as exc:
+        if exc.errno not in (errno.ECONNREFUSED, errno.ENOENT):
+            raise StartupError(f"socket {path}: cannot tell whether it is in use: {exc}") from None
+        log.info("removing stale socket %s", path)
+        path.unlink(missing_ok=True)
+    else:
+        raise StartupError(f"socket {path}: another server is already listening on it")
+    finally:
+        probe_sock.close()
+
+
+@contextlib.contextmanager
+def _umask(mask: int) -> Iterator[None]:
+    # The socket is created by grpc's C core inside start(); a umask for that
+    # moment means it is never, even briefly, more open than SOCKET_MODE.
+    old = os.umask(mask)
+    try:
+        yield
+    finally:
+        os.umask(old)
+
+
+class Daemon:
+    def __init__(self, config: Config, charts: ChartSet | None = None) -> None:
+        self.config = config
+        self.charts = charts or ChartSet.load()
+        self.server: grpc.aio.Server | None = None
+        self.stopped = asyncio.Event()
+        self._health = health.aio.HealthServicer()
+
+    async def start(self) -> None:
+        cfg = self.config
+        check_socket_path(cfg.socket)
+        backend = probe(cfg.runtime)
+        for directory in (cfg.root, cfg.state, cfg.socket.parent):
+            directory.mkdir(parents=True, exist_ok=True, mode=0o711)
+
+        self.ring = RingBufferSink()
+        self.fanout = FanOutSink()
+        self.fanout.bind(asyncio.get_running_loop())
+        sinks: list[Sink] = [self.ring, self.fanout]
+        if cfg.trace_file is not None:
+            sinks.append(JsonlFileSink(cfg.trace_file))
+        self.tracer = Tracer(self.charts, sinks)
+        self.trace_service = TraceService(self.tracer, self.ring, self.fanout)
+        self.runtime = RuntimeManager(cfg)
+
+        server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ]
+        )
+        api_pb2_grpc.add_RuntimeServiceServicer_to_server(
+            RuntimeService(self.runtime, self.tracer, self.trace_service.stats), server
+        )
+        api_pb2_grpc.add_ImageServiceServicer_to_server(ImageService(self.tracer), server)
+        trace_pb2_grpc.add_TraceServiceServicer_to_server(self.trace_service, server)
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        names = [
+            api_pb2.DESCRIPTOR.services_by_name["RuntimeService"].full_name,
+            api_pb2.DESCRIPTOR.services_by_name["ImageService"].full_name,
+            trace_pb2.DESCRIPTOR.services_by_name["TraceService"].full_name,
+        ]
+        reflection.enable_server_reflection(
+            [*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+             reflection.SERVICE_NAME],
+            server,
+        )
+        try:
+            server.add_insecure_port(f"unix://{cfg.socket}")
+        except RuntimeError as exc:
+            raise StartupError(f"socket {cfg.socket}: cannot listen: {exc}") from None
+        with _umask(0o117):
+            await server.start()
+        os.chmod(cfg.socket, SOCKET_MODE)
+        self.server = server
+        for name in ["", *names]:
+            await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+
+        log.info("teaching-cri %s serving CRI v1 on unix://%s", __version__, cfg.socket)
+        log.info("runtime backend %s (asked for %s): %s", backend.name, backend.requested,
+                 "available" if backend.available else f"NOT available: {backend.message}")
+        for caveat in backend.not_isolated:
+            log.warning("not isolated: %s", caveat)
+        log.info("traces: ring buffer, TraceService.Follow%s",
+                 f", {cfg.trace_file}" if cfg.trace_file else "")
+
+    async def stop(self, grace: float = SHUTDOWN_GRACE_SECONDS) -> None:
+        """Drain in-flight RPCs, close the listener, flush the traces."""
+        if self.server is None:
+            return
+        log.info("shutting down")
+        await self._health.enter_graceful_shutdown()
+        self.fanout.close()  # end Follow streams, or the drain would wait for them
+        await self.server.stop(grace)
+        self.server = None
+        await asyncio.to_thread(self.tracer.close)
+        with contextlib.suppress(FileNotFoundError):
+            self.config.socket.unlink()
+        self.stopped.set()
+        log.info("stopped")
+
+
+async def run(config: Config) -> None:
+    """Serve until SIGINT or SIGTERM."""
+    daemon = Daemon(config)
+    await daemon.start()
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        await daemon.stop()

@@ -1,0 +1,1 @@
+"""What iSulad's ``cb->container.*`` callbacks do: stores, naming, state, persistence."""

@@ -1,0 +1,79 @@
+"""Which backend runs containers, and whether it can.
+
+``--runtime`` names one of :data:`BACKEND_NAMES`. ``auto`` picks runc when the
+server runs as root and Debian's runc is installed, and the unprivileged
+backend otherwise. The probe is what Status's RuntimeReady condition and its
+verbose info report, including, honestly, what a backend does not isolate.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+BACKEND_NAMES = ("auto", "runc", "unprivileged")
+
+
+@dataclass(frozen=True)
+class BackendProbe:
+    requested: str
+    name: str
+    available: bool
+    reason: str = ""  # CamelCase, for RuntimeCondition.reason when not available
+    message: str = ""
+    details: dict[str, str] = field(default_factory=dict)
+    not_isolated: tuple[str, ...] = ()
+
+
+@lru_cache(maxsize=8)
+def _runc_version(path: str) -> str:
+    try:
+        out = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"unknown ({exc})"
+    return out.stdout.splitlines()[0] if out.stdout else "unknown"
+
+
+def user_namespaces_allowed() -> bool:
+    """Can an unprivileged process create a user namespace here?"""
+    try:
+        if Path("/proc/sys/user/max_user_namespaces").read_text().strip() == "0":
+            return False
+    except OSError:
+        return False
+    clone = Path("/proc/sys/kernel/unprivileged_userns_clone")
+    return not clone.exists() or clone.read_text().strip() != "0"
+
+
+def probe(requested: str, runc: str = "runc") -> BackendProbe:
+    """Look at the machine and say what ``requested`` would run on."""
+    root = os.geteuid() == 0
+    runc_path = shutil.which(runc)
+    name = requested
+    if requested == "auto":
+        name = "runc" if root and runc_path else "unprivileged"
+    if name == "runc":
+        if not root:
+            return BackendProbe(requested, name, False, "RuntimeNeedsRoot",
+                                "the runc backend needs root; use --runtime unprivileged")
+        if runc_path is None:
+            return BackendProbe(requested, name, False, "RuntimeBinaryMissing",
+                                f"{runc!r} not found on PATH (apt-get install runc)")
+        return BackendProbe(requested, name, True, details={
+            "runc": runc_path, "runc_version": _runc_version(runc_path), "cgroup_driver": "cgroupfs",
+        })
+    userns = user_namespaces_allowed()
+    return BackendProbe(
+        requested,
+        "unprivileged",
+        True,
+        details={"user_namespaces": "allowed" if userns else "not allowed", "cgroup_driver": "cgroupfs"},
+        not_isolated=(
+            ("resource limits are recorded but not enforced (no cgroup delegation)",)
+            + (() if userns else ("no namespaces: containers are plain processes of this user",))
+        ),
+    )
