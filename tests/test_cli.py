@@ -1,0 +1,221 @@
+"""``teaching-cri serve`` options and bad input: one line, non-zero exit, nothing created."""
+
+from __future__ import annotations
+
+import functools
+import os
+import pwd
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from conftest import IS_ROOT, serve_command, start_server
+from teaching_cri.api import api_pb2
+from teaching_cri.config import ConfigError, resolve
+
+
+def run_serve(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(serve_command(*args), capture_output=True, text=True, timeout=60, env=env)
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess[str], *words: str) -> None:
+    assert proc.returncode != 0
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("teaching-cri: error: ")
+    for word in words:
+        assert word in lines[0]
+
+
+def dirs(base: Path) -> list[str]:
+    return ["--root", str(base / "root"), "--state", str(base / "state")]
+
+
+@pytest.mark.parametrize(
+    ("content", "words"),
+    [
+        ("socket = [unclosed", ["not valid TOML"]),
+        ('sockett = "/tmp/x.sock"', ["unknown option", "sockett"]),
+        ("runtime = 5", ["runtime must be a string"]),
+        ('runtime = "kata"', ["runtime 'kata'", "unknown backend"]),
+        ('stream-address = "localhost"', ["stream-address", "HOST:PORT"]),
+        ('stream-address = "127.0.0.1:99999"', ["port must be 1-65535"]),
+        ('log-level = "loud"', ["log-level"]),
+    ],
+)
+def test_a_bad_config_file_is_one_line_and_creates_nothing(
+    short_tmp: Path, content: str, words: list[str]
+) -> None:
+    cfg = short_tmp / "bad.toml"
+    cfg.write_text(content + "\n")
+    proc = run_serve("--config", str(cfg), "--socket", str(short_tmp / "s.sock"), *dirs(short_tmp))
+    assert_one_line_error(proc, *words)
+    assert sorted(p.name for p in short_tmp.iterdir()) == ["bad.toml"]
+
+
+def test_a_missing_config_file(short_tmp: Path) -> None:
+    proc = run_serve("--config", str(short_tmp / "nope.toml"))
+    assert_one_line_error(proc, "nope.toml", "no such file")
+
+
+def test_an_unknown_backend_flag(short_tmp: Path) -> None:
+    proc = run_serve("--runtime", "docker", "--socket", str(short_tmp / "s.sock"), *dirs(short_tmp))
+    assert_one_line_error(proc, "docker", "known: auto, runc, unprivileged")
+    assert list(short_tmp.iterdir()) == []
+
+
+def test_a_socket_in_a_missing_directory(short_tmp: Path) -> None:
+    proc = run_serve("--socket", str(short_tmp / "missing" / "s.sock"), *dirs(short_tmp))
+    assert_one_line_error(proc, "does not exist")
+    assert list(short_tmp.iterdir()) == []
+
+
+def test_a_socket_path_too_long_for_unix_sockets(short_tmp: Path) -> None:
+    proc = run_serve("--socket", str(short_tmp / ("x" * 120)), *dirs(short_tmp))
+    assert_one_line_error(proc, "at most 107")
+
+
+@pytest.mark.skipif(not IS_ROOT, reason="needs root to switch to an unprivileged user")
+def test_a_socket_in_an_unwritable_directory(short_tmp: Path) -> None:
+    skip_unless_nobody_can_run_us()
+    locked = short_tmp / "locked"
+    locked.mkdir(mode=0o755)  # root's, so not writable for nobody
+    os.chmod(short_tmp, 0o755)
+    proc = subprocess.run(
+        as_nobody(serve_command("--socket", str(locked / "s.sock"), "--root", "/tmp/nobody-r",
+                                "--state", "/tmp/nobody-s")),
+        capture_output=True, text=True, timeout=60,
+    )
+    assert_one_line_error(proc, "not writable")
+    assert list(locked.iterdir()) == []
+
+
+def test_flags_override_the_config_file(short_tmp: Path) -> None:
+    cfg = short_tmp / "c.toml"
+    cfg.write_text('runtime = "runc"\nlog-level = "debug"\nstream-address = "127.0.0.1:7000"\n'
+                   f'socket = "{short_tmp / "file.sock"}"\n')
+    config = resolve({"runtime": "unprivileged", "socket": str(short_tmp / "flag.sock"),
+                      "log-level": None, "root": str(short_tmp / "r")}, cfg)
+    assert config.runtime == "unprivileged"
+    assert config.socket == short_tmp / "flag.sock"
+    assert config.log_level == "debug"
+    assert config.stream_host_port == ("127.0.0.1", 7000)
+    with pytest.raises(ConfigError, match=r"\[::1\]"):
+        resolve({"stream-address": "[::1]", "socket": str(short_tmp / "s")})
+    assert resolve({"stream-address": "[::1]:10350", "socket": str(short_tmp / "s")}
+                   ).stream_host_port == ("::1", 10350)
+
+
+def test_a_config_file_configures_the_server(short_tmp: Path) -> None:
+    cfg = short_tmp / "c.toml"
+    sock = short_tmp / "from-file.sock"
+    cfg.write_text(f'socket = "{sock}"\nroot = "{short_tmp / "r"}"\nstate = "{short_tmp / "s"}"\n'
+                   'runtime = "unprivileged"\ntrace-file = ""\n')
+    proc = subprocess.Popen(serve_command("--config", str(cfg)), stderr=subprocess.PIPE, text=True)
+    try:
+        from teaching_cri.client import wait_for_socket
+
+        wait_for_socket(sock, timeout=30)
+        from teaching_cri.client import connect
+
+        with connect(sock) as c:
+            import json
+
+            info = c.runtime.Status(api_pb2.StatusRequest(verbose=True)).info
+            assert json.loads(info["backend"])["name"] == "unprivileged"
+            assert json.loads(info["config"])["trace-file"] == ""
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert not (short_tmp / "r" / "traces").exists(), "trace-file = '' turns the file off"
+
+
+# --- as a non-root user ------------------------------------------------------------
+
+def as_nobody(cmd: list[str]) -> list[str]:
+    return ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", "--", *cmd]
+
+
+@functools.cache
+def _nobody_probe() -> str:
+    """Empty if user nobody can run this interpreter and import the package."""
+    if shutil.which("setpriv") is None:
+        return "setpriv (util-linux) is needed to run the server as nobody"
+    probe = subprocess.run(as_nobody([sys.executable, "-c", "import teaching_cri.daemon"]),
+                           capture_output=True, text=True, cwd="/")
+    if probe.returncode != 0:
+        return (f"{sys.executable} or the package is not readable by user nobody (scripts/test "
+                f"installs into a venv nobody can read): {probe.stderr.strip()[-160:]}")
+    return ""
+
+
+def skip_unless_nobody_can_run_us() -> None:
+    reason = _nobody_probe()
+    if reason:
+        pytest.skip(reason)
+
+
+@pytest.fixture
+def nobody_home() -> Iterator[Path]:
+    if not IS_ROOT:
+        with tempfile.TemporaryDirectory(prefix="tcri-u-") as d:
+            yield Path(d)
+        return
+    skip_unless_nobody_can_run_us()
+    d = Path(tempfile.mkdtemp(prefix="tcri-u-"))
+    nobody = pwd.getpwnam("nobody")
+    os.chown(d, nobody.pw_uid, nobody.pw_gid)
+    try:
+        yield d
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def test_serve_starts_as_a_non_root_user_with_per_user_defaults(nobody_home: Path) -> None:
+    runtime_dir = nobody_home / "xdg-run"
+    env = {"PATH": os.environ["PATH"], "HOME": str(nobody_home),
+           "XDG_RUNTIME_DIR": str(runtime_dir), "XDG_DATA_HOME": str(nobody_home / "data")}
+    cmd = [sys.executable, "-m", "teaching_cri", "serve"]
+    if IS_ROOT:
+        cmd = as_nobody(cmd)
+        runtime_dir.mkdir(mode=0o700)
+        os.chown(runtime_dir, pwd.getpwnam("nobody").pw_uid, -1)
+    else:
+        runtime_dir.mkdir(mode=0o700)
+    proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True)
+    sock = runtime_dir / "teaching-cri" / "teaching-cri.sock"
+    try:
+        from teaching_cri.client import connect, wait_for_socket
+
+        wait_for_socket(sock, timeout=30)
+        with connect(sock) as c:
+            resp = c.runtime.Version(api_pb2.VersionRequest())
+            assert (resp.runtime_name, resp.runtime_api_version) == ("teaching-cri", "v1")
+        assert sock.stat().st_uid != 0 or not IS_ROOT
+        assert (nobody_home / "data" / "teaching-cri").is_dir()
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert "unprivileged" in err  # it says which backend it picked
+
+
+@pytest.mark.skipif(not IS_ROOT, reason="the root defaults (/run/teaching-cri) need root")
+def test_root_default_socket_path() -> None:
+    config = resolve({})
+    assert config.socket == Path("/run/teaching-cri/teaching-cri.sock")
+    assert config.root == Path("/var/lib/teaching-cri")
+
+
+def test_server_started_by_fixture_helper_works(short_tmp: Path) -> None:
+    srv = start_server(short_tmp / "x", "--runtime", "unprivileged")
+    try:
+        assert srv.client().runtime.Version(api_pb2.VersionRequest()).runtime_name
+    finally:
+        assert srv.stop() == 0

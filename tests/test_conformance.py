@@ -1,0 +1,109 @@
+"""The conformance helper: accepts traces that follow the chart, explains the rest."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from teaching_cri.trace.charts import ChartSet
+from teaching_cri.trace.conformance import (
+    ENV_UPDATE_GOLDEN,
+    assert_conforms,
+    assert_golden_path,
+    check_trace,
+    path_lines,
+)
+from teaching_cri.trace.events import EventKind, TraceEvent
+
+
+def ev(seq: int, node: str, kind: str = "step", label: str = "", chart: str = "Status",
+       span: str = "s1", parent: str = "") -> TraceEvent:
+    return TraceEvent("t" * 32, span, parent, seq * 1000, seq * 1000, chart, node,
+                      EventKind(kind), label, {}, seq)
+
+
+STATUS_PATH = [
+    ("status", "begin", ""), ("new_runtime_status", "step", ""),
+    ("add_runtime_ready_condition", "step", ""), ("add_network_ready_condition", "step", ""),
+    ("m_cb_container_version", "step", ""), ("probe_runtime_backend", "step", ""),
+    ("runtime_ready", "branch", "Y"), ("m_plugin_manager_status", "step", ""),
+    ("network_plugin_ready", "branch", "Y"), ("verbose", "branch", "N"),
+    ("status_response", "end", ""),
+]
+
+
+def status_events(path: list[tuple[str, str, str]] = STATUS_PATH) -> list[TraceEvent]:
+    return [ev(i + 1, n, k, lab) for i, (n, k, lab) in enumerate(path)]
+
+
+def test_a_trace_along_the_chart_conforms(charts: ChartSet) -> None:
+    assert check_trace(status_events(), charts) == []
+    assert_conforms(status_events(), charts)
+
+
+def test_a_skipped_node_fails_with_the_allowed_edges(charts: ChartSet) -> None:
+    path = [p for p in STATUS_PATH if p[0] != "probe_runtime_backend"]
+    with pytest.raises(AssertionError) as err:
+        assert_conforms(status_events(path), charts)
+    text = str(err.value)
+    assert "no edge 'm_cb_container_version' -> 'runtime_ready'" in text
+    assert "the chart allows: probe_runtime_backend" in text
+    assert "path taken:" in text
+
+
+def test_the_branch_label_decides_the_next_edge(charts: ChartSet) -> None:
+    path = list(STATUS_PATH)
+    path[6] = ("runtime_ready", "branch", "N")  # but then goes straight to the plugin manager
+    problems = check_trace(status_events(path), charts)
+    assert problems and "-[N]->" in problems[0] and "set_runtime_not_ready_reason" in problems[0]
+
+
+def test_unknown_nodes_wrong_start_and_events_after_end(charts: ChartSet) -> None:
+    bad_node = status_events()[:3] + [ev(4, "no_such_step")]
+    assert "has no node 'no_such_step'" in check_trace(bad_node, charts)[0]
+    bad_start = [ev(1, "new_runtime_status", "begin")]
+    assert "must open with begin 'status'" in check_trace(bad_start, charts)[0]
+    after_end = [*status_events(), ev(99, "status_response")]
+    assert "nothing may follow end" in check_trace(after_end, charts)[0]
+    decision_as_step = status_events()[:6] + [ev(7, "runtime_ready")]
+    assert "recorded with branch()" in check_trace(decision_as_step, charts)[0]
+
+
+def test_an_error_must_be_at_the_current_node(charts: ChartSet) -> None:
+    ok = status_events()[:6] + [ev(7, "probe_runtime_backend", "error")]
+    assert check_trace(ok, charts) == []
+    wrong = status_events()[:6] + [ev(7, "verbose", "error")]
+    assert "current node 'probe_runtime_backend'" in check_trace(wrong, charts)[0]
+
+
+def test_an_unfinished_span_is_reported(charts: ChartSet) -> None:
+    with pytest.raises(AssertionError, match="did not end"):
+        assert_conforms(status_events()[:4], charts)
+    assert_conforms(status_events()[:4], charts, complete=False)
+
+
+def test_path_lines_indent_child_spans() -> None:
+    events = [ev(1, "version", "begin", chart="Version"),
+              ev(2, "status", "begin", span="s2", parent="s1"),
+              ev(3, "m_cb_container_version", chart="Version")]
+    assert path_lines(events) == [
+        "Version: begin version", "  Status: begin status", "Version: step m_cb_container_version",
+    ]
+
+
+def test_golden_path_mismatch_shows_a_diff(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    golden = tmp_path / "status.path"
+    monkeypatch.setenv(ENV_UPDATE_GOLDEN, "1")
+    assert_golden_path(status_events(), golden)
+    monkeypatch.delenv(ENV_UPDATE_GOLDEN)
+    assert_golden_path(status_events(), golden)  # same path: passes
+    path = list(STATUS_PATH)
+    path[8] = ("network_plugin_ready", "branch", "N")
+    path.insert(9, ("set_network_plugin_not_ready_reason", "step", ""))
+    with pytest.raises(AssertionError) as err:
+        assert_golden_path(status_events(path), golden)
+    text = str(err.value)
+    assert "-Status: branch network_plugin_ready [Y]" in text
+    assert "+Status: branch network_plugin_ready [N]" in text
+    assert "+Status: step set_network_plugin_not_ready_reason" in text

@@ -1,0 +1,200 @@
+"""The live server, over gRPC on its unix socket, as crictl and the kubelet see it."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import stat
+import subprocess
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from conftest import Server, serve_command, start_server
+from teaching_cri.api import api_pb2, trace_pb2
+from teaching_cri.client import Client, connect
+from teaching_cri.trace.charts import ChartSet
+from teaching_cri.trace.conformance import assert_conforms
+
+
+def test_version_answers_teaching_cri_v1(client: Client) -> None:
+    resp = client.runtime.Version(api_pb2.VersionRequest(version="v1"))
+    assert resp.runtime_name == "teaching-cri"
+    assert resp.runtime_api_version == "v1"
+    assert resp.version == "0.1.0"
+    import teaching_cri
+
+    assert resp.runtime_version == teaching_cri.__version__
+
+
+def test_reflection_lists_the_cri_services(client: Client) -> None:
+    stub = reflection_pb2_grpc.ServerReflectionStub(client.channel)
+    request = reflection_pb2.ServerReflectionRequest(list_services="")
+    [answer] = list(stub.ServerReflectionInfo(iter([request])))
+    names = {s.name for s in answer.list_services_response.service}
+    assert {"runtime.v1.RuntimeService", "runtime.v1.ImageService",
+            "teachingcri.trace.v1.TraceService", "grpc.health.v1.Health"} <= names
+
+
+def test_health_is_serving(client: Client) -> None:
+    stub = health_pb2_grpc.HealthStub(client.channel)
+    for service in ("", "runtime.v1.RuntimeService", "runtime.v1.ImageService"):
+        resp = stub.Check(health_pb2.HealthCheckRequest(service=service))
+        assert resp.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_socket_mode_is_0660(server: Server) -> None:
+    mode = server.socket.stat().st_mode
+    assert stat.S_ISSOCK(mode) and stat.S_IMODE(mode) == 0o660
+
+
+def test_every_other_rpc_is_unimplemented_and_named(client: Client) -> None:
+    with pytest.raises(grpc.RpcError) as err:
+        client.runtime.RunPodSandbox(api_pb2.RunPodSandboxRequest())
+    assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    assert "RunPodSandbox" in err.value.details()
+    with pytest.raises(grpc.RpcError) as err:
+        client.image.PullImage(api_pb2.PullImageRequest())
+    assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    assert "ImageService/PullImage" in err.value.details()
+    with pytest.raises(grpc.RpcError) as err:  # a server-streaming RPC too
+        list(client.runtime.GetContainerEvents(api_pb2.GetEventsRequest()))
+    assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    assert "GetContainerEvents" in err.value.details()
+
+
+def test_status_conditions_and_verbose_info(client: Client) -> None:
+    resp = client.runtime.Status(api_pb2.StatusRequest())
+    conditions = {c.type: c for c in resp.status.conditions}
+    assert set(conditions) == {"RuntimeReady", "NetworkReady"}
+    assert resp.info == {}, "info only when verbose"
+    for cond in conditions.values():
+        assert cond.status or (cond.reason and cond.message)
+    has_cni = any(Path("/etc/cni/net.d").glob("*.conf*"))
+    if not has_cni:
+        assert not conditions["NetworkReady"].status
+        assert conditions["NetworkReady"].reason == "NetworkPluginNotReady"
+    verbose = client.runtime.Status(api_pb2.StatusRequest(verbose=True))
+    info = {k: json.loads(v) for k, v in verbose.info.items()}  # every value is JSON
+    assert {"runtime", "config", "backend", "network", "trace"} <= set(info)
+    assert info["backend"]["name"] in ("runc", "unprivileged")
+    assert info["trace"]["emitted"] > 0
+    assert [h.name for h in verbose.runtime_handlers] == [""]
+
+
+def test_runtime_config_sets_cgroupfs_explicitly(client: Client) -> None:
+    resp = client.runtime.RuntimeConfig(api_pb2.RuntimeConfigRequest())
+    assert resp.HasField("linux")
+    assert resp.linux.cgroup_driver == api_pb2.CGROUPFS
+
+
+def _update(client: Client, cidr: str) -> None:
+    client.runtime.UpdateRuntimeConfig(api_pb2.UpdateRuntimeConfigRequest(
+        runtime_config=api_pb2.RuntimeConfig(network_config=api_pb2.NetworkConfig(pod_cidr=cidr))))
+
+
+def _pod_cidrs(client: Client) -> list[str]:
+    info = client.runtime.Status(api_pb2.StatusRequest(verbose=True)).info
+    return list(json.loads(info["network"])["pod_cidrs"])
+
+
+def test_pod_cidr_is_kept_across_restarts_and_bad_ones_refused(short_tmp: Path) -> None:
+    srv = start_server(short_tmp / "a")
+    try:
+        client = srv.client()
+        _update(client, "10.88.0.0/16,fd00:10:88::/64")
+        with pytest.raises(grpc.RpcError) as err:
+            _update(client, "10.88.0.0/40")
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "10.88.0.0/40" in err.value.details()
+        _update(client, "")  # unset: nothing changes
+        assert _pod_cidrs(client) == ["10.88.0.0/16", "fd00:10:88::/64"]
+    finally:
+        assert srv.stop() == 0
+    again = start_server(short_tmp / "a")
+    try:
+        assert _pod_cidrs(again.client()) == ["10.88.0.0/16", "fd00:10:88::/64"]
+    finally:
+        again.stop()
+
+
+def test_messages_up_to_16_mib_are_accepted(client: Client) -> None:
+    big = "v" * (8 * 1024 * 1024)  # above gRPC's 4 MiB default, below the kubelet's 16 MiB
+    resp = client.runtime.Version(api_pb2.VersionRequest(version=big))
+    assert resp.runtime_name == "teaching-cri"
+    with pytest.raises(grpc.RpcError) as err:
+        client.runtime.Version(api_pb2.VersionRequest(version="v" * (17 * 1024 * 1024)))
+    assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+def test_rpc_traces_conform_to_their_charts(client: Client, charts: ChartSet) -> None:
+    since = time.time_ns()
+    client.runtime.Version(api_pb2.VersionRequest())
+    client.runtime.Status(api_pb2.StatusRequest(verbose=True))
+    client.runtime.RuntimeConfig(api_pb2.RuntimeConfigRequest())
+    _update(client, "10.1.0.0/24")
+    with pytest.raises(grpc.RpcError):
+        _update(client, "nonsense")
+    events = client.recent(since_unix_nano=since)
+    assert {e.chart for e in events} == {"Version", "Status", "RuntimeConfig",
+                                         "UpdateRuntimeConfig"}
+    assert_conforms(events, charts)
+    errors = [e for e in events if e.kind.value == "error"]
+    assert [(e.chart, e.node, e.attributes["code"]) for e in errors] == [
+        ("UpdateRuntimeConfig", "validate_pod_cidr", "INVALID_ARGUMENT")]
+
+
+def test_traceparent_from_the_client_becomes_the_trace_id(client: Client) -> None:
+    trace_id = os.urandom(16).hex()
+    client.runtime.Version(api_pb2.VersionRequest(),
+                           metadata=(("traceparent", f"00-{trace_id}-{'1' * 16}-01"),))
+    events = client.recent(trace_id=trace_id)
+    assert [e.node for e in events] == [
+        "version", "m_cb_container_version", "version_response_to_grpc", "version_response"]
+
+
+def test_sigterm_shuts_down_cleanly(short_tmp: Path) -> None:
+    srv = start_server(short_tmp / "b")
+    client = srv.client()
+    client.runtime.Version(api_pb2.VersionRequest())
+    follower = client.trace.Follow(trace_pb2.FollowRequest())
+    assert srv.stop() == 0
+    assert not srv.socket.exists(), "the socket is removed on shutdown"
+    with pytest.raises(grpc.RpcError):
+        list(follower)  # the follow stream ended with the server
+    lines = (srv.root / "traces" / "trace.jsonl").read_text().splitlines()
+    assert any(json.loads(x)["chart"] == "Version" and json.loads(x)["kind"] == "end"
+               for x in lines), "traces were flushed to the JSONL file"
+    assert "stopped" in srv.output()
+
+
+def test_a_stale_socket_is_replaced(short_tmp: Path) -> None:
+    base = short_tmp / "c"
+    base.mkdir()
+    stale = socket.socket(socket.AF_UNIX)
+    stale.bind(str(base / "cri.sock"))
+    stale.close()  # bound but nobody listens: a server that died
+    srv = start_server(base)
+    try:
+        assert srv.client().runtime.Version(api_pb2.VersionRequest()).runtime_name
+    finally:
+        srv.stop()
+
+
+def test_a_live_socket_makes_a_second_server_refuse(server: Server) -> None:
+    proc = subprocess.run(
+        serve_command("--socket", str(server.socket), "--root", str(server.base / "r2"),
+                      "--state", str(server.base / "s2")),
+        capture_output=True, text=True, timeout=60,
+    )
+    assert proc.returncode != 0
+    assert "another server is already listening" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert not (server.base / "r2").exists(), "nothing half-created"
+    with connect(server.socket) as c:  # and the first server is unharmed
+        assert c.runtime.Version(api_pb2.VersionRequest()).runtime_name == "teaching-cri"

@@ -1,0 +1,152 @@
+"""The tracer API: spans, steps, branches and errors, across asyncio tasks."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from teaching_cri.trace.charts import ChartSet, parse_chart
+from teaching_cri.trace.conformance import assert_conforms, spans
+from teaching_cri.trace.events import EventKind, TraceEvent
+from teaching_cri.trace.sinks import RingBufferSink
+from teaching_cri.trace.tracer import Tracer, annotate, current_span, decide, step
+
+CHART: dict[str, Any] = {
+    "name": "Pull",
+    "nodes": [
+        {"label": "Pull", "kind": "start"},
+        {"label": "resolve", "kind": "action"},
+        {"label": "cached ?", "kind": "decision"},
+        {"label": "fetch", "kind": "action"},
+        {"label": "unpack", "kind": "action"},
+        {"label": "done", "kind": "end"},
+    ],
+    "edges": ["pull -> resolve", "resolve -> cached", "cached -> done : Y",
+              "cached -> fetch : N", "fetch -> unpack", "unpack -> done"],
+}
+CHILD: dict[str, Any] = {
+    "name": "Child",
+    "nodes": [{"label": "Child", "kind": "start"}, {"label": "work", "kind": "action"},
+              {"label": "child done", "kind": "end"}],
+    "edges": ["child -> work", "work -> child_done"],
+}
+
+
+@pytest.fixture
+def traced() -> tuple[Tracer, RingBufferSink]:
+    ring = RingBufferSink()
+    return Tracer(ChartSet([parse_chart(CHART), parse_chart(CHILD)]), [ring]), ring
+
+
+@step("resolve")
+def resolve(name: str) -> str:
+    return name.upper()
+
+
+@step("fetch")
+async def fetch(delay: float) -> int:
+    await asyncio.sleep(delay)
+    return 3
+
+
+@step("unpack")
+def unpack(fail: bool) -> None:
+    if fail:
+        raise ValueError("layer escapes its root")
+
+
+async def pull(tracer: Tracer, name: str, cached: bool, delay: float = 0.0,
+               fail: bool = False) -> str:
+    with tracer.span("Pull", image=name):
+        resolved = resolve(name)
+        if not decide("cached", cached):
+            annotate(layers=str(await fetch(delay)))
+            unpack(fail)
+        return resolved
+
+
+def kinds(events: list[TraceEvent]) -> list[tuple[str, str, str]]:
+    return [(e.kind.value, e.node, e.label) for e in events]
+
+
+async def test_a_span_emits_begin_steps_branch_end(traced: tuple[Tracer, RingBufferSink]) -> None:
+    tracer, ring = traced
+    assert await pull(tracer, "busybox", cached=False) == "BUSYBOX"
+    events = ring.snapshot()
+    assert kinds(events) == [
+        ("begin", "pull", ""), ("step", "resolve", ""), ("branch", "cached", "N"),
+        ("step", "fetch", ""), ("step", "unpack", ""), ("end", "done", ""),
+    ]
+    assert len({e.span_id for e in events}) == 1 and len({e.trace_id for e in events}) == 1
+    assert [e.sequence for e in events] == sorted(e.sequence for e in events)
+    assert all(e.attributes["image"] == "busybox" for e in events)
+    assert events[-1].attributes["layers"] == "3"  # annotate() reaches later events only
+    assert "layers" not in events[1].attributes
+    assert all(e.monotonic_ns > 0 and e.unix_nano > 0 for e in events)
+    assert_conforms(events, tracer.charts)
+
+
+async def test_the_end_node_follows_from_the_last_step(traced: tuple[Tracer, RingBufferSink]) -> None:
+    tracer, ring = traced
+    await pull(tracer, "busybox", cached=True)
+    assert kinds(ring.snapshot())[-2:] == [("branch", "cached", "Y"), ("end", "done", "")]
+
+
+async def test_an_error_is_recorded_once_at_its_step(traced: tuple[Tracer, RingBufferSink]) -> None:
+    tracer, ring = traced
+    with pytest.raises(ValueError, match="escapes"):
+        await pull(tracer, "busybox", cached=False, fail=True)
+    events = ring.snapshot()
+    assert kinds(events)[-2:] == [("step", "unpack", ""), ("error", "unpack", "")]
+    assert events[-1].attributes["error"] == "ValueError: layer escapes its root"
+    assert_conforms(events, tracer.charts)
+
+
+async def test_concurrent_spans_do_not_mix(traced: tuple[Tracer, RingBufferSink]) -> None:
+    tracer, ring = traced
+    # Interleave three pulls on one loop: each task's steps must land in its own span.
+    await asyncio.gather(*(pull(tracer, f"img{i}", cached=False, delay=0.01 * (3 - i))
+                           for i in range(3)))
+    grouped = spans(ring.snapshot())
+    assert len(grouped) == 3
+    for events in grouped.values():
+        assert len({e.attributes["image"] for e in events}) == 1
+        assert [e.node for e in events] == ["pull", "resolve", "cached", "fetch", "unpack", "done"]
+    assert_conforms(ring.snapshot(), tracer.charts)
+    interleaved = [e.attributes["image"] for e in sorted(ring.snapshot(), key=lambda e: e.sequence)]
+    assert interleaved != sorted(interleaved), "the pulls should really have interleaved"
+
+
+async def test_child_spans_share_the_trace_and_name_their_parent(
+    traced: tuple[Tracer, RingBufferSink],
+) -> None:
+    tracer, ring = traced
+    with tracer.span("Pull") as outer:
+        resolve("x")
+        with tracer.span("Child") as inner, step("work"):
+            assert current_span() is inner
+        assert current_span() is outer
+        decide("cached", True)
+    events = ring.snapshot()
+    child = [e for e in events if e.chart == "Child"]
+    assert {e.parent_span_id for e in child} == {outer.span_id}
+    assert {e.trace_id for e in events} == {outer.trace_id}
+    assert current_span() is None
+    assert_conforms(events, tracer.charts)
+
+
+def test_steps_outside_a_span_are_silent(traced: tuple[Tracer, RingBufferSink]) -> None:
+    tracer, ring = traced
+    assert resolve("quiet") == "QUIET"
+    assert decide("cached", False) is False
+    assert ring.snapshot() == [] and tracer.emitted == 0
+
+
+def test_a_given_trace_id_is_kept(traced: tuple[Tracer, RingBufferSink]) -> None:
+    tracer, ring = traced
+    with tracer.span("Child", trace_id="ab" * 16), step("work"):
+        pass
+    assert {e.trace_id for e in ring.snapshot()} == {"ab" * 16}
+    assert all(e.kind is not EventKind.ERROR for e in ring.snapshot())
