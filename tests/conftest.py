@@ -71,9 +71,20 @@ def start_server(base: Path, *extra: str, env: dict[str, str] | None = None) -> 
     sock, root, state, log = base / "cri.sock", base / "root", base / "state", base / "server.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            serve_command("--socket", str(sock), "--root", str(root), "--state", str(state),
-                          "--log-level", "debug", *extra),
-            stdout=out, stderr=subprocess.STDOUT, env=env,
+            serve_command(
+                "--socket",
+                str(sock),
+                "--root",
+                str(root),
+                "--state",
+                str(state),
+                "--log-level",
+                "debug",
+                *extra,
+            ),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
         )
     server = Server(base, sock, root, state, proc, log)
     try:

@@ -19,7 +19,8 @@ def test_generated_code_does_not_drift(tmp_path: Path) -> None:
     assert proto_dir == DEFAULT_PROTO_DIR or proto_dir.is_dir()
     generate(proto_dir, tmp_path)
     stale = [
-        name for name in generated_names()
+        name
+        for name in generated_names()
         if (tmp_path / name).read_bytes() != (checked_in / name).read_bytes()
     ]
     assert not stale, (
@@ -31,16 +32,35 @@ def test_generated_code_does_not_drift(tmp_path: Path) -> None:
 def test_cri_package_and_services_are_the_upstream_names() -> None:
     # The package is part of every method's path on the wire.
     assert api_pb2.DESCRIPTOR.package == "runtime.v1"
-    services = {s.full_name: [m.name for m in s.methods]
-                for s in api_pb2.DESCRIPTOR.services_by_name.values()}
+    services = {
+        s.full_name: [m.name for m in s.methods]
+        for s in api_pb2.DESCRIPTOR.services_by_name.values()
+    }
     assert set(services) == {"runtime.v1.RuntimeService", "runtime.v1.ImageService"}
     runtime = services["runtime.v1.RuntimeService"]
-    for rpc in ("Version", "RunPodSandbox", "CreateContainer", "ExecSync", "Exec", "Attach",
-                "PortForward", "Status", "RuntimeConfig", "GetContainerEvents",
-                "UpdatePodSandboxResources", "StreamContainers", "StreamPodSandboxMetrics"):
+    for rpc in (
+        "Version",
+        "RunPodSandbox",
+        "CreateContainer",
+        "ExecSync",
+        "Exec",
+        "Attach",
+        "PortForward",
+        "Status",
+        "RuntimeConfig",
+        "GetContainerEvents",
+        "UpdatePodSandboxResources",
+        "StreamContainers",
+        "StreamPodSandboxMetrics",
+    ):
         assert rpc in runtime
     assert services["runtime.v1.ImageService"] == [
-        "ListImages", "StreamImages", "ImageStatus", "PullImage", "RemoveImage", "ImageFsInfo",
+        "ListImages",
+        "StreamImages",
+        "ImageStatus",
+        "PullImage",
+        "RemoveImage",
+        "ImageFsInfo",
     ]
 
 
@@ -50,12 +70,22 @@ def _numbers(message: type) -> dict[str, int]:
 
 def test_field_numbers_and_enums_match_cri_v1() -> None:
     assert _numbers(api_pb2.LinuxContainerResources) == {
-        "cpu_period": 1, "cpu_quota": 2, "cpu_shares": 3, "memory_limit_in_bytes": 4,
-        "oom_score_adj": 5, "cpuset_cpus": 6, "cpuset_mems": 7, "hugepage_limits": 8,
-        "unified": 9, "memory_swap_limit_in_bytes": 10,
+        "cpu_period": 1,
+        "cpu_quota": 2,
+        "cpu_shares": 3,
+        "memory_limit_in_bytes": 4,
+        "oom_score_adj": 5,
+        "cpuset_cpus": 6,
+        "cpuset_mems": 7,
+        "hugepage_limits": 8,
+        "unified": 9,
+        "memory_swap_limit_in_bytes": 10,
     }
     assert _numbers(api_pb2.VersionResponse) == {
-        "version": 1, "runtime_name": 2, "runtime_version": 3, "runtime_api_version": 4,
+        "version": 1,
+        "runtime_name": 2,
+        "runtime_version": 3,
+        "runtime_api_version": 4,
     }
     assert api_pb2.ContainerState.Name(0) == "CONTAINER_CREATED"
     assert api_pb2.ContainerState.Value("CONTAINER_UNKNOWN") == 3

@@ -14,9 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import IS_ROOT, serve_command, start_server
 from teaching_cri.api import api_pb2
 from teaching_cri.config import ConfigError, resolve
+
+from conftest import IS_ROOT, serve_command, start_server
 
 
 def run_serve(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -87,9 +88,19 @@ def test_a_socket_in_an_unwritable_directory(short_tmp: Path) -> None:
     locked.mkdir(mode=0o755)  # root's, so not writable for nobody
     os.chmod(short_tmp, 0o755)
     proc = subprocess.run(
-        as_nobody(serve_command("--socket", str(locked / "s.sock"), "--root", "/tmp/nobody-r",
-                                "--state", "/tmp/nobody-s")),
-        capture_output=True, text=True, timeout=60,
+        as_nobody(
+            serve_command(
+                "--socket",
+                str(locked / "s.sock"),
+                "--root",
+                "/tmp/nobody-r",
+                "--state",
+                "/tmp/nobody-s",
+            )
+        ),
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert_one_line_error(proc, "not writable")
     assert list(locked.iterdir()) == []
@@ -97,25 +108,37 @@ def test_a_socket_in_an_unwritable_directory(short_tmp: Path) -> None:
 
 def test_flags_override_the_config_file(short_tmp: Path) -> None:
     cfg = short_tmp / "c.toml"
-    cfg.write_text('runtime = "runc"\nlog-level = "debug"\nstream-address = "127.0.0.1:7000"\n'
-                   f'socket = "{short_tmp / "file.sock"}"\n')
-    config = resolve({"runtime": "unprivileged", "socket": str(short_tmp / "flag.sock"),
-                      "log-level": None, "root": str(short_tmp / "r")}, cfg)
+    cfg.write_text(
+        'runtime = "runc"\nlog-level = "debug"\nstream-address = "127.0.0.1:7000"\n'
+        f'socket = "{short_tmp / "file.sock"}"\n'
+    )
+    config = resolve(
+        {
+            "runtime": "unprivileged",
+            "socket": str(short_tmp / "flag.sock"),
+            "log-level": None,
+            "root": str(short_tmp / "r"),
+        },
+        cfg,
+    )
     assert config.runtime == "unprivileged"
     assert config.socket == short_tmp / "flag.sock"
     assert config.log_level == "debug"
     assert config.stream_host_port == ("127.0.0.1", 7000)
     with pytest.raises(ConfigError, match=r"\[::1\]"):
         resolve({"stream-address": "[::1]", "socket": str(short_tmp / "s")})
-    assert resolve({"stream-address": "[::1]:10350", "socket": str(short_tmp / "s")}
-                   ).stream_host_port == ("::1", 10350)
+    assert resolve(
+        {"stream-address": "[::1]:10350", "socket": str(short_tmp / "s")}
+    ).stream_host_port == ("::1", 10350)
 
 
 def test_a_config_file_configures_the_server(short_tmp: Path) -> None:
     cfg = short_tmp / "c.toml"
     sock = short_tmp / "from-file.sock"
-    cfg.write_text(f'socket = "{sock}"\nroot = "{short_tmp / "r"}"\nstate = "{short_tmp / "s"}"\n'
-                   'runtime = "unprivileged"\ntrace-file = ""\n')
+    cfg.write_text(
+        f'socket = "{sock}"\nroot = "{short_tmp / "r"}"\nstate = "{short_tmp / "s"}"\n'
+        'runtime = "unprivileged"\ntrace-file = ""\n'
+    )
     proc = subprocess.Popen(serve_command("--config", str(cfg)), stderr=subprocess.PIPE, text=True)
     try:
         from teaching_cri.client import wait_for_socket
@@ -138,6 +161,7 @@ def test_a_config_file_configures_the_server(short_tmp: Path) -> None:
 
 # --- as a non-root user ------------------------------------------------------------
 
+
 def as_nobody(cmd: list[str]) -> list[str]:
     return ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", "--", *cmd]
 
@@ -147,11 +171,17 @@ def _nobody_probe() -> str:
     """Empty if user nobody can run this interpreter and import the package."""
     if shutil.which("setpriv") is None:
         return "setpriv (util-linux) is needed to run the server as nobody"
-    probe = subprocess.run(as_nobody([sys.executable, "-c", "import teaching_cri.daemon"]),
-                           capture_output=True, text=True, cwd="/")
+    probe = subprocess.run(
+        as_nobody([sys.executable, "-c", "import teaching_cri.daemon"]),
+        capture_output=True,
+        text=True,
+        cwd="/",
+    )
     if probe.returncode != 0:
-        return (f"{sys.executable} or the package is not readable by user nobody (scripts/test "
-                f"installs into a venv nobody can read): {probe.stderr.strip()[-160:]}")
+        return (
+            f"{sys.executable} or the package is not readable by user nobody (scripts/test "
+            f"installs into a venv nobody can read): {probe.stderr.strip()[-160:]}"
+        )
     return ""
 
 
@@ -179,8 +209,12 @@ def nobody_home() -> Iterator[Path]:
 
 def test_serve_starts_as_a_non_root_user_with_per_user_defaults(nobody_home: Path) -> None:
     runtime_dir = nobody_home / "xdg-run"
-    env = {"PATH": os.environ["PATH"], "HOME": str(nobody_home),
-           "XDG_RUNTIME_DIR": str(runtime_dir), "XDG_DATA_HOME": str(nobody_home / "data")}
+    env = {
+        "PATH": os.environ["PATH"],
+        "HOME": str(nobody_home),
+        "XDG_RUNTIME_DIR": str(runtime_dir),
+        "XDG_DATA_HOME": str(nobody_home / "data"),
+    }
     cmd = [sys.executable, "-m", "teaching_cri", "serve"]
     if IS_ROOT:
         cmd = as_nobody(cmd)

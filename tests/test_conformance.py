@@ -17,18 +17,31 @@ from teaching_cri.trace.conformance import (
 from teaching_cri.trace.events import EventKind, TraceEvent
 
 
-def ev(seq: int, node: str, kind: str = "step", label: str = "", chart: str = "Status",
-       span: str = "s1", parent: str = "") -> TraceEvent:
-    return TraceEvent("t" * 32, span, parent, seq * 1000, seq * 1000, chart, node,
-                      EventKind(kind), label, {}, seq)
+def ev(
+    seq: int,
+    node: str,
+    kind: str = "step",
+    label: str = "",
+    chart: str = "Status",
+    span: str = "s1",
+    parent: str = "",
+) -> TraceEvent:
+    return TraceEvent(
+        "t" * 32, span, parent, seq * 1000, seq * 1000, chart, node, EventKind(kind), label, {}, seq
+    )
 
 
 STATUS_PATH = [
-    ("status", "begin", ""), ("new_runtime_status", "step", ""),
-    ("add_runtime_ready_condition", "step", ""), ("add_network_ready_condition", "step", ""),
-    ("m_cb_container_version", "step", ""), ("probe_runtime_backend", "step", ""),
-    ("runtime_ready", "branch", "Y"), ("m_plugin_manager_status", "step", ""),
-    ("network_plugin_ready", "branch", "Y"), ("verbose", "branch", "N"),
+    ("status", "begin", ""),
+    ("new_runtime_status", "step", ""),
+    ("add_runtime_ready_condition", "step", ""),
+    ("add_network_ready_condition", "step", ""),
+    ("m_cb_container_version", "step", ""),
+    ("probe_runtime_backend", "step", ""),
+    ("runtime_ready", "branch", "Y"),
+    ("m_plugin_manager_status", "step", ""),
+    ("network_plugin_ready", "branch", "Y"),
+    ("verbose", "branch", "N"),
     ("status_response", "end", ""),
 ]
 
@@ -60,20 +73,20 @@ def test_the_branch_label_decides_the_next_edge(charts: ChartSet) -> None:
 
 
 def test_unknown_nodes_wrong_start_and_events_after_end(charts: ChartSet) -> None:
-    bad_node = status_events()[:3] + [ev(4, "no_such_step")]
+    bad_node = [*status_events()[:3], ev(4, "no_such_step")]
     assert "has no node 'no_such_step'" in check_trace(bad_node, charts)[0]
     bad_start = [ev(1, "new_runtime_status", "begin")]
     assert "must open with begin 'status'" in check_trace(bad_start, charts)[0]
     after_end = [*status_events(), ev(99, "status_response")]
     assert "nothing may follow end" in check_trace(after_end, charts)[0]
-    decision_as_step = status_events()[:6] + [ev(7, "runtime_ready")]
+    decision_as_step = [*status_events()[:6], ev(7, "runtime_ready")]
     assert "recorded with branch()" in check_trace(decision_as_step, charts)[0]
 
 
 def test_an_error_must_be_at_the_current_node(charts: ChartSet) -> None:
-    ok = status_events()[:6] + [ev(7, "probe_runtime_backend", "error")]
+    ok = [*status_events()[:6], ev(7, "probe_runtime_backend", "error")]
     assert check_trace(ok, charts) == []
-    wrong = status_events()[:6] + [ev(7, "verbose", "error")]
+    wrong = [*status_events()[:6], ev(7, "verbose", "error")]
     assert "current node 'probe_runtime_backend'" in check_trace(wrong, charts)[0]
 
 
@@ -84,11 +97,15 @@ def test_an_unfinished_span_is_reported(charts: ChartSet) -> None:
 
 
 def test_path_lines_indent_child_spans() -> None:
-    events = [ev(1, "version", "begin", chart="Version"),
-              ev(2, "status", "begin", span="s2", parent="s1"),
-              ev(3, "m_cb_container_version", chart="Version")]
+    events = [
+        ev(1, "version", "begin", chart="Version"),
+        ev(2, "status", "begin", span="s2", parent="s1"),
+        ev(3, "m_cb_container_version", chart="Version"),
+    ]
     assert path_lines(events) == [
-        "Version: begin version", "  Status: begin status", "Version: step m_cb_container_version",
+        "Version: begin version",
+        "  Status: begin status",
+        "Version: step m_cb_container_version",
     ]
 
 

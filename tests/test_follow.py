@@ -10,12 +10,13 @@ import time
 import grpc
 import pytest
 
-from conftest import Server
 from teaching_cri.api import api_pb2, trace_pb2, trace_pb2_grpc
 from teaching_cri.client import Client
 from teaching_cri.trace.charts import ChartSet
 from teaching_cri.trace.conformance import assert_conforms
 from teaching_cri.trace.events import EventKind, TraceEvent
+
+from conftest import Server
 
 
 def collect_until_end(stream: object, chart: str, out: list[TraceEvent]) -> None:
@@ -37,8 +38,10 @@ def test_follow_sees_the_version_span_in_order_and_it_conforms(
     reader.join(timeout=15)
     assert not reader.is_alive(), f"Follow did not deliver the Version span; got {seen}"
     assert [(e.kind.value, e.node) for e in seen] == [
-        ("begin", "version"), ("step", "m_cb_container_version"),
-        ("step", "version_response_to_grpc"), ("end", "version_response"),
+        ("begin", "version"),
+        ("step", "m_cb_container_version"),
+        ("step", "version_response_to_grpc"),
+        ("end", "version_response"),
     ]
     assert [e.sequence for e in seen] == sorted(e.sequence for e in seen)
     assert all(e.unix_nano >= since for e in seen)
@@ -46,8 +49,9 @@ def test_follow_sees_the_version_span_in_order_and_it_conforms(
 
 
 def test_follow_filters_by_chart_live(client: Client) -> None:
-    calls = client.trace.Follow(trace_pb2.FollowRequest(
-        filter=trace_pb2.TraceFilter(charts=["Status"])))
+    calls = client.trace.Follow(
+        trace_pb2.FollowRequest(filter=trace_pb2.TraceFilter(charts=["Status"]))
+    )
     got: list[trace_pb2.TraceEvent] = []
 
     def read() -> None:
@@ -88,9 +92,22 @@ def test_unknown_filters_are_invalid_argument(
 
 def test_the_cli_follows_from_another_process(server: Server, client: Client) -> None:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "teaching_cri", "trace", "follow", "--socket", str(server.socket),
-         "--chart", "Version", "--since", "60"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "teaching_cri",
+            "trace",
+            "follow",
+            "--socket",
+            str(server.socket),
+            "--chart",
+            "Version",
+            "--since",
+            "60",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         client.runtime.Version(api_pb2.VersionRequest())
@@ -106,8 +123,10 @@ def test_the_cli_follows_from_another_process(server: Server, client: Client) ->
     assert len(lines) == 4
     fields = [line.split() for line in lines]
     assert [(f[1], f[2], f[3]) for f in fields] == [
-        ("Version", "begin", "version"), ("Version", "step", "m_cb_container_version"),
-        ("Version", "step", "version_response_to_grpc"), ("Version", "end", "version_response"),
+        ("Version", "begin", "version"),
+        ("Version", "step", "m_cb_container_version"),
+        ("Version", "step", "version_response_to_grpc"),
+        ("Version", "end", "version_response"),
     ]
     assert all(f[0].count(":") == 2 and f[4].startswith("trace=") for f in fields)
 
@@ -117,12 +136,14 @@ def test_a_follower_that_never_reads_does_not_block_rpcs(server: Server, client:
     client.runtime.Version(api_pb2.VersionRequest())
     # The stalled follower has a channel of its own whose HTTP/2 window stays at
     # 64 KiB (no BDP probing), so the server's queue for it fills up quickly.
-    slow_channel = grpc.insecure_channel(f"unix://{server.socket}",
-                                         options=[("grpc.http2.bdp_probe", 0)])
+    slow_channel = grpc.insecure_channel(
+        f"unix://{server.socket}", options=[("grpc.http2.bdp_probe", 0)]
+    )
     slow = trace_pb2_grpc.TraceServiceStub(slow_channel)
     # Opened, then never read. Its first (replayed) event proves it is subscribed.
-    stalled = slow.Follow(trace_pb2.FollowRequest(
-        filter=trace_pb2.TraceFilter(since_unix_nano=since)))
+    stalled = slow.Follow(
+        trace_pb2.FollowRequest(filter=trace_pb2.TraceFilter(since_unix_nano=since))
+    )
     try:
         next(stalled)
     except grpc.RpcError:

@@ -20,9 +20,13 @@ def status_trace(charts: ChartSet, *, network_ready: bool, fail: bool = False) -
     tracer = Tracer(charts, [ring])
     try:
         with tracer.span("Status"):
-            for node in ("new_runtime_status", "add_runtime_ready_condition",
-                         "add_network_ready_condition", "m_cb_container_version",
-                         "probe_runtime_backend"):
+            for node in (
+                "new_runtime_status",
+                "add_runtime_ready_condition",
+                "add_network_ready_condition",
+                "m_cb_container_version",
+                "probe_runtime_backend",
+            ):
                 with step(node):
                     pass
             decide("runtime_ready", True)
@@ -91,8 +95,11 @@ def test_text_shows_the_same_path_as_the_svg(charts: ChartSet) -> None:
     events = status_trace(charts, network_ready=False)
     text = render_text(charts["Status"], events)
     chart = charts["Status"]
-    marked = {line.split()[2] if line.split()[1] in "◇▶■" else line.split()[1]
-              for line in text.splitlines()[1:-1] if line.lstrip().startswith("●")}
+    marked = {
+        line.split()[2] if line.split()[1] in "◇▶■" else line.split()[1]
+        for line in text.splitlines()[1:-1]
+        if line.lstrip().startswith("●")
+    }
     # compare by label's first word: every visited node's line is marked, no other
     visited_labels = {chart.nodes[e.node].label.split()[0] for e in events}
     assert marked == visited_labels

@@ -15,11 +15,12 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from conftest import Server, serve_command, start_server
 from teaching_cri.api import api_pb2, trace_pb2
 from teaching_cri.client import Client, connect
 from teaching_cri.trace.charts import ChartSet
 from teaching_cri.trace.conformance import assert_conforms
+
+from conftest import Server, serve_command, start_server
 
 
 def test_version_answers_teaching_cri_v1(client: Client) -> None:
@@ -37,8 +38,12 @@ def test_reflection_lists_the_cri_services(client: Client) -> None:
     request = reflection_pb2.ServerReflectionRequest(list_services="")
     [answer] = list(stub.ServerReflectionInfo(iter([request])))
     names = {s.name for s in answer.list_services_response.service}
-    assert {"runtime.v1.RuntimeService", "runtime.v1.ImageService",
-            "teachingcri.trace.v1.TraceService", "grpc.health.v1.Health"} <= names
+    assert {
+        "runtime.v1.RuntimeService",
+        "runtime.v1.ImageService",
+        "teachingcri.trace.v1.TraceService",
+        "grpc.health.v1.Health",
+    } <= names
 
 
 def test_health_is_serving(client: Client) -> None:
@@ -94,8 +99,13 @@ def test_runtime_config_sets_cgroupfs_explicitly(client: Client) -> None:
 
 
 def _update(client: Client, cidr: str) -> None:
-    client.runtime.UpdateRuntimeConfig(api_pb2.UpdateRuntimeConfigRequest(
-        runtime_config=api_pb2.RuntimeConfig(network_config=api_pb2.NetworkConfig(pod_cidr=cidr))))
+    client.runtime.UpdateRuntimeConfig(
+        api_pb2.UpdateRuntimeConfigRequest(
+            runtime_config=api_pb2.RuntimeConfig(
+                network_config=api_pb2.NetworkConfig(pod_cidr=cidr)
+            )
+        )
+    )
 
 
 def _pod_cidrs(client: Client) -> list[str]:
@@ -141,21 +151,31 @@ def test_rpc_traces_conform_to_their_charts(client: Client, charts: ChartSet) ->
     with pytest.raises(grpc.RpcError):
         _update(client, "nonsense")
     events = client.recent(since_unix_nano=since)
-    assert {e.chart for e in events} == {"Version", "Status", "RuntimeConfig",
-                                         "UpdateRuntimeConfig"}
+    assert {e.chart for e in events} == {
+        "Version",
+        "Status",
+        "RuntimeConfig",
+        "UpdateRuntimeConfig",
+    }
     assert_conforms(events, charts)
     errors = [e for e in events if e.kind.value == "error"]
     assert [(e.chart, e.node, e.attributes["code"]) for e in errors] == [
-        ("UpdateRuntimeConfig", "validate_pod_cidr", "INVALID_ARGUMENT")]
+        ("UpdateRuntimeConfig", "validate_pod_cidr", "INVALID_ARGUMENT")
+    ]
 
 
 def test_traceparent_from_the_client_becomes_the_trace_id(client: Client) -> None:
     trace_id = os.urandom(16).hex()
-    client.runtime.Version(api_pb2.VersionRequest(),
-                           metadata=(("traceparent", f"00-{trace_id}-{'1' * 16}-01"),))
+    client.runtime.Version(
+        api_pb2.VersionRequest(), metadata=(("traceparent", f"00-{trace_id}-{'1' * 16}-01"),)
+    )
     events = client.recent(trace_id=trace_id)
     assert [e.node for e in events] == [
-        "version", "m_cb_container_version", "version_response_to_grpc", "version_response"]
+        "version",
+        "m_cb_container_version",
+        "version_response_to_grpc",
+        "version_response",
+    ]
 
 
 def test_sigterm_shuts_down_cleanly(short_tmp: Path) -> None:
@@ -168,8 +188,9 @@ def test_sigterm_shuts_down_cleanly(short_tmp: Path) -> None:
     with pytest.raises(grpc.RpcError):
         list(follower)  # the follow stream ended with the server
     lines = (srv.root / "traces" / "trace.jsonl").read_text().splitlines()
-    assert any(json.loads(x)["chart"] == "Version" and json.loads(x)["kind"] == "end"
-               for x in lines), "traces were flushed to the JSONL file"
+    assert any(
+        json.loads(x)["chart"] == "Version" and json.loads(x)["kind"] == "end" for x in lines
+    ), "traces were flushed to the JSONL file"
     assert "stopped" in srv.output()
 
 
@@ -188,9 +209,17 @@ def test_a_stale_socket_is_replaced(short_tmp: Path) -> None:
 
 def test_a_live_socket_makes_a_second_server_refuse(server: Server) -> None:
     proc = subprocess.run(
-        serve_command("--socket", str(server.socket), "--root", str(server.base / "r2"),
-                      "--state", str(server.base / "s2")),
-        capture_output=True, text=True, timeout=60,
+        serve_command(
+            "--socket",
+            str(server.socket),
+            "--root",
+            str(server.base / "r2"),
+            "--state",
+            str(server.base / "s2"),
+        ),
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert proc.returncode != 0
     assert "another server is already listening" in proc.stderr

@@ -12,8 +12,9 @@ from teaching_cri.trace.sinks import FanOutSink, JsonlFileSink, RingBufferSink
 
 
 def ev(seq: int, chart: str = "Version", **attrs: str) -> TraceEvent:
-    return TraceEvent("a" * 32, "b" * 16, "", seq, 1_000 + seq, chart, "version",
-                      EventKind.STEP, "", attrs, seq)
+    return TraceEvent(
+        "a" * 32, "b" * 16, "", seq, 1_000 + seq, chart, "version", EventKind.STEP, "", attrs, seq
+    )
 
 
 def test_ring_buffer_keeps_the_newest_and_filters() -> None:
@@ -43,8 +44,9 @@ def test_jsonl_file_rotates_and_every_line_is_an_event(tmp_path: Path) -> None:
     files = sorted(tmp_path.glob("trace/trace.jsonl*"))
     assert [f.name for f in files] == ["trace.jsonl", "trace.jsonl.1", "trace.jsonl.2"]
     assert all(f.stat().st_size <= 2_000 for f in files)
-    events = [TraceEvent.from_dict(json.loads(line))
-              for f in files for line in f.read_text().splitlines()]
+    events = [
+        TraceEvent.from_dict(json.loads(line)) for f in files for line in f.read_text().splitlines()
+    ]
     assert events and all(e.attributes == {"container_id": "c"} for e in events)
     newest = [TraceEvent.from_dict(json.loads(x)) for x in path.read_text().splitlines()]
     assert newest[-1].sequence == 100  # close() wrote everything queued before it

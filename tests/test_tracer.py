@@ -23,13 +23,22 @@ CHART: dict[str, Any] = {
         {"label": "unpack", "kind": "action"},
         {"label": "done", "kind": "end"},
     ],
-    "edges": ["pull -> resolve", "resolve -> cached", "cached -> done : Y",
-              "cached -> fetch : N", "fetch -> unpack", "unpack -> done"],
+    "edges": [
+        "pull -> resolve",
+        "resolve -> cached",
+        "cached -> done : Y",
+        "cached -> fetch : N",
+        "fetch -> unpack",
+        "unpack -> done",
+    ],
 }
 CHILD: dict[str, Any] = {
     "name": "Child",
-    "nodes": [{"label": "Child", "kind": "start"}, {"label": "work", "kind": "action"},
-              {"label": "child done", "kind": "end"}],
+    "nodes": [
+        {"label": "Child", "kind": "start"},
+        {"label": "work", "kind": "action"},
+        {"label": "child done", "kind": "end"},
+    ],
     "edges": ["child -> work", "work -> child_done"],
 }
 
@@ -57,8 +66,9 @@ def unpack(fail: bool) -> None:
         raise ValueError("layer escapes its root")
 
 
-async def pull(tracer: Tracer, name: str, cached: bool, delay: float = 0.0,
-               fail: bool = False) -> str:
+async def pull(
+    tracer: Tracer, name: str, cached: bool, delay: float = 0.0, fail: bool = False
+) -> str:
     with tracer.span("Pull", image=name):
         resolved = resolve(name)
         if not decide("cached", cached):
@@ -76,8 +86,12 @@ async def test_a_span_emits_begin_steps_branch_end(traced: tuple[Tracer, RingBuf
     assert await pull(tracer, "busybox", cached=False) == "BUSYBOX"
     events = ring.snapshot()
     assert kinds(events) == [
-        ("begin", "pull", ""), ("step", "resolve", ""), ("branch", "cached", "N"),
-        ("step", "fetch", ""), ("step", "unpack", ""), ("end", "done", ""),
+        ("begin", "pull", ""),
+        ("step", "resolve", ""),
+        ("branch", "cached", "N"),
+        ("step", "fetch", ""),
+        ("step", "unpack", ""),
+        ("end", "done", ""),
     ]
     assert len({e.span_id for e in events}) == 1 and len({e.trace_id for e in events}) == 1
     assert [e.sequence for e in events] == sorted(e.sequence for e in events)
@@ -88,7 +102,9 @@ async def test_a_span_emits_begin_steps_branch_end(traced: tuple[Tracer, RingBuf
     assert_conforms(events, tracer.charts)
 
 
-async def test_the_end_node_follows_from_the_last_step(traced: tuple[Tracer, RingBufferSink]) -> None:
+async def test_the_end_node_follows_from_the_last_step(
+    traced: tuple[Tracer, RingBufferSink],
+) -> None:
     tracer, ring = traced
     await pull(tracer, "busybox", cached=True)
     assert kinds(ring.snapshot())[-2:] == [("branch", "cached", "Y"), ("end", "done", "")]
@@ -107,8 +123,9 @@ async def test_an_error_is_recorded_once_at_its_step(traced: tuple[Tracer, RingB
 async def test_concurrent_spans_do_not_mix(traced: tuple[Tracer, RingBufferSink]) -> None:
     tracer, ring = traced
     # Interleave three pulls on one loop: each task's steps must land in its own span.
-    await asyncio.gather(*(pull(tracer, f"img{i}", cached=False, delay=0.01 * (3 - i))
-                           for i in range(3)))
+    await asyncio.gather(
+        *(pull(tracer, f"img{i}", cached=False, delay=0.01 * (3 - i)) for i in range(3))
+    )
     grouped = spans(ring.snapshot())
     assert len(grouped) == 3
     for events in grouped.values():

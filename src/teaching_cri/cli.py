@@ -9,10 +9,14 @@ import sys
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import __version__
 from .config import KEYS, LOG_LEVELS, ConfigError, resolve
 from .runtime.backends import BACKEND_NAMES
+
+if TYPE_CHECKING:
+    from .trace.events import TraceEvent
 
 PROG = "teaching-cri"
 
@@ -51,8 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
     follow.add_argument("--chart", action="append", default=[], help="only this chart (repeatable)")
     follow.add_argument("--container", default="", help="only events about this container id")
     follow.add_argument("--sandbox", default="", help="only events about this sandbox id")
-    follow.add_argument("--since", type=float, default=0.0,
-                        help="first replay the last SECONDS of buffered events")
+    follow.add_argument(
+        "--since", type=float, default=0.0, help="first replay the last SECONDS of buffered events"
+    )
     show = tsub.add_parser("show", help="draw the latest trace of a chart")
     _socket_arg(show)
     show.add_argument("chart")
@@ -87,14 +92,14 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def format_event_line(event: object, dropped: int = 0) -> str:
-    from .trace.events import TraceEvent
-
-    assert isinstance(event, TraceEvent)
+def format_event_line(event: TraceEvent, dropped: int = 0) -> str:
     when = datetime.fromtimestamp(event.unix_nano / 1e9).strftime("%H:%M:%S.%f")
     ids = [f"trace={event.trace_id[:8]}", f"span={event.span_id[:8]}"]
-    ids += [f"{k}={v}" for k, v in sorted(event.attributes.items())
-            if k in ("container_id", "sandbox_id", "code", "error")]
+    ids += [
+        f"{k}={v}"
+        for k, v in sorted(event.attributes.items())
+        if k in ("container_id", "sandbox_id", "code", "error")
+    ]
     label = f" [{event.label}]" if event.label else ""
     line = f"{when}  {event.chart:<22} {event.kind.value:<6} {event.node}{label}  {' '.join(ids)}"
     return (f"({dropped} events dropped)\n" if dropped else "") + line
@@ -114,8 +119,12 @@ def _follow(args: argparse.Namespace) -> int:
         return 1
     since = time.time_ns() - int(args.since * 1e9) if args.since > 0 else 0
     try:
-        for event, dropped in client.follow(charts=args.chart, container_id=args.container,
-                                            sandbox_id=args.sandbox, since_unix_nano=since):
+        for event, dropped in client.follow(
+            charts=args.chart,
+            container_id=args.container,
+            sandbox_id=args.sandbox,
+            since_unix_nano=since,
+        ):
             print(format_event_line(event, dropped), flush=True)
     except grpc.RpcError as exc:
         if exc.code() == grpc.StatusCode.CANCELLED:
@@ -129,21 +138,24 @@ def _follow(args: argparse.Namespace) -> int:
     return 0
 
 
-def _write_rendering(chart_name: str, fmt: str, output: Path | None, events: list[object]) -> int:
+def _write_rendering(
+    chart_name: str, fmt: str, output: Path | None, events: list[TraceEvent]
+) -> int:
     from .trace.charts import ChartSet
     from .trace.render import render_png, render_svg, render_text
 
     charts = ChartSet.load()
     if chart_name not in charts:
-        print(f"{PROG}: error: unknown chart {chart_name!r}; known: {', '.join(sorted(charts))}",
-              file=sys.stderr)
+        print(
+            f"{PROG}: error: unknown chart {chart_name!r}; known: {', '.join(sorted(charts))}",
+            file=sys.stderr,
+        )
         return 2
     chart = charts[chart_name]
-    evs = events  # type: ignore[assignment]
     if fmt == "text":
-        print(render_text(chart, evs, color=sys.stdout.isatty()))  # type: ignore[arg-type]
+        print(render_text(chart, events, color=sys.stdout.isatty()))
         return 0
-    data = render_svg(chart, evs).encode() if fmt == "svg" else render_png(chart, evs)  # type: ignore[arg-type]
+    data = render_svg(chart, events).encode() if fmt == "svg" else render_png(chart, events)
     if output is None:
         sys.stdout.buffer.write(data)
     else:

@@ -1,10 +1,10 @@
 """A client for tests and notebooks: typed stubs on the server's unix socket.
 
-    from teaching_cri.client import connect
-    with connect() as cri:
-        print(cri.runtime.Version(api_pb2.VersionRequest()))
-        for event in cri.follow(charts=["Version"]):
-            ...
+from teaching_cri.client import connect
+with connect() as cri:
+    print(cri.runtime.Version(api_pb2.VersionRequest()))
+    for event in cri.follow(charts=["Version"]):
+        ...
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from types import TracebackType
 
 import grpc
 
-from .api import api_pb2, api_pb2_grpc, trace_pb2, trace_pb2_grpc
+from .api import api_pb2_grpc, trace_pb2, trace_pb2_grpc
 from .config import default_socket
 from .daemon import MAX_MESSAGE_BYTES
 from .trace.events import TraceEvent
@@ -57,17 +57,26 @@ class Client:
         """Live events as (event, events dropped before it); cancel with ``close``."""
         request = trace_pb2.FollowRequest(
             filter=trace_pb2.TraceFilter(
-                charts=list(charts), container_id=container_id, sandbox_id=sandbox_id,
-                trace_id=trace_id, since_unix_nano=since_unix_nano,
+                charts=list(charts),
+                container_id=container_id,
+                sandbox_id=sandbox_id,
+                trace_id=trace_id,
+                since_unix_nano=since_unix_nano,
             )
         )
         for msg in self.trace.Follow(request):
             yield event_from_pb(msg), msg.dropped_before
 
-    def recent(self, *, charts: Iterable[str] = (), trace_id: str = "",
-               since_unix_nano: int = 0) -> list[TraceEvent]:
-        response = self.trace.Recent(trace_pb2.RecentRequest(filter=trace_pb2.TraceFilter(
-            charts=list(charts), trace_id=trace_id, since_unix_nano=since_unix_nano)))
+    def recent(
+        self, *, charts: Iterable[str] = (), trace_id: str = "", since_unix_nano: int = 0
+    ) -> list[TraceEvent]:
+        response = self.trace.Recent(
+            trace_pb2.RecentRequest(
+                filter=trace_pb2.TraceFilter(
+                    charts=list(charts), trace_id=trace_id, since_unix_nano=since_unix_nano
+                )
+            )
+        )
         return [event_from_pb(e) for e in response.events]
 
     def close(self) -> None:
@@ -76,8 +85,9 @@ class Client:
     def __enter__(self) -> Client:
         return self
 
-    def __exit__(self, t: type[BaseException] | None, e: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.close()
 
 

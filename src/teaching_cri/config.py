@@ -103,8 +103,7 @@ def read_config_file(path: Path) -> dict[str, Any]:
     unknown = sorted(set(data) - set(KEYS))
     if unknown:
         raise ConfigError(
-            f"config file {path}: unknown option(s) {', '.join(unknown)}; "
-            f"known: {', '.join(KEYS)}"
+            f"config file {path}: unknown option(s) {', '.join(unknown)}; known: {', '.join(KEYS)}"
         )
     for key, value in data.items():
         if not isinstance(value, str):
@@ -158,13 +157,16 @@ def resolve(values: Mapping[str, str | None], config_file: Path | None = None) -
     runtime = merged.get("runtime", "auto")
     level = merged.get("log-level", "info").lower()
     trace = merged.get("trace-file")
-    trace_file = root / "traces" / "trace.jsonl" if trace is None else (
-        Path(trace).absolute() if trace else None
+    trace_file = (
+        root / "traces" / "trace.jsonl"
+        if trace is None
+        else (Path(trace).absolute() if trace else None)
     )
 
     _split_host_port(stream)
     if runtime not in BACKEND_NAMES:
-        raise ConfigError(f"runtime {runtime!r}: unknown backend; known: {', '.join(BACKEND_NAMES)}")
+        known = ", ".join(BACKEND_NAMES)
+        raise ConfigError(f"runtime {runtime!r}: unknown backend; known: {known}")
     if level not in LOG_LEVELS:
         raise ConfigError(f"log-level {level!r}: must be one of {', '.join(LOG_LEVELS)}")
     if len(os.fsencode(socket)) > MAX_SOCKET_PATH:

@@ -124,8 +124,11 @@ class Daemon:
             trace_pb2.DESCRIPTOR.services_by_name["TraceService"].full_name,
         ]
         reflection.enable_server_reflection(
-            [*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-             reflection.SERVICE_NAME],
+            [
+                *names,
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                reflection.SERVICE_NAME,
+            ],
             server,
         )
         try:
@@ -140,12 +143,18 @@ class Daemon:
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
 
         log.info("teaching-cri %s serving CRI v1 on unix://%s", __version__, cfg.socket)
-        log.info("runtime backend %s (asked for %s): %s", backend.name, backend.requested,
-                 "available" if backend.available else f"NOT available: {backend.message}")
+        log.info(
+            "runtime backend %s (asked for %s): %s",
+            backend.name,
+            backend.requested,
+            "available" if backend.available else f"NOT available: {backend.message}",
+        )
         for caveat in backend.not_isolated:
             log.warning("not isolated: %s", caveat)
-        log.info("traces: ring buffer, TraceService.Follow%s",
-                 f", {cfg.trace_file}" if cfg.trace_file else "")
+        log.info(
+            "traces: ring buffer, TraceService.Follow%s",
+            f", {cfg.trace_file}" if cfg.trace_file else "",
+        )
 
     async def stop(self, grace: float = SHUTDOWN_GRACE_SECONDS) -> None:
         """Drain in-flight RPCs, close the listener, flush the traces."""

@@ -48,8 +48,20 @@ def server_for_demo(socket: Path | None) -> Iterator[Path]:
         sock = Path(tmp) / "cri.sock"
         print(f"starting a server for the demo on {sock}")
         proc = subprocess.Popen(
-            [sys.executable, "-m", "teaching_cri", "serve", "--socket", str(sock),
-             "--root", f"{tmp}/root", "--state", f"{tmp}/state", "--log-level", "warning"],
+            [
+                sys.executable,
+                "-m",
+                "teaching_cri",
+                "serve",
+                "--socket",
+                str(sock),
+                "--root",
+                f"{tmp}/root",
+                "--state",
+                f"{tmp}/state",
+                "--log-level",
+                "warning",
+            ],
         )
         try:
             wait_for_socket(sock, timeout=20)
@@ -106,25 +118,51 @@ def main(socket: Path | None = None, svg_dir: Path | None = None, color: bool | 
         print(f"teaching-cri demo: talking CRI v1 to unix://{sock}")
         walk = Walkthrough(client, charts, svg_dir, color)
         rt = client.runtime
-        walk.call("Version", "Version: the kubelet's first question", rt.Version,
-                  api_pb2.VersionRequest(version="v1"))
-        walk.call("Status", "Status (verbose): are runtime and network ready?", rt.Status,
-                  api_pb2.StatusRequest(verbose=True))
-        walk.call("RuntimeConfig", "RuntimeConfig: which cgroup driver?", rt.RuntimeConfig,
-                  api_pb2.RuntimeConfigRequest())
-        walk.call("UpdateRuntimeConfig", "UpdateRuntimeConfig: the node's pod CIDR",
-                  rt.UpdateRuntimeConfig, api_pb2.UpdateRuntimeConfigRequest(
-                      runtime_config=api_pb2.RuntimeConfig(
-                          network_config=api_pb2.NetworkConfig(pod_cidr="10.88.0.0/16"))))
-        walk.call("UpdateRuntimeConfig", "UpdateRuntimeConfig with a bad CIDR: INVALID_ARGUMENT",
-                  rt.UpdateRuntimeConfig, api_pb2.UpdateRuntimeConfigRequest(
-                      runtime_config=api_pb2.RuntimeConfig(
-                          network_config=api_pb2.NetworkConfig(pod_cidr="10.88.0.0/99"))))
+        walk.call(
+            "Version",
+            "Version: the kubelet's first question",
+            rt.Version,
+            api_pb2.VersionRequest(version="v1"),
+        )
+        walk.call(
+            "Status",
+            "Status (verbose): are runtime and network ready?",
+            rt.Status,
+            api_pb2.StatusRequest(verbose=True),
+        )
+        walk.call(
+            "RuntimeConfig",
+            "RuntimeConfig: which cgroup driver?",
+            rt.RuntimeConfig,
+            api_pb2.RuntimeConfigRequest(),
+        )
+        walk.call(
+            "UpdateRuntimeConfig",
+            "UpdateRuntimeConfig: the node's pod CIDR",
+            rt.UpdateRuntimeConfig,
+            api_pb2.UpdateRuntimeConfigRequest(
+                runtime_config=api_pb2.RuntimeConfig(
+                    network_config=api_pb2.NetworkConfig(pod_cidr="10.88.0.0/16")
+                )
+            ),
+        )
+        walk.call(
+            "UpdateRuntimeConfig",
+            "UpdateRuntimeConfig with a bad CIDR: INVALID_ARGUMENT",
+            rt.UpdateRuntimeConfig,
+            api_pb2.UpdateRuntimeConfigRequest(
+                runtime_config=api_pb2.RuntimeConfig(
+                    network_config=api_pb2.NetworkConfig(pod_cidr="10.88.0.0/99")
+                )
+            ),
+        )
         print("\n=== What comes next")
         try:
             rt.RunPodSandbox(api_pb2.RunPodSandboxRequest())
         except grpc.RpcError as exc:
             print(f"RunPodSandbox: {exc.code().name}: {exc.details()}")
-        print("(pod sandboxes, containers, exec and attach arrive with the next issues;"
-              " this walk grows with them)")
+        print(
+            "(pod sandboxes, containers, exec and attach arrive with the next issues;"
+            " this walk grows with them)"
+        )
     return 0

@@ -19,6 +19,7 @@ from typing import Any, Protocol, TypeVar
 import grpc
 from google.protobuf.message import Message
 
+from ..api import Context
 from ..errors import CRIError
 from ..trace.tracer import Tracer
 
@@ -46,7 +47,7 @@ def _request_attributes(request: Message) -> dict[str, str]:
     return attrs
 
 
-def _trace_id(context: grpc.aio.ServicerContext) -> str:
+def _trace_id(context: Context) -> str:
     for key, value in context.invocation_metadata() or ():
         if key == "traceparent" and isinstance(value, str):
             m = _TRACEPARENT.match(value)
@@ -55,17 +56,16 @@ def _trace_id(context: grpc.aio.ServicerContext) -> str:
     return ""
 
 
-Handler = Callable[[Any, Req, grpc.aio.ServicerContext], Awaitable[Resp]]
+Handler = Callable[[Any, Req, Context], Awaitable[Resp]]
 
 
 def rpc(chart: str) -> Callable[[Handler[Req, Resp]], Handler[Req, Resp]]:
     def decorate(fn: Handler[Req, Resp]) -> Handler[Req, Resp]:
         @functools.wraps(fn)
-        async def handler(svc: Traced, request: Req, context: grpc.aio.ServicerContext) -> Resp:
+        async def handler(svc: Traced, request: Req, context: Context) -> Resp:
             try:
-                with svc.tracer.span(
-                    chart, trace_id=_trace_id(context), rpc=chart, **_request_attributes(request)
-                ):
+                attributes = {"rpc": chart, **_request_attributes(request)}
+                with svc.tracer.span(chart, trace_id=_trace_id(context), attributes=attributes):
                     return await fn(svc, request, context)
             except CRIError as exc:
                 await context.abort(exc.code, str(exc))

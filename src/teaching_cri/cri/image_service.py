@@ -11,6 +11,6 @@ IMAGE_SERVICE = api_pb2.DESCRIPTOR.services_by_name["ImageService"]
 
 
 @fill_unimplemented(IMAGE_SERVICE)
-class ImageService(api_pb2_grpc.ImageServiceServicer):  # type: ignore[misc]
+class ImageService(api_pb2_grpc.ImageServiceServicer):
     def __init__(self, tracer: Tracer) -> None:
         self.tracer = tracer

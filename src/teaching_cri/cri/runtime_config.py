@@ -6,9 +6,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-import grpc
-
-from ..api import api_pb2
+from ..api import Context, api_pb2
 from ..trace.tracer import decide, step
 from ._rpc import rpc
 
@@ -17,10 +15,10 @@ if TYPE_CHECKING:
 
 
 @rpc("UpdateRuntimeConfig")
-async def UpdateRuntimeConfig(  # noqa: N802 - the RPC's name on the wire
+async def UpdateRuntimeConfig(
     svc: RuntimeService,
     request: api_pb2.UpdateRuntimeConfigRequest,
-    context: grpc.aio.ServicerContext,
+    context: Context,
 ) -> api_pb2.UpdateRuntimeConfigResponse:
     pod_cidr = request.runtime_config.network_config.pod_cidr
     if decide("pod_cidr_set", bool(pod_cidr)):
@@ -31,8 +29,8 @@ async def UpdateRuntimeConfig(  # noqa: N802 - the RPC's name on the wire
 
 
 @rpc("RuntimeConfig")
-async def RuntimeConfig(  # noqa: N802 - the RPC's name on the wire
-    svc: RuntimeService, request: api_pb2.RuntimeConfigRequest, context: grpc.aio.ServicerContext
+async def RuntimeConfig(
+    svc: RuntimeService, request: api_pb2.RuntimeConfigRequest, context: Context
 ) -> api_pb2.RuntimeConfigResponse:
     driver = svc.runtime.cgroup_driver()
     return set_linux_cgroup_driver(driver)

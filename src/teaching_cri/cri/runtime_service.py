@@ -20,7 +20,7 @@ RUNTIME_SERVICE = api_pb2.DESCRIPTOR.services_by_name["RuntimeService"]
 
 
 @fill_unimplemented(RUNTIME_SERVICE)
-class RuntimeService(api_pb2_grpc.RuntimeServiceServicer):  # type: ignore[misc]
+class RuntimeService(api_pb2_grpc.RuntimeServiceServicer):
     def __init__(
         self, runtime: RuntimeManager, tracer: Tracer, trace_stats: Callable[[], dict[str, Any]]
     ) -> None:

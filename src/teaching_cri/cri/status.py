@@ -12,9 +12,7 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
-import grpc
-
-from ..api import api_pb2
+from ..api import Context, api_pb2
 from ..manager.network import NetworkStatus
 from ..runtime.backends import BackendProbe
 from ..trace.tracer import decide, step
@@ -28,8 +26,8 @@ NETWORK_READY = "NetworkReady"
 
 
 @rpc("Status")
-async def Status(  # noqa: N802 - the RPC's name on the wire
-    svc: RuntimeService, request: api_pb2.StatusRequest, context: grpc.aio.ServicerContext
+async def Status(
+    svc: RuntimeService, request: api_pb2.StatusRequest, context: Context
 ) -> api_pb2.StatusResponse:
     status = new_runtime_status()
     runtime_ready = add_runtime_ready_condition(status)
@@ -47,7 +45,10 @@ async def Status(  # noqa: N802 - the RPC's name on the wire
     return api_pb2.StatusResponse(
         status=status,
         info=info,
-        runtime_handlers=[api_pb2.RuntimeHandler(name="", features=api_pb2.RuntimeHandlerFeatures())],
+        # One handler, the default (""): RuntimeClass handlers arrive with the runtime backends.
+        runtime_handlers=[
+            api_pb2.RuntimeHandler(name="", features=api_pb2.RuntimeHandlerFeatures())
+        ],
         features=api_pb2.RuntimeFeatures(),
     )
 
@@ -97,7 +98,9 @@ def build_verbose_info(
         "not_isolated": list(backend.not_isolated),
     }
     facts["network"] = facts.get("network", {}) | {
-        "ready": network.ready, "message": network.message, "config_file": network.config_file,
+        "ready": network.ready,
+        "message": network.message,
+        "config_file": network.config_file,
     }
     facts["trace"] = svc.trace_stats()
     return {key: json.dumps(value, sort_keys=True) for key, value in facts.items()}

@@ -13,11 +13,13 @@ from typing import Any, TypeVar
 import grpc
 from google.protobuf.descriptor import ServiceDescriptor
 
+from ..api import Context
+
 T = TypeVar("T", bound=type)
 
 
 def _unimplemented(full_name: str) -> Any:
-    async def handler(self: object, request: object, context: grpc.aio.ServicerContext) -> None:
+    async def handler(self: object, request: object, context: Context) -> None:
         await context.abort(
             grpc.StatusCode.UNIMPLEMENTED, f"{full_name} is not implemented by teaching-cri yet"
         )

@@ -9,9 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-import grpc
-
-from ..api import api_pb2
+from ..api import Context, api_pb2
 from ..manager.runtime_manager import DaemonVersion
 from ..trace.tracer import step
 from ._rpc import rpc
@@ -21,8 +19,8 @@ if TYPE_CHECKING:
 
 
 @rpc("Version")
-async def Version(  # noqa: N802 - the RPC's name on the wire
-    svc: RuntimeService, request: api_pb2.VersionRequest, context: grpc.aio.ServicerContext
+async def Version(
+    svc: RuntimeService, request: api_pb2.VersionRequest, context: Context
 ) -> api_pb2.VersionResponse:
     daemon = svc.runtime.version()  # m_cb->container.version
     return version_response_to_grpc(daemon)

@@ -43,7 +43,9 @@ def cni_status(
     if not conf_dir.is_dir():
         return NetworkStatus(False, f"no CNI configuration directory {conf_dir}")
     problems = []
-    for path in sorted(p for p in conf_dir.iterdir() if p.suffix in (".conf", ".conflist", ".json")):
+    for path in sorted(
+        p for p in conf_dir.iterdir() if p.suffix in (".conf", ".conflist", ".json")
+    ):
         try:
             doc = json.loads(path.read_text())
         except (OSError, ValueError) as exc:

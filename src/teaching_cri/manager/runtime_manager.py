@@ -114,8 +114,12 @@ class RuntimeManager:
     def info(self) -> dict[str, Any]:
         """Facts for Status's verbose info (each top-level value becomes one JSON value)."""
         return {
-            "runtime": {"name": RUNTIME_NAME, "version": __version__, "python": platform.python_version(),
-                        "started_at": self.started_at},
+            "runtime": {
+                "name": RUNTIME_NAME,
+                "version": __version__,
+                "python": platform.python_version(),
+                "started_at": self.started_at,
+            },
             "config": self.config.as_dict() | {"cni-conf-dir": str(self.cni_conf_dir)},
             "network": {"pod_cidrs": list(self.pod_cidrs)},
         }

@@ -58,20 +58,40 @@ def probe(requested: str, runc: str = "runc") -> BackendProbe:
         name = "runc" if root and runc_path else "unprivileged"
     if name == "runc":
         if not root:
-            return BackendProbe(requested, name, False, "RuntimeNeedsRoot",
-                                "the runc backend needs root; use --runtime unprivileged")
+            return BackendProbe(
+                requested,
+                name,
+                False,
+                "RuntimeNeedsRoot",
+                "the runc backend needs root; use --runtime unprivileged",
+            )
         if runc_path is None:
-            return BackendProbe(requested, name, False, "RuntimeBinaryMissing",
-                                f"{runc!r} not found on PATH (apt-get install runc)")
-        return BackendProbe(requested, name, True, details={
-            "runc": runc_path, "runc_version": _runc_version(runc_path), "cgroup_driver": "cgroupfs",
-        })
+            return BackendProbe(
+                requested,
+                name,
+                False,
+                "RuntimeBinaryMissing",
+                f"{runc!r} not found on PATH (apt-get install runc)",
+            )
+        return BackendProbe(
+            requested,
+            name,
+            True,
+            details={
+                "runc": runc_path,
+                "runc_version": _runc_version(runc_path),
+                "cgroup_driver": "cgroupfs",
+            },
+        )
     userns = user_namespaces_allowed()
     return BackendProbe(
         requested,
         "unprivileged",
         True,
-        details={"user_namespaces": "allowed" if userns else "not allowed", "cgroup_driver": "cgroupfs"},
+        details={
+            "user_namespaces": "allowed" if userns else "not allowed",
+            "cgroup_driver": "cgroupfs",
+        },
         not_isolated=(
             ("resource limits are recorded but not enforced (no cgroup delegation)",)
             + (() if userns else ("no namespaces: containers are plain processes of this user",))

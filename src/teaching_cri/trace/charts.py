@@ -179,9 +179,7 @@ def parse_chart(data: Mapping[str, Any], origin: str = "<chart>") -> Chart:
         derived = node_id(label)
         nid = _as_str(raw.get("id", derived), "id", where)
         if kind is not NodeKind.NOTE and nid != derived:
-            raise ChartError(
-                f"{where}: id {nid!r} must be the label in snake_case, {derived!r}"
-            )
+            raise ChartError(f"{where}: id {nid!r} must be the label in snake_case, {derived!r}")
         if not nid or not re.fullmatch(r"[a-z0-9_]+", nid):
             raise ChartError(f"{where}: id {nid!r} must be non-empty snake_case")
         if nid in nodes:

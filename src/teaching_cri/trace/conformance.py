@@ -52,8 +52,7 @@ def check_span(events: Sequence[TraceEvent], chart: Chart) -> list[str]:
     first = events[0]
     if first.kind is not EventKind.BEGIN or first.node != chart.start:
         problems.append(
-            f"{chart.name}: the span must open with begin {chart.start!r}, "
-            f"not {_describe(first)}"
+            f"{chart.name}: the span must open with begin {chart.start!r}, not {_describe(first)}"
         )
         return problems
     walked = [first.node]
@@ -142,8 +141,10 @@ def assert_conforms(
                 )
     if problems:
         raise AssertionError(
-            "trace does not follow its chart:\n  - " + "\n  - ".join(problems)
-            + "\n\npath taken:\n" + "\n".join(path_lines(events))
+            "trace does not follow its chart:\n  - "
+            + "\n  - ".join(problems)
+            + "\n\npath taken:\n"
+            + "\n".join(path_lines(events))
         )
 
 
@@ -179,6 +180,7 @@ def assert_golden_path(events: Iterable[TraceEvent], golden: Path) -> None:
             expected, actual, fromfile=f"{golden} (golden)", tofile="this run", lineterm=""
         )
         raise AssertionError(
-            "the scenario took a different path through the charts:\n" + "\n".join(diff)
+            "the scenario took a different path through the charts:\n"
+            + "\n".join(diff)
             + f"\n(if the change is intended: {ENV_UPDATE_GOLDEN}=1 pytest ...)"
         )

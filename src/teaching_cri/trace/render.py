@@ -116,8 +116,10 @@ def to_dot(chart: Chart, ov: Overlay | None = None) -> graphviz.Digraph:
     title = chart.title
     if ov is not None and ov.visits:
         title += f"\ntrace {ov.trace_id[:8]}…  {_ms(ov.total_ns)}"
-    dot = graphviz.Digraph(chart.name, graph_attr={"label": title, "labelloc": "t",
-                                                   "fontname": "Helvetica", "rankdir": "TB"})
+    dot = graphviz.Digraph(
+        chart.name,
+        graph_attr={"label": title, "labelloc": "t", "fontname": "Helvetica", "rankdir": "TB"},
+    )
     dot.attr("node", fontname="Helvetica", fontsize="11")
     dot.attr("edge", fontname="Helvetica", fontsize="10")
     for node in chart.nodes.values():
@@ -131,8 +133,16 @@ def to_dot(chart: Chart, ov: Overlay | None = None) -> graphviz.Digraph:
             fill, penwidth = VISITED, "2"
         if ov is not None and node.id == ov.error_node:
             fill, color = ERROR, ERROR_EDGE
-        dot.node(node.id, _node_label(node, ov), shape=shape, style=style, fillcolor=fill,
-                 color=color, fontcolor=fontcolor, penwidth=penwidth)
+        dot.node(
+            node.id,
+            _node_label(node, ov),
+            shape=shape,
+            style=style,
+            fillcolor=fill,
+            color=color,
+            fontcolor=fontcolor,
+            penwidth=penwidth,
+        )
         for target in node.about:
             dot.edge(node.id, target, style="dashed", arrowhead="none", color=ABSENT)
     for edge in chart.edges:
@@ -148,12 +158,14 @@ def to_dot(chart: Chart, ov: Overlay | None = None) -> graphviz.Digraph:
 
 def render_svg(chart: Chart, events: Iterable[TraceEvent] = ()) -> str:
     ov = overlay_for(chart, events)
-    return to_dot(chart, ov if ov.visits else None).pipe(format="svg").decode("utf-8")
+    svg: bytes = to_dot(chart, ov if ov.visits else None).pipe(format="svg")
+    return svg.decode("utf-8")
 
 
 def render_png(chart: Chart, events: Iterable[TraceEvent] = ()) -> bytes:
     ov = overlay_for(chart, events)
-    return to_dot(chart, ov if ov.visits else None).pipe(format="png")
+    png: bytes = to_dot(chart, ov if ov.visits else None).pipe(format="png")
+    return png
 
 
 def render_text(chart: Chart, events: Iterable[TraceEvent] = (), *, color: bool = False) -> str:
@@ -176,8 +188,10 @@ def render_text(chart: Chart, events: Iterable[TraceEvent] = (), *, color: bool 
             mark = "○"
         shape = {"decision": "◇ ", "start": "▶ ", "end": "■ "}.get(node.kind.value, "  ")
         steps = ",".join(
-            ("✗" if v.kind is EventKind.ERROR else "") + f"#{v.order}"
-            + (f"[{v.label}]" if v.label else "") for v in visits
+            ("✗" if v.kind is EventKind.ERROR else "")
+            + f"#{v.order}"
+            + (f"[{v.label}]" if v.label else "")
+            for v in visits
         )
         time_ = _ms(sum(v.duration_ns for v in visits if v.kind is not EventKind.END))
         tag = " (+ ours)" if node.ours else (f" (absent: {node.absent})" if node.absent else "")

@@ -7,22 +7,20 @@ from typing import Any
 
 import grpc
 
-from ..api import trace_pb2, trace_pb2_grpc
+from ..api import Context, trace_pb2, trace_pb2_grpc
 from .events import TraceFilter
 from .sinks import FanOutSink, RingBufferSink
 from .tracer import Tracer
 from .wire import event_to_pb, filter_from_pb
 
 
-class TraceService(trace_pb2_grpc.TraceServiceServicer):  # type: ignore[misc]
+class TraceService(trace_pb2_grpc.TraceServiceServicer):
     def __init__(self, tracer: Tracer, ring: RingBufferSink, fanout: FanOutSink) -> None:
         self.tracer = tracer
         self.ring = ring
         self.fanout = fanout
 
-    async def _filter(
-        self, msg: trace_pb2.TraceFilter, context: grpc.aio.ServicerContext
-    ) -> TraceFilter:
+    async def _filter(self, msg: trace_pb2.TraceFilter, context: Context) -> TraceFilter:
         unknown = [c for c in msg.charts if c not in self.tracer.charts]
         if unknown:
             await context.abort(
@@ -37,8 +35,8 @@ class TraceService(trace_pb2_grpc.TraceServiceServicer):  # type: ignore[misc]
             )
         return filter_from_pb(msg)
 
-    async def Follow(  # noqa: N802 - the RPC's name on the wire
-        self, request: trace_pb2.FollowRequest, context: grpc.aio.ServicerContext
+    async def Follow(
+        self, request: trace_pb2.FollowRequest, context: Context
     ) -> AsyncIterator[trace_pb2.TraceEvent]:
         flt = await self._filter(request.filter, context)
         replay = self.ring.snapshot(flt) if flt.since_unix_nano else []
@@ -53,14 +51,14 @@ class TraceService(trace_pb2_grpc.TraceServiceServicer):  # type: ignore[misc]
         finally:
             self.fanout.unsubscribe(sub)
 
-    async def Recent(  # noqa: N802
-        self, request: trace_pb2.RecentRequest, context: grpc.aio.ServicerContext
+    async def Recent(
+        self, request: trace_pb2.RecentRequest, context: Context
     ) -> trace_pb2.RecentResponse:
         flt = await self._filter(request.filter, context)
         return trace_pb2.RecentResponse(events=[event_to_pb(e) for e in self.ring.snapshot(flt)])
 
-    async def Stats(  # noqa: N802
-        self, request: trace_pb2.StatsRequest, context: grpc.aio.ServicerContext
+    async def Stats(
+        self, request: trace_pb2.StatsRequest, context: Context
     ) -> trace_pb2.StatsResponse:
         return trace_pb2.StatsResponse(
             emitted=self.tracer.emitted,
@@ -78,6 +76,8 @@ class TraceService(trace_pb2_grpc.TraceServiceServicer):  # type: ignore[misc]
             "enabled": self.tracer.enabled,
             "emitted": self.tracer.emitted,
             "subscribers": self.fanout.subscribers,
-            "sinks": {s.name: dict(zip(("delivered", "dropped"), s.counts(), strict=True))
-                      for s in self.tracer.sinks},
+            "sinks": {
+                s.name: dict(zip(("delivered", "dropped"), s.counts(), strict=True))
+                for s in self.tracer.sinks
+            },
         }

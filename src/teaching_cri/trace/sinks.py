@@ -15,8 +15,8 @@ import logging.handlers
 import queue
 import threading
 import time
-from collections.abc import Sequence
 from collections import deque
+from collections.abc import Sequence
 from pathlib import Path
 
 from .events import TraceEvent, TraceFilter

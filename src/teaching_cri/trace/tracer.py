@@ -24,6 +24,7 @@ nothing, so the same manager code runs untraced in unit tests or benchmarks.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import random
@@ -69,10 +70,8 @@ def _traced_already(exc: BaseException) -> bool:
 
 
 def _mark_traced(exc: BaseException) -> None:
-    try:
+    with contextlib.suppress(AttributeError):  # an exception type with __slots__
         exc.__teaching_cri_traced__ = True  # type: ignore[attr-defined]
-    except AttributeError:  # pragma: no cover - exceptions with __slots__
-        pass
 
 
 class Tracer:
@@ -104,10 +103,12 @@ class Tracer:
         *,
         trace_id: str = "",
         parent: Span | None = None,
-        **attributes: str,
+        attributes: Mapping[str, str] | None = None,
+        **more: str,
     ) -> Span:
         """Open a span over ``chart``; its parent is the current span, if any."""
-        return Span(self, self.charts[chart], trace_id, parent, attributes)
+        attrs = {**attributes, **more} if attributes else more
+        return Span(self, self.charts[chart], trace_id, parent, attrs)
 
     def close(self) -> None:
         for sink in self.sinks:
@@ -265,7 +266,7 @@ def current_span() -> Span | None:
     return _current.get()
 
 
-class step:  # noqa: N801 - reads as a verb at the use site: ``@step("node")``
+class step:
     """Trace one chart node: a decorator for a step function, or a context manager
     for a block. An exception escaping the step is recorded as an ERROR at this
     node (once: the enclosing span does not record it again) and re-raised."""
