@@ -47,6 +47,7 @@ def dirs(base: Path) -> list[str]:
         ('stream-address = "localhost"', ["stream-address", "HOST:PORT"]),
         ('stream-address = "127.0.0.1:99999"', ["port must be 1-65535"]),
         ('log-level = "loud"', ["log-level"]),
+        ('trace = "maybe"', ["trace 'maybe'", "on or off"]),
     ],
 )
 def test_a_bad_config_file_is_one_line_and_creates_nothing(

@@ -15,8 +15,9 @@ REPO = Path(__file__).resolve().parents[1]
 def _run(tool: str, *args: str) -> subprocess.CompletedProcess[str]:
     if shutil.which(tool) is None and not (Path(sys.executable).parent / tool).exists():
         pytest.skip(f"{tool} is not installed (it is in the test extra)")
-    return subprocess.run([sys.executable, "-m", tool, *args], cwd=REPO, capture_output=True,
-                          text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", tool, *args], cwd=REPO, capture_output=True, text=True, timeout=600
+    )
 
 
 def test_ruff_is_clean() -> None:

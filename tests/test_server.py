@@ -227,3 +227,15 @@ def test_a_live_socket_makes_a_second_server_refuse(server: Server) -> None:
     assert not (server.base / "r2").exists(), "nothing half-created"
     with connect(server.socket) as c:  # and the first server is unharmed
         assert c.runtime.Version(api_pb2.VersionRequest()).runtime_name == "teaching-cri"
+
+
+def test_trace_off_emits_nothing_but_serves(short_tmp: Path) -> None:
+    srv = start_server(short_tmp / "d", "--trace", "off")
+    try:
+        client = srv.client()
+        since = time.time_ns()
+        assert client.runtime.Version(api_pb2.VersionRequest()).runtime_name == "teaching-cri"
+        assert client.recent(since_unix_nano=since) == []
+        assert client.trace.Stats(trace_pb2.StatsRequest()).emitted == 0
+    finally:
+        srv.stop()

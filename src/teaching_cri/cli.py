@@ -31,6 +31,7 @@ def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     p.add_argument("--runtime", help=f"backend: {', '.join(BACKEND_NAMES)} (auto)")
     p.add_argument("--log-level", help=f"{', '.join(LOG_LEVELS)} (info)")
     p.add_argument("--trace-file", help="JSONL trace file ('' to turn it off)")
+    p.add_argument("--trace", choices=("on", "off"), help="emit trace events (on)")
 
 
 def _socket_arg(p: argparse.ArgumentParser) -> None:
@@ -84,6 +85,8 @@ def _serve(args: argparse.Namespace) -> int:
         level=config.log_level.upper(),
         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
     )
+    # grpc's own debug messages (one per callback) would drown ours.
+    logging.getLogger("grpc").setLevel(max(logging.INFO, logging.getLogger().level))
     try:
         asyncio.run(run(config))
     except StartupError as exc:

@@ -65,6 +65,7 @@ class Config:
     runtime: str
     log_level: str
     trace_file: Path | None
+    trace: bool = True
     # The default socket's directory is ours to create; a socket path the user
     # names must be in a directory that already exists.
     socket_is_default: bool = False
@@ -83,10 +84,20 @@ class Config:
             "runtime": self.runtime,
             "log-level": self.log_level,
             "trace-file": str(self.trace_file) if self.trace_file else "",
+            "trace": "on" if self.trace else "off",
         }
 
 
-KEYS = ("socket", "root", "state", "stream-address", "runtime", "log-level", "trace-file")
+KEYS = (
+    "socket",
+    "root",
+    "state",
+    "stream-address",
+    "runtime",
+    "log-level",
+    "trace-file",
+    "trace",
+)
 
 
 def read_config_file(path: Path) -> dict[str, Any]:
@@ -156,12 +167,15 @@ def resolve(values: Mapping[str, str | None], config_file: Path | None = None) -
     stream = merged.get("stream-address", DEFAULT_STREAM_ADDRESS)
     runtime = merged.get("runtime", "auto")
     level = merged.get("log-level", "info").lower()
-    trace = merged.get("trace-file")
+    trace_path = merged.get("trace-file")
     trace_file = (
         root / "traces" / "trace.jsonl"
-        if trace is None
-        else (Path(trace).absolute() if trace else None)
+        if trace_path is None
+        else (Path(trace_path).absolute() if trace_path else None)
     )
+    trace = merged.get("trace", "on")
+    if trace not in ("on", "off"):
+        raise ConfigError(f"trace {trace!r}: must be on or off")
 
     _split_host_port(stream)
     if runtime not in BACKEND_NAMES:
@@ -194,5 +208,6 @@ def resolve(values: Mapping[str, str | None], config_file: Path | None = None) -
         runtime=runtime,
         log_level=level,
         trace_file=trace_file,
+        trace=trace == "on",
         socket_is_default=socket_is_default,
     )

@@ -102,7 +102,7 @@ class Daemon:
         sinks: list[Sink] = [self.ring, self.fanout]
         if cfg.trace_file is not None:
             sinks.append(JsonlFileSink(cfg.trace_file))
-        self.tracer = Tracer(self.charts, sinks)
+        self.tracer = Tracer(self.charts, sinks, enabled=cfg.trace)
         self.trace_service = TraceService(self.tracer, self.ring, self.fanout)
         self.runtime = RuntimeManager(cfg)
 
@@ -151,10 +151,11 @@ class Daemon:
         )
         for caveat in backend.not_isolated:
             log.warning("not isolated: %s", caveat)
-        log.info(
-            "traces: ring buffer, TraceService.Follow%s",
-            f", {cfg.trace_file}" if cfg.trace_file else "",
-        )
+        if cfg.trace:
+            where = f", {cfg.trace_file}" if cfg.trace_file else ""
+            log.info("traces: ring buffer, TraceService.Follow%s", where)
+        else:
+            log.warning("tracing is off (--trace off): no events, charts stay empty")
 
     async def stop(self, grace: float = SHUTDOWN_GRACE_SECONDS) -> None:
         """Drain in-flight RPCs, close the listener, flush the traces."""

@@ -69,6 +69,8 @@ class JsonlFileSink:
         )
         self._handler.setFormatter(logging.Formatter("%(message)s"))
         self._queue: queue.Queue[TraceEvent | None] = queue.Queue(maxsize=queue_size)
+        # A chunk is written whole, so it must leave room under max_bytes.
+        self._chunk_bytes = max(1, min(256 * 1024, max_bytes // 4))
         self.delivered = 0
         self.dropped = 0
         self._thread = threading.Thread(target=self._run, name="trace-jsonl", daemon=True)
@@ -81,16 +83,42 @@ class JsonlFileSink:
             self.dropped += 1
 
     def _run(self) -> None:
-        while True:
-            event = self._queue.get()
-            if event is None:
+        # Drain whatever has queued up and write it as few records as the size
+        # limit allows: one rollover check and one write per chunk, not per event.
+        done = False
+        while not done:
+            batch = [self._queue.get()]
+            while len(batch) < 4096:
+                try:
+                    batch.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            lines = []
+            for event in batch:
+                if event is None:
+                    done = True
+                    break
+                lines.append(event.to_json())
+            self._write(lines)
+            self.delivered += len(lines)
+            for _ in batch:
                 self._queue.task_done()
-                break
-            record = logging.makeLogRecord({"msg": event.to_json(), "levelno": logging.INFO})
-            self._handler.handle(record)
-            self.delivered += 1
-            self._queue.task_done()
         self._handler.close()
+
+    def _write(self, lines: list[str]) -> None:
+        chunk: list[str] = []
+        size = 0
+        for line in lines:
+            if chunk and size + len(line) + 1 > self._chunk_bytes:
+                self._emit("\n".join(chunk))
+                chunk, size = [], 0
+            chunk.append(line)
+            size += len(line) + 1
+        if chunk:
+            self._emit("\n".join(chunk))
+
+    def _emit(self, text: str) -> None:
+        self._handler.handle(logging.makeLogRecord({"msg": text, "levelno": logging.INFO}))
 
     def flush(self, timeout: float = 5.0) -> None:
         """Wait (up to ``timeout``) until everything queued so far is on disk."""
