@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import json
 import os
 import pwd
 import shutil
@@ -15,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from teaching_cri.api import api_pb2
+from teaching_cri.client import connect, wait_for_socket
 from teaching_cri.config import ConfigError, resolve
 
 from conftest import IS_ROOT, serve_command, start_server
@@ -138,26 +140,20 @@ def test_a_config_file_configures_the_server(short_tmp: Path) -> None:
     sock = short_tmp / "from-file.sock"
     cfg.write_text(
         f'socket = "{sock}"\nroot = "{short_tmp / "r"}"\nstate = "{short_tmp / "s"}"\n'
-        'runtime = "unprivileged"\ntrace-file = ""\n'
+        f'runtime = "unprivileged"\ntrace-file = "{short_tmp / "t.jsonl"}"\n'
     )
     proc = subprocess.Popen(serve_command("--config", str(cfg)), stderr=subprocess.PIPE, text=True)
     try:
-        from teaching_cri.client import wait_for_socket
-
         wait_for_socket(sock, timeout=30)
-        from teaching_cri.client import connect
-
         with connect(sock) as c:
-            import json
-
             info = c.runtime.Status(api_pb2.StatusRequest(verbose=True)).info
             assert json.loads(info["backend"])["name"] == "unprivileged"
-            assert json.loads(info["config"])["trace-file"] == ""
+            assert json.loads(info["config"])["trace-file"] == str(short_tmp / "t.jsonl")
     finally:
         proc.terminate()
         _, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err
-    assert not (short_tmp / "r" / "traces").exists(), "trace-file = '' turns the file off"
+    assert '"chart":"Status"' in (short_tmp / "t.jsonl").read_text(), "events reach the file"
 
 
 # --- as a non-root user ------------------------------------------------------------
@@ -226,8 +222,6 @@ def test_serve_starts_as_a_non_root_user_with_per_user_defaults(nobody_home: Pat
     proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True)
     sock = runtime_dir / "teaching-cri" / "teaching-cri.sock"
     try:
-        from teaching_cri.client import connect, wait_for_socket
-
         wait_for_socket(sock, timeout=30)
         with connect(sock) as c:
             resp = c.runtime.Version(api_pb2.VersionRequest())

@@ -179,7 +179,7 @@ def test_traceparent_from_the_client_becomes_the_trace_id(client: Client) -> Non
 
 
 def test_sigterm_shuts_down_cleanly(short_tmp: Path) -> None:
-    srv = start_server(short_tmp / "b")
+    srv = start_server(short_tmp / "b", "--trace-file", str(short_tmp / "b" / "trace.jsonl"))
     client = srv.client()
     client.runtime.Version(api_pb2.VersionRequest())
     follower = client.trace.Follow(trace_pb2.FollowRequest())
@@ -187,7 +187,7 @@ def test_sigterm_shuts_down_cleanly(short_tmp: Path) -> None:
     assert not srv.socket.exists(), "the socket is removed on shutdown"
     with pytest.raises(grpc.RpcError):
         list(follower)  # the follow stream ended with the server
-    lines = (srv.root / "traces" / "trace.jsonl").read_text().splitlines()
+    lines = (short_tmp / "b" / "trace.jsonl").read_text().splitlines()
     assert any(
         json.loads(x)["chart"] == "Version" and json.loads(x)["kind"] == "end" for x in lines
     ), "traces were flushed to the JSONL file"

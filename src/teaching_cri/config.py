@@ -168,11 +168,9 @@ def resolve(values: Mapping[str, str | None], config_file: Path | None = None) -
     runtime = merged.get("runtime", "auto")
     level = merged.get("log-level", "info").lower()
     trace_path = merged.get("trace-file")
-    trace_file = (
-        root / "traces" / "trace.jsonl"
-        if trace_path is None
-        else (Path(trace_path).absolute() if trace_path else None)
-    )
+    # Off unless asked for: serialising every event costs about as much CPU as
+    # the rest of tracing together (benchmarks/trace_overhead.py prints both).
+    trace_file = Path(trace_path).absolute() if trace_path else None
     trace = merged.get("trace", "on")
     if trace not in ("on", "off"):
         raise ConfigError(f"trace {trace!r}: must be on or off")

@@ -61,6 +61,7 @@ class JsonlFileSink:
         max_bytes: int = 16 * 1024 * 1024,
         backups: int = 3,
         queue_size: int = 65_536,
+        interval: float = 0.05,
     ) -> None:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -68,6 +69,8 @@ class JsonlFileSink:
             path, maxBytes=max_bytes, backupCount=backups, encoding="utf-8"
         )
         self._handler.setFormatter(logging.Formatter("%(message)s"))
+        self.interval = interval
+        self._stop = threading.Event()
         self._queue: queue.Queue[TraceEvent | None] = queue.Queue(maxsize=queue_size)
         # A chunk is written whole, so it must leave room under max_bytes.
         self._chunk_bytes = max(1, min(256 * 1024, max_bytes // 4))
@@ -83,26 +86,25 @@ class JsonlFileSink:
             self.dropped += 1
 
     def _run(self) -> None:
-        # Drain whatever has queued up and write it as few records as the size
-        # limit allows: one rollover check and one write per chunk, not per event.
-        done = False
-        while not done:
-            batch = [self._queue.get()]
-            while len(batch) < 4096:
+        # Wake up on a timer, not per event: a thread woken for every event
+        # would fight the RPCs' thread for the GIL on every step. Each wake-up
+        # drains the queue and writes it as few records as the size limit allows.
+        while True:
+            stopping = self._stop.wait(self.interval)
+            batch: list[TraceEvent | None] = []
+            while True:
                 try:
                     batch.append(self._queue.get_nowait())
                 except queue.Empty:
                     break
-            lines = []
-            for event in batch:
-                if event is None:
-                    done = True
-                    break
-                lines.append(event.to_json())
-            self._write(lines)
-            self.delivered += len(lines)
+            lines = [event.to_json() for event in batch if event is not None]
+            if lines:
+                self._write(lines)
+                self.delivered += len(lines)
             for _ in batch:
                 self._queue.task_done()
+            if stopping and self._queue.empty():
+                break
         self._handler.close()
 
     def _write(self, lines: list[str]) -> None:
@@ -130,9 +132,8 @@ class JsonlFileSink:
         return self.delivered, self.dropped
 
     def close(self) -> None:
-        if self._thread.is_alive():
-            self._queue.put(None)  # may wait for room: everything before it is written
-            self._thread.join(timeout=10)
+        self._stop.set()  # the thread writes what is queued, then ends
+        self._thread.join(timeout=10)
 
 
 class Subscription:
