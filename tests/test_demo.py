@@ -1,0 +1,43 @@
+"""The main job: ``teaching-cri demo`` walks the live server and draws each call."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+from conftest import Server
+
+
+def run_demo(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "teaching_cri", "demo", "--no-color", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_demo_against_a_running_server_draws_every_call(server: Server, tmp_path: Path) -> None:
+    proc = run_demo("--socket", str(server.socket), "--svg-dir", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert 'runtime_name: "teaching-cri"' in out
+    paths = [line for line in out.splitlines() if line.startswith("path: ")]
+    assert paths[0] == (
+        "path: Version → m_cb->container.version → VersionResponseToGRPC → VersionResponse"
+    )
+    assert any(p.startswith("path: Status → new RuntimeStatus") for p in paths)
+    assert any("validate pod CIDR ✗ error" in p for p in paths), "the bad CIDR call fails"
+    assert "INVALID_ARGUMENT" in out and "UNIMPLEMENTED" in out
+    for chart in ("Version", "Status", "RuntimeConfig", "UpdateRuntimeConfig"):
+        svg = ET.parse(tmp_path / f"{chart}.svg").getroot()
+        assert svg.tag.endswith("svg")
+
+
+def test_demo_starts_its_own_server_when_none_answers(tmp_path: Path) -> None:
+    # No --socket: unless a server answers on the default socket, the demo starts one.
+    proc = run_demo()
+    assert proc.returncode == 0, proc.stderr
+    assert "path: Version →" in proc.stdout
