@@ -104,6 +104,7 @@ def test_a_socket_in_an_unwritable_directory(short_tmp: Path) -> None:
         capture_output=True,
         text=True,
         timeout=60,
+        cwd="/",
     )
     assert_one_line_error(proc, "not writable")
     assert list(locked.iterdir()) == []
@@ -219,7 +220,8 @@ def test_serve_starts_as_a_non_root_user_with_per_user_defaults(nobody_home: Pat
         os.chown(runtime_dir, pwd.getpwnam("nobody").pw_uid, -1)
     else:
         runtime_dir.mkdir(mode=0o700)
-    proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True)
+    # cwd "/": the checkout may be in a directory nobody cannot enter.
+    proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True, cwd="/")
     sock = runtime_dir / "teaching-cri" / "teaching-cri.sock"
     try:
         wait_for_socket(sock, timeout=30)

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import stat
 import subprocess
 import time
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import grpc
@@ -19,8 +21,11 @@ from teaching_cri.api import api_pb2, trace_pb2
 from teaching_cri.client import Client, connect
 from teaching_cri.trace.charts import ChartSet
 from teaching_cri.trace.conformance import assert_conforms
+from teaching_cri.trace.render import VISITED, render_svg, render_text
 
 from conftest import Server, serve_command, start_server
+
+SVG = "{http://www.w3.org/2000/svg}"
 
 
 def test_version_answers_teaching_cri_v1(client: Client) -> None:
@@ -176,6 +181,36 @@ def test_traceparent_from_the_client_becomes_the_trace_id(client: Client) -> Non
         "version_response_to_grpc",
         "version_response",
     ]
+
+
+def test_sigint_shuts_down_cleanly_too(short_tmp: Path) -> None:
+    srv = start_server(short_tmp / "i")
+    assert srv.client().runtime.Version(api_pb2.VersionRequest()).runtime_name
+    assert srv.stop(signal.SIGINT) == 0
+    assert not srv.socket.exists()
+
+
+def test_a_live_status_trace_drawn_as_svg_and_text(client: Client, charts: ChartSet) -> None:
+    since = time.time_ns()
+    client.runtime.Status(api_pb2.StatusRequest(verbose=True))
+    events = client.recent(charts=["Status"], since_unix_nano=since)
+    assert_conforms(events, charts)
+    visited = {e.node for e in events}
+    svg = ET.fromstring(render_svg(charts["Status"], events))
+    highlighted = set()
+    for g in svg.iter(f"{SVG}g"):
+        title = g.find(f"{SVG}title")
+        shape = next((c for c in g if c.tag in (f"{SVG}polygon", f"{SVG}path")), None)
+        is_node = g.get("class") == "node" and title is not None and shape is not None
+        if is_node and (shape.get("fill") or "").lower() == VISITED.lower():  # type: ignore[union-attr]
+            highlighted.add(title.text)  # type: ignore[union-attr]
+    assert highlighted == visited
+    text = render_text(charts["Status"], events)
+    path = text.splitlines()[-1].removeprefix("path: ").split(" → ")
+    labels = [
+        charts["Status"].nodes[e.node].label + (f" [{e.label}]" if e.label else "") for e in events
+    ]
+    assert path == labels
 
 
 def test_sigterm_shuts_down_cleanly(short_tmp: Path) -> None:
