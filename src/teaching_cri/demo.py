@@ -136,26 +136,20 @@ def main(socket: Path | None = None, svg_dir: Path | None = None, color: bool | 
             rt.RuntimeConfig,
             api_pb2.RuntimeConfigRequest(),
         )
-        walk.call(
-            "UpdateRuntimeConfig",
-            "UpdateRuntimeConfig: the node's pod CIDR",
-            rt.UpdateRuntimeConfig,
-            api_pb2.UpdateRuntimeConfigRequest(
-                runtime_config=api_pb2.RuntimeConfig(
-                    network_config=api_pb2.NetworkConfig(pod_cidr="10.88.0.0/16")
-                )
-            ),
-        )
-        walk.call(
-            "UpdateRuntimeConfig",
-            "UpdateRuntimeConfig with a bad CIDR: INVALID_ARGUMENT",
-            rt.UpdateRuntimeConfig,
-            api_pb2.UpdateRuntimeConfigRequest(
-                runtime_config=api_pb2.RuntimeConfig(
-                    network_config=api_pb2.NetworkConfig(pod_cidr="10.88.0.0/99")
-                )
-            ),
-        )
+        for cidr, what in (
+            ("10.88.0.0/16", "the node's pod CIDR"),
+            ("10.88.0.0/99", "a bad CIDR: INVALID_ARGUMENT"),
+        ):
+            walk.call(
+                "UpdateRuntimeConfig",
+                f"UpdateRuntimeConfig with {what}",
+                rt.UpdateRuntimeConfig,
+                api_pb2.UpdateRuntimeConfigRequest(
+                    runtime_config=api_pb2.RuntimeConfig(
+                        network_config=api_pb2.NetworkConfig(pod_cidr=cidr)
+                    )
+                ),
+            )
         print("\n=== What comes next")
         try:
             rt.RunPodSandbox(api_pb2.RunPodSandboxRequest())

@@ -16,6 +16,10 @@ Decisions record the edge taken::
 
     if decide("network_plugin_ready", ok): ...
 
+An exception escaping a step ends the span with an ERROR at that step, as
+an error ends the walk in iSulad's charts. An outcome the flow goes on from
+is not an exception but a decision: ``decide("found", ...)``.
+
 The current span lives in a ``contextvars.ContextVar``, so concurrent RPCs on
 one asyncio loop (and threads started with ``asyncio.to_thread``) never mix up
 their steps. A step outside any span costs one ContextVar lookup and emits
