@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from teaching_cri.trace.charts import ChartSet
+from teaching_cri.trace.charts import ChartSet, parse_chart
 from teaching_cri.trace.conformance import (
     ENV_UPDATE_GOLDEN,
     assert_conforms,
@@ -83,11 +83,51 @@ def test_unknown_nodes_wrong_start_and_events_after_end(charts: ChartSet) -> Non
     assert "recorded with branch()" in check_trace(decision_as_step, charts)[0]
 
 
-def test_an_error_must_be_at_the_current_node(charts: ChartSet) -> None:
+def test_an_error_must_be_at_a_node_already_reached(charts: ChartSet) -> None:
     ok = [*status_events()[:6], ev(7, "probe_runtime_backend", "error")]
     assert check_trace(ok, charts) == []
+    outer = [*status_events()[:6], ev(7, "add_network_ready_condition", "error")]
+    assert check_trace(outer, charts) == []  # an outer step failing after an inner one
     wrong = [*status_events()[:6], ev(7, "verbose", "error")]
-    assert "current node 'probe_runtime_backend'" in check_trace(wrong, charts)[0]
+    assert "such as the current one 'probe_runtime_backend'" in check_trace(wrong, charts)[0]
+
+
+def test_an_end_node_is_only_reached_by_end(charts: ChartSet) -> None:
+    bad = [*status_events()[:9], ev(10, "verbose", "branch", "N"), ev(11, "status_response")]
+    assert "reached with end, not step" in check_trace(bad, charts)[0]
+
+
+def test_absent_nodes_are_passed_through_by_the_checker() -> None:
+    chart = parse_chart(
+        {
+            "name": "Lock",
+            "nodes": [
+                {"label": "Lock", "kind": "start"},
+                {
+                    "label": "lock mutex",
+                    "kind": "action",
+                    "absent": "asyncio runs one step at a time",
+                },
+                {"label": "work", "kind": "action"},
+                {"label": "unlock mutex", "kind": "action", "absent": "no mutex"},
+                {"label": "done", "kind": "end"},
+            ],
+            "edges": [
+                "lock -> lock_mutex",
+                "lock_mutex -> work",
+                "work -> unlock_mutex",
+                "unlock_mutex -> done",
+            ],
+        }
+    )
+    events = [
+        ev(1, "lock", "begin", chart="Lock"),
+        ev(2, "work", chart="Lock"),
+        ev(3, "done", "end", chart="Lock"),
+    ]
+    assert check_trace(events, {"Lock": chart}) == []
+    visiting_absent = [ev(1, "lock", "begin", chart="Lock"), ev(2, "lock_mutex", chart="Lock")]
+    assert "marked absent" in check_trace(visiting_absent, {"Lock": chart})[0]
 
 
 def test_an_unfinished_span_is_reported(charts: ChartSet) -> None:

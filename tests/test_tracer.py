@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any
 
 import pytest
@@ -167,3 +168,66 @@ def test_a_given_trace_id_is_kept(traced: tuple[Tracer, RingBufferSink]) -> None
         pass
     assert {e.trace_id for e in ring.snapshot()} == {"ab" * 16}
     assert all(e.kind is not EventKind.ERROR for e in ring.snapshot())
+
+
+def test_a_failing_child_span_ends_its_parent_with_an_error(
+    traced: tuple[Tracer, RingBufferSink],
+) -> None:
+    tracer, ring = traced
+    with pytest.raises(ValueError), tracer.span("Pull"):
+        resolve("x")
+        with tracer.span("Child"), step("work"):
+            raise ValueError("child failed")
+    events = ring.snapshot()
+    assert [(e.chart, e.kind.value, e.node) for e in events if e.kind is EventKind.ERROR] == [
+        ("Child", "error", "work"),
+        ("Pull", "error", "resolve"),
+    ]
+    assert_conforms(events, tracer.charts)
+
+
+def test_a_caught_step_failure_does_not_end_the_span(
+    traced: tuple[Tracer, RingBufferSink],
+) -> None:
+    tracer, ring = traced
+    with tracer.span("Pull"):
+        with contextlib.suppress(AttributeError):  # handled: the flow goes on
+            resolve(None)  # type: ignore[arg-type]  # raises AttributeError in the step
+        decide("cached", True)
+    events = ring.snapshot()
+    assert [e.kind.value for e in events] == ["begin", "step", "branch", "end"]
+    assert_conforms(events, tracer.charts)
+
+
+def test_the_end_after_a_branch_is_the_one_its_label_leads_to() -> None:
+    chart = parse_chart(
+        {
+            "name": "Two",
+            "nodes": [
+                {"label": "Two", "kind": "start"},
+                {"label": "ok ?", "kind": "decision"},
+                {"label": "done", "kind": "end"},
+                {"label": "failed", "kind": "end"},
+            ],
+            "edges": ["two -> ok", "ok -> done : Y", "ok -> failed : N"],
+        }
+    )
+    ring = RingBufferSink()
+    tracer = Tracer(ChartSet([chart]), [ring])
+    for answer in (True, False):
+        with tracer.span("Two"):
+            decide("ok", answer)
+    assert [e.node for e in ring.snapshot() if e.kind is EventKind.END] == ["done", "failed"]
+    with tracer.span("Two"):
+        pass  # two end nodes follow the start: the span cannot tell, and says so
+    last = ring.snapshot()[-1]
+    assert last.kind is EventKind.ERROR and "no single end node" in last.attributes["error"]
+
+
+def test_long_values_are_clipped(traced: tuple[Tracer, RingBufferSink]) -> None:
+    tracer, ring = traced
+    with pytest.raises(ValueError), tracer.span("Pull", image="x" * 100_000):
+        raise ValueError("y" * 100_000)
+    for event in ring.snapshot():
+        assert len(event.attributes["image"]) <= 512
+    assert len(ring.snapshot()[-1].attributes["error"]) <= 2048

@@ -119,9 +119,14 @@ class Chart:
     def notes(self) -> Iterator[Node]:
         return (n for n in self.nodes.values() if not n.flows)
 
-    def end_after(self, node: str) -> str | None:
-        """The end node a span at ``node`` closes at, when that is unambiguous."""
-        ends = {t for _, t in self.effective.get(node, ()) if t in self.ends}
+    def end_after(self, node: str, label: str = "") -> str | None:
+        """The end node a span at ``node`` (having taken the branch ``label``, if
+        ``node`` is a decision) closes at, when that is unambiguous."""
+        ends = {
+            t
+            for lab, t in self.effective.get(node, ())
+            if t in self.ends and (not label or lab == label)
+        }
         if len(ends) == 1:
             return ends.pop()
         if len(self.ends) == 1:
@@ -190,7 +195,10 @@ def parse_chart(data: Mapping[str, Any], origin: str = "<chart>") -> Chart:
             raise ChartError(f"{where}: ours must be true or false")
         if ours and absent:
             raise ChartError(f"{where}: a node we added cannot also be absent")
-        about = tuple(raw.get("about", ()))
+        about_raw = raw.get("about", [])
+        if not isinstance(about_raw, list) or not all(isinstance(a, str) for a in about_raw):
+            raise ChartError(f"{where}: about must be a list of node ids")
+        about = tuple(about_raw)
         if kind is NodeKind.NOTE and not about:
             raise ChartError(f"{where}: a note must name the nodes it is about")
         if kind is not NodeKind.NOTE and about:
@@ -257,6 +265,17 @@ def _validate(
     unreachable = [n.id for n in nodes.values() if n.flows and n.id not in seen]
     if unreachable:
         raise ChartError(f"{origin}: nodes not reachable from the start: {unreachable}")
+    reaches_end = set(ends)
+    changed = True
+    while changed:
+        changed = False
+        for e in edges:
+            if e.target in reaches_end and e.source not in reaches_end:
+                reaches_end.add(e.source)
+                changed = True
+    stuck = [n.id for n in nodes.values() if n.flows and n.id not in reaches_end]
+    if stuck:
+        raise ChartError(f"{origin}: nodes from which no end node can be reached: {stuck}")
 
     effective: dict[str, tuple[tuple[str, str], ...]] = {}
     for n in nodes.values():

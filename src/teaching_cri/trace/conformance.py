@@ -7,8 +7,8 @@ Rules, per span (one walk through one chart):
    previous node along one edge of the chart (an edge into a node marked
    *absent* continues through it, since our code has no step for it);
 3. after a BRANCH, the next node is reached along the edge with the branch's label;
-4. ERROR happens at the node the span was at; END at an end node;
-   nothing follows END or ERROR.
+4. ERROR happens at a node the span has reached (normally the current one);
+   END, and only END, at an end node; nothing follows END or ERROR.
 
 Pytest use::
 
@@ -56,6 +56,7 @@ def check_span(events: Sequence[TraceEvent], chart: Chart) -> list[str]:
         )
         return problems
     walked = [first.node]
+    visited = {first.node}
     prev = first
     for i, event in enumerate(events[1:], start=2):
         where = f"{chart.name}: event {i} ({_describe(event)}) after {' -> '.join(walked)}"
@@ -73,8 +74,13 @@ def check_span(events: Sequence[TraceEvent], chart: Chart) -> list[str]:
             problems.append(f"{where}: node {event.node!r} is marked absent ({node.absent})")
             break
         if event.kind is EventKind.ERROR:
-            if event.node != prev.node:
-                problems.append(f"{where}: an error happens at the current node {prev.node!r}")
+            # At the current node, or at a step still running around it (an
+            # outer step that failed after an inner one finished).
+            if event.node not in visited:
+                problems.append(
+                    f"{where}: an error happens at a node already reached, "
+                    f"such as the current one {prev.node!r}"
+                )
             prev = event
             continue
         if event.kind is EventKind.BEGIN:
@@ -107,7 +113,11 @@ def check_span(events: Sequence[TraceEvent], chart: Chart) -> list[str]:
         if event.kind is EventKind.STEP and node.kind.value == "decision":
             problems.append(f"{where}: a decision is recorded with branch(), not step()")
             break
+        if event.kind is not EventKind.END and event.node in chart.ends:
+            problems.append(f"{where}: an end node is reached with end, not {event.kind.value}")
+            break
         walked.append(event.node + (f"[{event.label}]" if event.label else ""))
+        visited.add(event.node)
         prev = event
     return problems
 

@@ -69,13 +69,36 @@ def _new_id(bits: int) -> str:
     return f"{random.getrandbits(bits):0{bits // 4}x}"
 
 
-def _traced_already(exc: BaseException) -> bool:
-    return bool(getattr(exc, "__teaching_cri_traced__", False))
+# Attribute values and error texts are capped: they travel to every follower,
+# sit in the ring buffer and end up in gRPC trailers, and a request can carry
+# megabytes of text.
+MAX_ATTRIBUTE_CHARS = 512
+MAX_ERROR_CHARS = 2048
 
 
-def _mark_traced(exc: BaseException) -> None:
+def clip(text: str, limit: int = MAX_ATTRIBUTE_CHARS) -> str:
+    return text if len(text) <= limit else f"{text[: limit - 20]}… ({len(text)} chars)"
+
+
+def _failed_in(exc: BaseException) -> set[str]:
+    """The spans that already recorded this exception at one of their steps."""
+    spans: set[str] = getattr(exc, "__teaching_cri_spans__", set())
+    return spans
+
+
+def _mark_failed_in(exc: BaseException, span_id: str) -> None:
     with contextlib.suppress(AttributeError):  # an exception type with __slots__
-        exc.__teaching_cri_traced__ = True  # type: ignore[attr-defined]
+        exc.__teaching_cri_spans__ = _failed_in(exc) | {span_id}  # type: ignore[attr-defined]
+
+
+def _error_attributes(exc: BaseException | str) -> dict[str, str]:
+    if isinstance(exc, str):
+        return {"error": clip(exc, MAX_ERROR_CHARS)}
+    extra = {"error": clip(f"{type(exc).__name__}: {exc}", MAX_ERROR_CHARS)}
+    code = getattr(exc, "code", None)
+    if code is not None:
+        extra["code"] = str(getattr(code, "name", code))
+    return extra
 
 
 class Tracer:
@@ -105,8 +128,8 @@ class Tracer:
         *,
         trace_id: str = "",
         parent: Span | None = None,
-        attributes: Mapping[str, str] | None = None,
-        **more: str,
+        attributes: Mapping[str, Any] | None = None,
+        **more: Any,
     ) -> Span:
         """Open a span over ``chart``; its parent is the current span, if any."""
         attrs = {**attributes, **more} if attributes else more
@@ -118,12 +141,21 @@ class Tracer:
 
 
 class Span:
-    """One walk through one chart; a context manager (sync, usable in async code)."""
+    """One walk through one chart; a context manager (sync, usable in async code).
+
+    A step that raises does not end the span at once: it leaves a *pending*
+    error. If the exception leaves the span, the span ends with an ERROR at that
+    step; if the code catches it and carries on, the next step clears it, so a
+    handled failure (an idempotent stop of a missing container, say) does not
+    cut the trace short.
+    """
 
     __slots__ = (
         "_attrs",
         "_done",
+        "_label",
         "_parent_arg",
+        "_pending",
         "_token",
         "_trace_id_arg",
         "chart",
@@ -142,18 +174,22 @@ class Span:
         chart: Chart,
         trace_id: str,
         parent: Span | None,
-        attributes: Mapping[str, str],
+        attributes: Mapping[str, Any],
     ) -> None:
         self.tracer = tracer
         self.chart = chart
         self._trace_id_arg = trace_id
         self._parent_arg = parent
         self._attrs: Mapping[str, str] = (
-            MappingProxyType(dict(attributes)) if attributes else EMPTY_ATTRIBUTES
+            MappingProxyType({k: clip(str(v)) for k, v in attributes.items()})
+            if attributes
+            else EMPTY_ATTRIBUTES
         )
         self.node = chart.start
+        self._label = ""  # the label of the branch just taken, if the last event was one
         self.end_node: str | None = None
         self._done = False
+        self._pending: tuple[str, dict[str, str]] | None = None
         self._token: Token[Span | None] | None = None
         self.trace_id = ""
         self.span_id = ""
@@ -179,10 +215,11 @@ class Span:
     ) -> None:
         try:
             if exc is not None:
-                if not _traced_already(exc):
-                    self.error(exc)
+                if self.span_id in _failed_in(exc) and self._pending is not None:
+                    node, extra = self._pending
+                    self._close(EventKind.ERROR, node, extra)
                 else:
-                    self._done = True
+                    self.error(exc)
             elif not self._done:
                 self.finish()
         finally:
@@ -191,10 +228,10 @@ class Span:
                 self._token = None
 
     # -- what steps call -----------------------------------------------------
-    def annotate(self, **attributes: str) -> None:
+    def annotate(self, **attributes: Any) -> None:
         """Add attributes (a container id once known, say) to this span's later events."""
         merged = dict(self._attrs)
-        merged.update(attributes)
+        merged.update((k, clip(str(v))) for k, v in attributes.items())
         self._attrs = MappingProxyType(merged)
 
     @property
@@ -202,41 +239,45 @@ class Span:
         return self._attrs
 
     def visit(self, node: str, attributes: Mapping[str, Any] | None = None) -> None:
-        self.node = node
+        self.node, self._label, self._pending = node, "", None
         self._emit(EventKind.STEP, node, "", attributes)
 
     def branch(self, node: str, label: str, attributes: Mapping[str, Any] | None = None) -> None:
-        self.node = node
+        self.node, self._label, self._pending = node, label, None
         self._emit(EventKind.BRANCH, node, label, attributes)
 
+    def step_failed(self, node: str, exc: BaseException) -> None:
+        """A step raised: remember where, in case the exception ends the span."""
+        if not self._done:
+            self._pending = (node, _error_attributes(exc))
+            _mark_failed_in(exc, self.span_id)
+
     def finish(self, node: str | None = None) -> None:
-        """Close at an end node: ``node``, or the one the chart leads to from here."""
+        """Close at an end node: ``node``, or the one the chart leads to from here.
+        If the chart does not say which, the span closes with an ERROR saying so
+        (a tracing mistake must never fail the RPC itself)."""
         if self._done:
             return
-        end = node or self.end_node or self.chart.end_after(self.node)
+        end = node or self.end_node or self.chart.end_after(self.node, self._label)
         if end is None:
-            raise ValueError(
-                f"chart {self.chart.name}: cannot tell which end node follows {self.node!r}; "
-                "call span.finish(node) with it"
+            self.error(
+                f"chart {self.chart.name}: no single end node follows {self.node!r}; "
+                "the code should call span.finish(node)"
             )
-        self._done = True
-        self.node = end
-        self._emit(EventKind.END, end)
+            return
+        self._close(EventKind.END, end, None)
 
     def error(self, exc: BaseException | str, node: str | None = None) -> None:
         if self._done:
             return
-        self._done = True
         if isinstance(exc, BaseException):
-            _mark_traced(exc)
-            text = f"{type(exc).__name__}: {exc}"
-            code = getattr(exc, "code", None)
-            extra = {"error": text}
-            if code is not None:
-                extra["code"] = str(getattr(code, "name", code))
-        else:
-            extra = {"error": exc}
-        self._emit(EventKind.ERROR, node or self.node, "", extra)
+            _mark_failed_in(exc, self.span_id)
+        self._close(EventKind.ERROR, node or self.node, _error_attributes(exc))
+
+    def _close(self, kind: EventKind, node: str, extra: Mapping[str, Any] | None) -> None:
+        self._done = True
+        self.node = node
+        self._emit(kind, node, "", extra)
 
     def _emit(
         self, kind: EventKind, node: str, label: str = "", extra: Mapping[str, Any] | None = None
@@ -246,7 +287,7 @@ class Span:
         attrs = self._attrs
         if extra:
             merged = dict(attrs)
-            merged.update((k, str(v)) for k, v in extra.items())
+            merged.update((k, clip(str(v), MAX_ERROR_CHARS)) for k, v in extra.items())
             attrs = MappingProxyType(merged)
         # Positional arguments: this runs for every step of every RPC, and
         # keyword arguments cost twice as much here.
@@ -272,8 +313,8 @@ def current_span() -> Span | None:
 
 class step:
     """Trace one chart node: a decorator for a step function, or a context manager
-    for a block. An exception escaping the step is recorded as an ERROR at this
-    node (once: the enclosing span does not record it again) and re-raised."""
+    for a block. An exception escaping the step is re-raised; if it also leaves
+    the span, the span ends with an ERROR at this node (see :class:`Span`)."""
 
     __slots__ = ("attributes", "node")
 
@@ -293,10 +334,10 @@ class step:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if exc is not None and not _traced_already(exc):
+        if exc is not None:
             span = _current.get()
             if span is not None:
-                span.error(exc, self.node)
+                span.step_failed(self.node, exc)
 
     @overload
     def __call__(self, fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]: ...
