@@ -46,9 +46,8 @@ class Server:
         return c
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> int:
-        for c in self.clients:
-            c.close()
-        self.clients.clear()
+        """Signal the server and wait for it; clients are closed only afterwards,
+        so streams they hold end because the server ended them."""
         if self.process.poll() is None:
             self.process.send_signal(sig)
             try:
@@ -56,6 +55,9 @@ class Server:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+        for c in self.clients:
+            c.close()
+        self.clients.clear()
         return self.process.returncode
 
     def output(self) -> str:

@@ -250,3 +250,43 @@ def test_server_started_by_fixture_helper_works(short_tmp: Path) -> None:
         assert srv.client().runtime.Version(api_pb2.VersionRequest()).runtime_name
     finally:
         assert srv.stop() == 0
+
+
+def test_a_trace_file_that_is_a_directory(short_tmp: Path) -> None:
+    proc = run_serve(
+        "--trace-file", str(short_tmp), "--socket", str(short_tmp / "s.sock"), *dirs(short_tmp)
+    )
+    assert_one_line_error(proc, "is a directory")
+    assert list(short_tmp.iterdir()) == []
+
+
+def test_corrupt_persisted_state_refuses_to_start_and_creates_nothing(short_tmp: Path) -> None:
+    (short_tmp / "root").mkdir()
+    for content in ("{bad", "[1, 2]", '{"pod_cidrs": "10.0.0.0/8"}'):
+        (short_tmp / "root" / "runtime-config.json").write_text(content)
+        proc = run_serve("--socket", str(short_tmp / "s.sock"), *dirs(short_tmp))
+        assert_one_line_error(proc, "runtime-config.json")
+        assert sorted(p.name for p in short_tmp.iterdir()) == ["root"], "no state, no socket"
+
+
+def test_trace_show_with_an_unknown_chart_is_one_line(short_tmp: Path) -> None:
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "teaching_cri",
+            "trace",
+            "show",
+            "NoSuchChart",
+            "--socket",
+            str(short_tmp / "none.sock"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2
+    assert (
+        proc.stderr.strip().splitlines() == [proc.stderr.strip()]
+        and "unknown chart 'NoSuchChart'" in proc.stderr
+    )

@@ -31,13 +31,21 @@ def test_demo_against_a_running_server_draws_every_call(server: Server, tmp_path
     assert any(p.startswith("path: Status → new RuntimeStatus") for p in paths)
     assert any("validate pod CIDR ✗ error" in p for p in paths), "the bad CIDR call fails"
     assert "INVALID_ARGUMENT" in out and "UNIMPLEMENTED" in out
-    for chart in ("Version", "Status", "RuntimeConfig", "UpdateRuntimeConfig"):
-        svg = ET.parse(tmp_path / f"{chart}.svg").getroot()
-        assert svg.tag.endswith("svg")
+    drawn = sorted(p.name for p in tmp_path.glob("*.svg"))
+    assert drawn == [
+        "01-Version.svg",
+        "02-Status.svg",
+        "03-RuntimeConfig.svg",
+        "04-UpdateRuntimeConfig.svg",
+        "05-UpdateRuntimeConfig.svg",
+    ]
+    for name in drawn:
+        assert ET.parse(tmp_path / name).getroot().tag.endswith("svg")
 
 
-def test_demo_starts_its_own_server_when_none_answers(tmp_path: Path) -> None:
-    # No --socket: unless a server answers on the default socket, the demo starts one.
+def test_demo_starts_its_own_server_unless_given_a_socket() -> None:
+    # No --socket: a private server, never one found on the default socket.
     proc = run_demo()
     assert proc.returncode == 0, proc.stderr
+    assert "starting a server for the demo" in proc.stdout
     assert "path: Version →" in proc.stdout

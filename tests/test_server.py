@@ -218,10 +218,12 @@ def test_sigterm_shuts_down_cleanly(short_tmp: Path) -> None:
     client = srv.client()
     client.runtime.Version(api_pb2.VersionRequest())
     follower = client.trace.Follow(trace_pb2.FollowRequest())
+    time.sleep(0.5)  # let the subscription reach the server before it stops
     assert srv.stop() == 0
     assert not srv.socket.exists(), "the socket is removed on shutdown"
-    with pytest.raises(grpc.RpcError):
-        list(follower)  # the follow stream ended with the server
+    assert not srv.socket.with_name("cri.sock.lock").exists()
+    assert list(follower) == []
+    assert follower.code() == grpc.StatusCode.OK, "the server ended the Follow stream itself"
     lines = (short_tmp / "b" / "trace.jsonl").read_text().splitlines()
     assert any(
         json.loads(x)["chart"] == "Version" and json.loads(x)["kind"] == "end" for x in lines
@@ -272,5 +274,95 @@ def test_trace_off_emits_nothing_but_serves(short_tmp: Path) -> None:
         assert client.runtime.Version(api_pb2.VersionRequest()).runtime_name == "teaching-cri"
         assert client.recent(since_unix_nano=since) == []
         assert client.trace.Stats(trace_pb2.StatsRequest()).emitted == 0
+    finally:
+        srv.stop()
+
+
+def test_servers_started_together_on_one_socket_leave_exactly_one(short_tmp: Path) -> None:
+    sock = short_tmp / "one.sock"
+    procs = [
+        subprocess.Popen(
+            serve_command(
+                "--socket",
+                str(sock),
+                "--root",
+                str(short_tmp / f"r{i}"),
+                "--state",
+                str(short_tmp / f"s{i}"),
+            ),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(3)
+    ]
+    try:
+        losers = []
+        for p in procs:
+            try:
+                p.wait(timeout=8)
+                losers.append(p)
+            except subprocess.TimeoutExpired:
+                pass
+        winners = [p for p in procs if p.poll() is None]
+        assert len(winners) == 1, "exactly one server may own the socket"
+        for p in losers:
+            assert p.returncode != 0
+            assert "another server is already listening" in (p.stderr.read() if p.stderr else "")
+        with connect(sock) as c:
+            assert c.runtime.Version(api_pb2.VersionRequest()).runtime_name == "teaching-cri"
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.terminate()
+                p.wait(20)
+    assert not sock.exists()
+
+
+def test_a_huge_bad_pod_cidr_is_invalid_argument_and_traces_stay_usable(client: Client) -> None:
+    with pytest.raises(grpc.RpcError) as err:
+        _update(client, "1" * 200_000)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert len(err.value.details()) < 4096
+    assert client.recent()  # the ring buffer still fits in a response
+
+
+@pytest.mark.parametrize(
+    ("cidr", "words"),
+    [
+        ("10.0.0.0/8,10.1.0.0/16", "one IPv4, one IPv6"),
+        ("10.0.0.0/8,fd00::/64,10.2.0.0/16", "at most two"),
+        ("10.0.0.5/8", "host bits"),
+        ("10.0.0.5", "no prefix length"),
+    ],
+)
+def test_pod_cidr_validation(client: Client, cidr: str, words: str) -> None:
+    with pytest.raises(grpc.RpcError) as err:
+        _update(client, cidr)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert words in err.value.details()
+    assert _pod_cidrs(client) == []
+
+
+def test_a_failed_write_changes_nothing(server: Server) -> None:
+    client = server.client()
+    _update(client, "10.88.0.0/16")
+    server.root.rename(server.base / "root.moved")
+    server.root.write_text("not a directory")  # the next write cannot succeed
+    with pytest.raises(grpc.RpcError) as err:
+        _update(client, "10.99.0.0/16")
+    assert err.value.code() == grpc.StatusCode.INTERNAL
+    assert _pod_cidrs(client) == ["10.88.0.0/16"], "memory still agrees with the disk"
+
+
+def test_runtime_not_ready_when_the_backend_cannot_run(short_tmp: Path) -> None:
+    env = {**os.environ, "PATH": "/nonexistent"}  # no runc to be found
+    srv = start_server(short_tmp / "n", "--runtime", "runc", env=env)
+    try:
+        resp = srv.client().runtime.Status(api_pb2.StatusRequest())
+        ready = next(c for c in resp.status.conditions if c.type == "RuntimeReady")
+        assert not ready.status
+        assert ready.reason in ("RuntimeBinaryMissing", "RuntimeNeedsRoot")
+        assert "runc" in ready.message
     finally:
         srv.stop()

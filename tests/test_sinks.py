@@ -103,3 +103,27 @@ async def test_replay_comes_before_live_events() -> None:
     fan.publish(ev(3))
     got = [await sub.get() for _ in range(3)]
     assert [item[0].sequence for item in got if item] == [1, 2, 3]
+
+
+def test_filters_cross_the_wire_intact() -> None:
+    from teaching_cri.api import trace_pb2
+    from teaching_cri.trace.wire import event_from_pb, event_to_pb, filter_from_pb
+
+    msg = trace_pb2.TraceFilter(
+        charts=["Status", "Version"],
+        container_id="c",
+        sandbox_id="p",
+        trace_id="t",
+        since_unix_nano=9,
+    )
+    assert filter_from_pb(msg) == TraceFilter(frozenset({"Status", "Version"}), "c", "p", "t", 9)
+    event = ev(3, container_id="c")
+    assert event_from_pb(event_to_pb(event, dropped_before=2)) == event
+
+
+async def test_a_follow_arriving_during_shutdown_ends_at_once() -> None:
+    fan = FanOutSink()
+    fan.bind(asyncio.get_running_loop())
+    fan.close()
+    late = fan.subscribe(TraceFilter())
+    assert await asyncio.wait_for(late.get(), 1) is None

@@ -74,6 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _serve(args: argparse.Namespace) -> int:
     from .daemon import StartupError, run
+    from .manager.runtime_manager import StateError
+    from .trace.charts import ChartError
 
     values = {k: getattr(args, k.replace("-", "_")) for k in KEYS}
     try:
@@ -89,8 +91,11 @@ def _serve(args: argparse.Namespace) -> int:
     logging.getLogger("grpc").setLevel(max(logging.INFO, logging.getLogger().level))
     try:
         asyncio.run(run(config))
-    except StartupError as exc:
+    except (StartupError, StateError, ChartError) as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"{PROG}: error: {exc.filename or ''}: {exc.strerror or exc}", file=sys.stderr)
         return 1
     return 0
 
@@ -161,20 +166,37 @@ def _write_rendering(
     data = render_svg(chart, events).encode() if fmt == "svg" else render_png(chart, events)
     if output is None:
         sys.stdout.buffer.write(data)
-    else:
+        return 0
+    try:
         output.write_bytes(data)
-        print(output)
+    except OSError as exc:
+        print(f"{PROG}: error: {output}: {exc.strerror}", file=sys.stderr)
+        return 1
+    print(output)
     return 0
 
 
 def _show(args: argparse.Namespace) -> int:
-    from .client import connect
+    import grpc
 
+    from .client import connect
+    from .trace.charts import ChartSet
+
+    known = ChartSet.load()
+    if args.chart not in known:
+        print(
+            f"{PROG}: error: unknown chart {args.chart!r}; known: {', '.join(sorted(known))}",
+            file=sys.stderr,
+        )
+        return 2
     try:
         with connect(args.socket) as client:
             events = client.recent(charts=[args.chart])
     except ConnectionError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 1
+    except grpc.RpcError as exc:
+        print(f"{PROG}: error: {exc.code().name}: {exc.details()}", file=sys.stderr)
         return 1
     return _write_rendering(args.chart, args.format, args.output, list(events))
 

@@ -159,6 +159,8 @@ def resolve(values: Mapping[str, str | None], config_file: Path | None = None) -
     if config_file is not None:
         merged.update(read_config_file(config_file))
     merged.update({k: v for k, v in values.items() if v is not None})
+    # An empty value means "the default", for every option but trace-file.
+    merged = {k: v for k, v in merged.items() if v != "" or k == "trace-file"}
 
     socket_is_default = "socket" not in merged
     socket = Path(merged.get("socket") or default_socket()).absolute()
@@ -197,6 +199,10 @@ def resolve(values: Mapping[str, str | None], config_file: Path | None = None) -
     _check_creatable(root, "root")
     _check_creatable(state, "state")
     if trace_file is not None:
+        if trace_file.is_dir():
+            raise ConfigError(f"trace-file {trace_file}: is a directory")
+        if trace_file.exists() and not os.access(trace_file, os.W_OK):
+            raise ConfigError(f"trace-file {trace_file}: is not writable")
         _check_creatable(trace_file.parent, "trace-file")
     return Config(
         socket=socket,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import fcntl
 import logging
 import os
 import signal
@@ -72,13 +73,54 @@ def check_socket_path(path: Path) -> None:
 
 @contextlib.contextmanager
 def _umask(mask: int) -> Iterator[None]:
-    # The socket is created by grpc's C core inside start(); a umask for that
-    # moment means it is never, even briefly, more open than SOCKET_MODE.
+    # grpc's C core creates the socket file in add_insecure_port; a umask for
+    # that moment means it is never, even briefly, more open than SOCKET_MODE.
     old = os.umask(mask)
     try:
         yield
     finally:
         os.umask(old)
+
+
+class SocketLock:
+    """An exclusive ``flock`` on ``<socket>.lock``, held while the server runs.
+
+    Probing the socket is not enough: two servers started at the same moment
+    both find it free, and grpc replaces a socket file even while another
+    server listens on it. Whoever holds the lock owns the socket path.
+    """
+
+    def __init__(self, socket_path: Path) -> None:
+        self.path = socket_path.with_name(socket_path.name + ".lock")
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                sock = self.path.with_name(self.path.name.removesuffix(".lock"))
+                raise StartupError(
+                    f"socket {sock}: another server is already listening on it"
+                ) from None
+            # A server that stopped may have unlinked the file we opened just
+            # before it did: then our lock guards nothing, so start again.
+            try:
+                same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                self._fd = fd
+                return
+            os.close(fd)
+
+    def release(self) -> None:
+        if self._fd is not None:
+            self.path.unlink(missing_ok=True)  # while still holding it: see acquire
+            os.close(self._fd)
+            self._fd = None
 
 
 class Daemon:
@@ -88,23 +130,39 @@ class Daemon:
         self.server: grpc.aio.Server | None = None
         self.stopped = asyncio.Event()
         self._health = health.aio.HealthServicer()
+        self._lock = SocketLock(config.socket)
+        self._socket_inode = 0
+        self.tracer: Tracer | None = None
 
     async def start(self) -> None:
+        """Everything that can fail on bad input or a busy socket is checked
+        before anything is created; what start creates, a failed start removes."""
+        cfg = self.config
+        if cfg.socket_is_default:
+            cfg.socket.parent.mkdir(parents=True, exist_ok=True, mode=0o711)
+        self._lock.acquire()
+        try:
+            await self._start()
+        except BaseException:
+            await self._cleanup()
+            raise
+
+    async def _start(self) -> None:
         cfg = self.config
         check_socket_path(cfg.socket)
         backend = probe(cfg.runtime)
-        for directory in (cfg.root, cfg.state, cfg.socket.parent):
+        self.runtime = RuntimeManager(cfg)  # reads persisted state: fails before any mkdir
+        for directory in (cfg.root, cfg.state):
             directory.mkdir(parents=True, exist_ok=True, mode=0o711)
 
         self.ring = RingBufferSink()
         self.fanout = FanOutSink()
         self.fanout.bind(asyncio.get_running_loop())
         sinks: list[Sink] = [self.ring, self.fanout]
-        if cfg.trace_file is not None:
-            sinks.append(JsonlFileSink(cfg.trace_file))
         self.tracer = Tracer(self.charts, sinks, enabled=cfg.trace)
+        if cfg.trace_file is not None:
+            self.tracer.add_sink(JsonlFileSink(cfg.trace_file))
         self.trace_service = TraceService(self.tracer, self.ring, self.fanout)
-        self.runtime = RuntimeManager(cfg)
 
         server = grpc.aio.server(
             options=[
@@ -131,14 +189,15 @@ class Daemon:
             ],
             server,
         )
-        try:
-            server.add_insecure_port(f"unix://{cfg.socket}")
-        except RuntimeError as exc:
-            raise StartupError(f"socket {cfg.socket}: cannot listen: {exc}") from None
+        self.server = server
         with _umask(0o117):
+            try:
+                server.add_insecure_port(f"unix://{cfg.socket}")
+            except RuntimeError as exc:
+                raise StartupError(f"socket {cfg.socket}: cannot listen: {exc}") from None
             await server.start()
         os.chmod(cfg.socket, SOCKET_MODE)
-        self.server = server
+        self._socket_inode = cfg.socket.stat().st_ino
         for name in ["", *names]:
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
 
@@ -164,13 +223,22 @@ class Daemon:
         log.info("shutting down")
         await self._health.enter_graceful_shutdown()
         self.fanout.close()  # end Follow streams, or the drain would wait for them
-        await self.server.stop(grace)
-        self.server = None
-        await asyncio.to_thread(self.tracer.close)
-        with contextlib.suppress(FileNotFoundError):
-            self.config.socket.unlink()
+        await self._cleanup(grace)
         self.stopped.set()
         log.info("stopped")
+
+    async def _cleanup(self, grace: float = 0) -> None:
+        if self.server is not None:
+            await self.server.stop(grace)
+            self.server = None
+        if self.tracer is not None:
+            await asyncio.to_thread(self.tracer.close)
+            self.tracer = None
+        # Only our own socket: after a forced takeover the path may be another's.
+        with contextlib.suppress(FileNotFoundError):
+            if self._socket_inode and self.config.socket.stat().st_ino == self._socket_inode:
+                self.config.socket.unlink()
+        self._lock.release()
 
 
 async def run(config: Config) -> None:

@@ -25,25 +25,18 @@ import grpc
 
 from .api import api_pb2
 from .client import Client, connect, wait_for_socket
-from .config import default_socket
 from .trace.charts import ChartSet
 from .trace.render import render_svg, render_text
 
 
 @contextmanager
 def server_for_demo(socket: Path | None) -> Iterator[Path]:
-    """The socket of a running server: the one asked for, the default one if a
-    server answers there, or else a fresh server in a temporary directory."""
+    """The socket of the server asked for, or of a fresh server in a temporary
+    directory. Never a server found on the default socket unasked: the demo
+    changes settings (the pod CIDR) that a real node's server must keep."""
     if socket is not None:
         yield socket
         return
-    if default_socket().exists():
-        try:
-            connect(default_socket(), wait=1.0).close()
-            yield default_socket()
-            return
-        except ConnectionError:
-            pass
     with tempfile.TemporaryDirectory(prefix="teaching-cri-demo-") as tmp:
         sock = Path(tmp) / "cri.sock"
         print(f"starting a server for the demo on {sock}")
@@ -80,6 +73,7 @@ class Walkthrough:
         self.charts = charts
         self.svg_dir = svg_dir
         self.color = color
+        self.calls = 0
 
     def call(self, chart: str, what: str, fn: Callable[..., Any], request: Any) -> Any:
         trace_id = secrets.token_hex(16)
@@ -96,7 +90,8 @@ class Walkthrough:
         print(render_text(self.charts[chart], events, color=self.color))
         if self.svg_dir is not None:
             self.svg_dir.mkdir(parents=True, exist_ok=True)
-            out = self.svg_dir / f"{chart}.svg"
+            self.calls += 1
+            out = self.svg_dir / f"{self.calls:02d}-{chart}.svg"
             out.write_text(render_svg(self.charts[chart], events))
             print(f"(chart with the path drawn: {out})")
         return response

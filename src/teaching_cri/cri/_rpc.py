@@ -21,7 +21,7 @@ from google.protobuf.message import Message
 
 from ..api import Context
 from ..errors import CRIError
-from ..trace.tracer import Tracer
+from ..trace.tracer import MAX_ERROR_CHARS, Tracer, clip
 
 log = logging.getLogger("teaching_cri.cri")
 
@@ -43,7 +43,7 @@ def _request_attributes(request: Message) -> dict[str, str]:
         if field in request.DESCRIPTOR.fields_by_name:
             value = getattr(request, field)
             if value:
-                attrs[attr] = value
+                attrs[attr] = clip(value)
     return attrs
 
 
@@ -68,12 +68,15 @@ def rpc(chart: str) -> Callable[[Handler[Req, Resp]], Handler[Req, Resp]]:
                 with svc.tracer.span(chart, trace_id=_trace_id(context), attributes=attributes):
                     return await fn(svc, request, context)
             except CRIError as exc:
-                await context.abort(exc.code, str(exc))
+                # Trailers are capped at 16 KiB: a message echoing a huge request
+                # would turn INVALID_ARGUMENT into RESOURCE_EXHAUSTED.
+                await context.abort(exc.code, clip(f"{chart}: {exc}", MAX_ERROR_CHARS))
             except grpc.aio.AbortError:
                 raise
             except Exception as exc:
                 log.exception("%s failed", chart)
-                await context.abort(grpc.StatusCode.INTERNAL, f"{chart}: internal error: {exc}")
+                message = clip(f"{chart}: internal error: {exc}", MAX_ERROR_CHARS)
+                await context.abort(grpc.StatusCode.INTERNAL, message)
             raise AssertionError("unreachable: context.abort raises")  # pragma: no cover
 
         return handler

@@ -4,6 +4,7 @@ one way each."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import TYPE_CHECKING
 
 from ..api import Context, api_pb2
@@ -23,8 +24,9 @@ async def UpdateRuntimeConfig(
     pod_cidr = request.runtime_config.network_config.pod_cidr
     if decide("pod_cidr_set", bool(pod_cidr)):
         cidrs = svc.runtime.validate_pod_cidr(pod_cidr)
+        # fsync off the event loop, so other RPCs and Follow streams go on meanwhile
+        await asyncio.to_thread(svc.runtime.persist, cidrs)
         svc.runtime.pod_cidr_changed(cidrs)  # m_pluginManager->Event(POD_CIDR_CHANGE)
-        svc.runtime.persist()
     return api_pb2.UpdateRuntimeConfigResponse()
 
 

@@ -22,7 +22,7 @@ from .. import __version__
 from ..config import Config
 from ..errors import InvalidArgument
 from ..runtime.backends import BackendProbe, probe
-from ..trace.tracer import step
+from ..trace.tracer import clip, step
 from .network import DEFAULT_CNI_CONF_DIR, NetworkStatus, cni_status
 
 RUNTIME_NAME = "teaching-cri"
@@ -54,6 +54,10 @@ def atomic_write_json(path: Path, data: Any) -> None:
         raise
 
 
+class StateError(RuntimeError):
+    """Persisted state that cannot be loaded: the server refuses to start."""
+
+
 class RuntimeManager:
     def __init__(self, config: Config, cni_conf_dir: Path = DEFAULT_CNI_CONF_DIR) -> None:
         self.config = config
@@ -68,8 +72,11 @@ class RuntimeManager:
         except FileNotFoundError:
             return ()
         except (OSError, ValueError) as exc:
-            raise RuntimeError(f"{self._config_file}: unreadable runtime config: {exc}") from exc
-        return tuple(str(c) for c in data.get("pod_cidrs", []))
+            raise StateError(f"{self._config_file}: unreadable runtime config: {exc}") from None
+        cidrs = data.get("pod_cidrs") if isinstance(data, dict) else None
+        if not isinstance(cidrs, list) or not all(isinstance(c, str) for c in cidrs):
+            raise StateError(f"{self._config_file}: pod_cidrs must be a list of strings")
+        return tuple(cidrs)
 
     @step("m_cb_container_version")
     def version(self) -> DaemonVersion:
@@ -91,25 +98,33 @@ class RuntimeManager:
     @staticmethod
     @step("validate_pod_cidr")
     def validate_pod_cidr(pod_cidr: str) -> tuple[str, ...]:
+        """One CIDR, or two of different families (dual stack), as the kubelet sends."""
+        shown = clip(pod_cidr, 80)
         cidrs = tuple(c.strip() for c in pod_cidr.split(","))
+        if len(cidrs) > 2:
+            raise InvalidArgument(f"pod_cidr {shown!r}: at most two CIDRs (one per IP family)")
+        networks = []
         for cidr in cidrs:
             try:
-                ipaddress.ip_network(cidr, strict=False)
-            except ValueError:
-                raise InvalidArgument(
-                    f"UpdateRuntimeConfig: pod_cidr {pod_cidr!r}: {cidr!r} is not an IP network"
-                ) from None
+                networks.append(ipaddress.ip_network(cidr, strict=True))
+            except ValueError as exc:
+                raise InvalidArgument(f"pod_cidr {shown!r}: {clip(str(exc), 120)}") from None
+            if "/" not in cidr:
+                raise InvalidArgument(f"pod_cidr {shown!r}: {cidr!r} has no prefix length")
+        if len(networks) == 2 and networks[0].version == networks[1].version:
+            raise InvalidArgument(f"pod_cidr {shown!r}: two CIDRs must be one IPv4, one IPv6")
         return cidrs
+
+    @step("persist_runtime_config")
+    def persist(self, cidrs: tuple[str, ...]) -> None:
+        """On disk first: if this fails, nothing has changed anywhere."""
+        atomic_write_json(self._config_file, {"pod_cidrs": list(cidrs)})
 
     @step("m_plugin_manager_event")
     def pod_cidr_changed(self, cidrs: tuple[str, ...]) -> None:
         """iSulad's POD_CIDR_CHANGE event to the network plugin manager: the
         pod networks that arrive with the sandboxes read ``pod_cidrs``."""
         self.pod_cidrs = cidrs
-
-    @step("persist_runtime_config")
-    def persist(self) -> None:
-        atomic_write_json(self._config_file, {"pod_cidrs": list(self.pod_cidrs)})
 
     def info(self) -> dict[str, Any]:
         """Facts for Status's verbose info (each top-level value becomes one JSON value)."""

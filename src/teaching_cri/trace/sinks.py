@@ -48,6 +48,14 @@ class RingBufferSink:
         pass
 
 
+class _RotatingFile(logging.handlers.RotatingFileHandler):
+    """The standard library's rotation, but a failed write is raised to the
+    sink (which counts the events as dropped) instead of printed and forgotten."""
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        raise  # called inside logging's ``except`` block: re-raise what it caught
+
+
 class JsonlFileSink:
     """One JSON object per line, rotated by size with the standard library's
     RotatingFileHandler, written by a background thread."""
@@ -65,7 +73,7 @@ class JsonlFileSink:
     ) -> None:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._handler = logging.handlers.RotatingFileHandler(
+        self._handler = _RotatingFile(
             path, maxBytes=max_bytes, backupCount=backups, encoding="utf-8"
         )
         self._handler.setFormatter(logging.Formatter("%(message)s"))
@@ -99,8 +107,13 @@ class JsonlFileSink:
                     break
             lines = [event.to_json() for event in batch if event is not None]
             if lines:
-                self._write(lines)
-                self.delivered += len(lines)
+                try:
+                    self._write(lines)
+                except Exception:  # a full disk must not kill the writer for good
+                    log.exception("trace file %s: write failed", self.path)
+                    self.dropped += len(lines)
+                else:
+                    self.delivered += len(lines)
             for _ in batch:
                 self._queue.task_done()
             if stopping and self._queue.empty():
@@ -163,6 +176,7 @@ class FanOutSink:
         self._loop_thread: int | None = None
         self.delivered = 0
         self.dropped = 0
+        self.closed = False
 
     def bind(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
@@ -176,6 +190,9 @@ class FanOutSink:
         """Register a follower; ``replay`` events are queued first. Called on the
         loop thread, so no event can fall between the replay and the live ones."""
         sub = Subscription(flt, max(self.queue_size, len(replay) + 1))
+        if self.closed:  # a Follow that arrived while the server shuts down
+            sub.queue.put_nowait(None)
+            return sub
         for event in replay:
             sub.queue.put_nowait((event, 0))
         self._subs.add(sub)
@@ -212,12 +229,16 @@ class FanOutSink:
         return self.delivered, self.dropped
 
     def close(self) -> None:
-        """End every follower's stream."""
+        """End every follower's stream (on the loop's thread; later calls do nothing)."""
+        if self.closed:
+            return
+        self.closed = True
         for sub in tuple(self._subs):
             while True:
                 try:
                     sub.queue.put_nowait(None)
                     break
                 except asyncio.QueueFull:
-                    sub.queue.get_nowait()
+                    sub.queue.get_nowait()  # room for the end marker: one event lost
+                    self.dropped += 1
         self._subs.clear()
