@@ -69,9 +69,9 @@ def test_every_other_rpc_is_unimplemented_and_named(client: Client) -> None:
     assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
     assert "RunPodSandbox" in err.value.details()
     with pytest.raises(grpc.RpcError) as err:
-        client.image.PullImage(api_pb2.PullImageRequest())
+        list(client.image.StreamImages(api_pb2.StreamImagesRequest()))
     assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
-    assert "ImageService/PullImage" in err.value.details()
+    assert "ImageService/StreamImages" in err.value.details()
     with pytest.raises(grpc.RpcError) as err:  # a server-streaming RPC too
         list(client.runtime.GetContainerEvents(api_pb2.GetEventsRequest()))
     assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED

@@ -13,10 +13,11 @@ import os
 import re
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .image.registry import RegistryConfig
 from .runtime.backends import BACKEND_NAMES
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -66,6 +67,7 @@ class Config:
     log_level: str
     trace_file: Path | None
     trace: bool = True
+    registry: RegistryConfig = field(default_factory=RegistryConfig)
     # The default socket's directory is ours to create; a socket path the user
     # names must be in a directory that already exists.
     socket_is_default: bool = False
@@ -85,9 +87,14 @@ class Config:
             "log-level": self.log_level,
             "trace-file": str(self.trace_file) if self.trace_file else "",
             "trace": "on" if self.trace else "off",
+            "registry": {
+                "mirrors": {k: list(v) for k, v in self.registry.mirrors.items()},
+                "insecure": list(self.registry.insecure),
+            },
         }
 
 
+TABLES = ("registry",)
 KEYS = (
     "socket",
     "root",
@@ -111,15 +118,42 @@ def read_config_file(path: Path) -> dict[str, Any]:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {path}: not valid TOML: {exc}") from None
-    unknown = sorted(set(data) - set(KEYS))
+    unknown = sorted(set(data) - set(KEYS) - set(TABLES))
     if unknown:
+        known = ", ".join((*KEYS, *TABLES))
         raise ConfigError(
-            f"config file {path}: unknown option(s) {', '.join(unknown)}; known: {', '.join(KEYS)}"
+            f"config file {path}: unknown option(s) {', '.join(unknown)}; known: {known}"
         )
     for key, value in data.items():
-        if not isinstance(value, str):
+        if key not in TABLES and not isinstance(value, str):
             raise ConfigError(f"config file {path}: {key} must be a string")
     return data
+
+
+def parse_registry(table: object, where: str) -> RegistryConfig:
+    """``[registry]``: ``insecure = ["host:port", ...]`` and, per registry host,
+    ``[registry.mirrors."registry.k8s.io"] endpoints = ["http://127.0.0.1:5000"]``."""
+    if not isinstance(table, dict):
+        raise ConfigError(f"{where}: [registry] must be a table")
+    extra = set(table) - {"mirrors", "insecure"}
+    if extra:
+        raise ConfigError(f"{where}: unknown key(s) in [registry]: {', '.join(sorted(extra))}")
+    insecure = table.get("insecure", [])
+    if not isinstance(insecure, list) or not all(isinstance(h, str) for h in insecure):
+        raise ConfigError(f"{where}: registry.insecure must be a list of host[:port] strings")
+    mirrors: dict[str, tuple[str, ...]] = {}
+    for host, mirror in dict(table.get("mirrors", {})).items():
+        endpoints = mirror.get("endpoints") if isinstance(mirror, dict) else None
+        if not isinstance(endpoints, list) or not all(isinstance(e, str) for e in endpoints):
+            raise ConfigError(f"{where}: registry.mirrors.{host!r}.endpoints must be a list")
+        for endpoint in endpoints:
+            if not re.fullmatch(r"https?://[^/\s]+/?", endpoint):
+                raise ConfigError(
+                    f"{where}: mirror endpoint {endpoint!r} for {host!r}: expected "
+                    "http(s)://host[:port]"
+                )
+        mirrors[host] = tuple(e.rstrip("/") for e in endpoints)
+    return RegistryConfig(mirrors=mirrors, insecure=tuple(insecure))
 
 
 def _split_host_port(value: str) -> tuple[str, int]:
@@ -156,8 +190,12 @@ def _check_creatable(path: Path, what: str) -> None:
 def resolve(values: Mapping[str, str | None], config_file: Path | None = None) -> Config:
     """Merge defaults, the config file and flags (``values``; None = not given)."""
     merged: dict[str, str] = {}
+    registry = RegistryConfig()
     if config_file is not None:
-        merged.update(read_config_file(config_file))
+        data = read_config_file(config_file)
+        if "registry" in data:
+            registry = parse_registry(data.pop("registry"), f"config file {config_file}")
+        merged.update(data)
     merged.update({k: v for k, v in values.items() if v is not None})
     # An empty value means "the default", for every option but trace-file.
     merged = {k: v for k, v in merged.items() if v != "" or k == "trace-file"}
@@ -213,5 +251,6 @@ def resolve(values: Mapping[str, str | None], config_file: Path | None = None) -
         log_level=level,
         trace_file=trace_file,
         trace=trace == "on",
+        registry=registry,
         socket_is_default=socket_is_default,
     )

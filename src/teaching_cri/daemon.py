@@ -29,6 +29,7 @@ from .api import api_pb2, api_pb2_grpc, trace_pb2, trace_pb2_grpc
 from .config import Config
 from .cri.image_service import ImageService
 from .cri.runtime_service import RuntimeService
+from .image.manager import ImageManager
 from .manager.runtime_manager import RuntimeManager
 from .runtime.backends import probe
 from .trace.charts import ChartSet
@@ -154,6 +155,7 @@ class Daemon:
         self.runtime = RuntimeManager(cfg)  # reads persisted state: fails before any mkdir
         for directory in (cfg.root, cfg.state):
             directory.mkdir(parents=True, exist_ok=True, mode=0o711)
+        self.images = ImageManager(cfg.root / "images", cfg.registry)
 
         self.ring = RingBufferSink()
         self.fanout = FanOutSink()
@@ -173,7 +175,9 @@ class Daemon:
         api_pb2_grpc.add_RuntimeServiceServicer_to_server(
             RuntimeService(self.runtime, self.tracer, self.trace_service.stats), server
         )
-        api_pb2_grpc.add_ImageServiceServicer_to_server(ImageService(self.tracer), server)
+        api_pb2_grpc.add_ImageServiceServicer_to_server(
+            ImageService(self.images, self.tracer), server
+        )
         trace_pb2_grpc.add_TraceServiceServicer_to_server(self.trace_service, server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         names = [

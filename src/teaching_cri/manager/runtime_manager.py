@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import os
 import platform
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +19,7 @@ from typing import Any
 from .. import __version__
 from ..config import Config
 from ..errors import InvalidArgument
+from ..fsutil import atomic_write_json
 from ..runtime.backends import BackendProbe, probe
 from ..trace.tracer import clip, step
 from .network import DEFAULT_CNI_CONF_DIR, NetworkStatus, cni_status
@@ -37,21 +36,6 @@ class DaemonVersion:
     runtime_name: str
     api_version: str
     kube_api_version: str
-
-
-def atomic_write_json(path: Path, data: Any) -> None:
-    """Write ``data`` so that a crash leaves either the old file or the new one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2, sort_keys=True)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 class StateError(RuntimeError):

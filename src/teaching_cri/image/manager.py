@@ -1,0 +1,269 @@
+"""The image callbacks (iSulad's ``m_cb->image.*``): pull, status, list, remove, fs info.
+
+A pull walks diagrams/PullImage.toml: resolve the manifest (choosing the
+host's platform from an index), fetch the config and every layer into the
+content store (each verified against its digest), unpack the layers into
+snapshots, and only then commit the image record. Two pulls of the same
+reference at the same time share one download.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from ..errors import FailedPrecondition, InvalidArgument
+from ..trace.tracer import current_span, decide, step
+from .oci import host_platform
+from .reference import Reference, is_image_id, parse_reference
+from .registry import (
+    INDEX_TYPES,
+    Credentials,
+    Manifest,
+    RegistryConfig,
+    Repository,
+    open_repository,
+    select_platform,
+)
+from .snapshot import LayerToApply, SnapshotStore
+from .store import ContentStore, ImageRecord, ImageStore, LayerRecord, chain_ids, disk_usage
+
+_ID_PREFIX = re.compile(r"(sha256:)?[0-9a-f]{3,63}")
+ImageConfig = dict[str, Any]  # the parsed image config (OCI image-spec config.md)
+PROGRESS_STEPS = 10  # progress events per layer, at most: enough for a progress bar
+
+
+@dataclass(frozen=True)
+class FsUsage:
+    path: str
+    bytes: int
+    inodes: int
+
+
+class ImageManager:
+    def __init__(
+        self, root: Path, registry: RegistryConfig | None = None, snapshot_mode: str | None = None
+    ) -> None:
+        self.root = root
+        self.registry = registry or RegistryConfig()
+        self.content = ContentStore(root / "content")
+        self.images = ImageStore(root / "content")
+        self.snapshots = SnapshotStore(root / "snapshots", snapshot_mode)
+        self._pulls: dict[str, asyncio.Future[ImageRecord]] = {}
+        # Which images containers use: the container store answers this once it exists.
+        self.in_use: Callable[[str], bool] = lambda image_id: False
+
+    # -- lookups -------------------------------------------------------------------
+    def resolve(self, name: str) -> ImageRecord | None:
+        """An image by id (``sha256:…`` or bare hex), by a unique id prefix, or by
+        any name it is known by (normalised first: ``busybox`` finds
+        ``docker.io/library/busybox:latest``)."""
+        if not name:
+            raise InvalidArgument("image name is empty")
+        if is_image_id(name):
+            return self.images.get(name if name.startswith("sha256:") else f"sha256:{name}")
+        found: ImageRecord | None = None
+        try:
+            found = self.images.by_name(parse_reference(name).name)
+        except InvalidArgument:
+            if not _ID_PREFIX.fullmatch(name):
+                raise
+        if found is None and _ID_PREFIX.fullmatch(name):
+            prefix = name.removeprefix("sha256:")
+            matches = [r for r in self.images.list() if r.id[7:].startswith(prefix)]
+            if len(matches) > 1:
+                raise InvalidArgument(
+                    f"image id prefix {name!r} is ambiguous: {len(matches)} images"
+                )
+            found = matches[0] if matches else None
+        return found
+
+    # -- pull ----------------------------------------------------------------------
+    async def pull(self, name: str, credentials: Credentials) -> ImageRecord:
+        ref = check_image_reference(name)
+        if decide("pull_in_progress", ref.name in self._pulls):
+            return await wait_for_the_other_pull(self._pulls[ref.name])
+        future: asyncio.Future[ImageRecord] = asyncio.get_running_loop().create_future()
+        self._pulls[ref.name] = future
+        try:
+            record = await self._pull(ref, credentials)
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # retrieved: no "never retrieved" warning if nobody waits
+            raise
+        else:
+            future.set_result(record)
+            return record
+        finally:
+            del self._pulls[ref.name]
+
+    async def _pull(self, ref: Reference, credentials: Credentials) -> ImageRecord:
+        async with httpx.AsyncClient(timeout=httpx.Timeout(60.0, connect=10.0)) as client:
+            repo, top = await self.resolve_manifest(client, ref, credentials)
+            manifest = top
+            if decide("is_index", top.media_type in INDEX_TYPES):
+                manifest = await self.select_platform_manifest(repo, top)
+            for m in {top.digest: top, manifest.digest: manifest}.values():
+                self.content.put(m.body)
+            config = await self.fetch_config(repo, manifest)
+            layers = manifest.doc.get("layers", [])
+            diff_ids = config.get("rootfs", {}).get("diff_ids", [])
+            if len(diff_ids) != len(layers):
+                raise FailedPrecondition(
+                    f"{ref.name}: manifest has {len(layers)} layers, "
+                    f"config {len(diff_ids)} diff_ids"
+                )
+            for i, desc in enumerate(layers):
+                await self.fetch_layer(repo, desc, i, len(layers))
+                if not decide("more_layers", i + 1 < len(layers)):
+                    break
+            chains = chain_ids(diff_ids)
+            records = [
+                LayerRecord(d["digest"], d.get("mediaType", ""), int(d.get("size", 0)), diff, chain)
+                for d, diff, chain in zip(layers, diff_ids, chains, strict=True)
+            ]
+            await self.unpack_layers(records)
+            return self.commit_image_record(ref, top, manifest, config, records)
+
+    @step("resolve_manifest")
+    async def resolve_manifest(
+        self, client: httpx.AsyncClient, ref: Reference, credentials: Credentials
+    ) -> tuple[Repository, Manifest]:
+        return await open_repository(client, self.registry, ref, credentials, ref.digest or ref.tag)
+
+    @step("select_platform_manifest")
+    async def select_platform_manifest(self, repo: Repository, index: Manifest) -> Manifest:
+        desc = select_platform(index.doc, host_platform())
+        return await repo.manifest(desc["digest"])
+
+    @step("fetch_config")
+    async def fetch_config(self, repo: Repository, manifest: Manifest) -> ImageConfig:
+        desc = manifest.doc.get("config") or {}
+        digest = desc.get("digest", "")
+        if not self.content.has(digest):
+            with self.content.writer(digest, desc.get("size")) as writer:
+                await repo.blob(digest, int(desc.get("size", 0)), writer)
+                writer.commit()
+        config: ImageConfig = json.loads(self.content.read(digest))
+        return config
+
+    async def fetch_layer(
+        self, repo: Repository, desc: dict[str, Any], index: int, count: int
+    ) -> None:
+        """One step per layer, then one per tenth of its bytes: the progress
+        a notebook draws as a bar (the chart's ``fetch layer`` loop)."""
+        digest, size = desc["digest"], int(desc.get("size", 0))
+        attrs = {"layer": digest, "index": f"{index + 1}/{count}", "size": size}
+        with step("fetch_layer", **attrs, bytes=0):
+            if self.content.has(digest):
+                mark_progress(attrs, size, cached=True)
+                return
+            next_report = size // PROGRESS_STEPS
+
+            def progress(written: int) -> None:
+                nonlocal next_report
+                if size and written >= next_report and written < size:
+                    mark_progress(attrs, written)
+                    next_report = written + max(1, size // PROGRESS_STEPS)
+
+            with self.content.writer(digest, size) as writer:
+                await repo.blob(digest, size, writer, progress)
+                writer.commit()
+            mark_progress(attrs, size)
+
+    @step("unpack_layers")
+    async def unpack_layers(self, layers: list[LayerRecord]) -> None:
+        todo = [LayerToApply(self.content.path(r.digest), r.media_type, r.chain_id) for r in layers]
+        await asyncio.to_thread(self.snapshots.ensure, todo)
+
+    @step("commit_image_record")
+    def commit_image_record(
+        self,
+        ref: Reference,
+        top: Manifest,
+        manifest: Manifest,
+        config: dict[str, Any],
+        layers: list[LayerRecord],
+    ) -> ImageRecord:
+        config_digest = manifest.doc["config"]["digest"]
+        existing = self.images.get(config_digest)
+        tags = list(existing.repo_tags) if existing else []
+        digests = list(existing.repo_digests) if existing else []
+        if ref.tag:
+            tag = str(Reference(ref.domain, ref.path, ref.tag, ""))
+            if tag not in tags:
+                tags.append(tag)
+        repo_digest = ref.with_digest(top.digest).name
+        if repo_digest not in digests:
+            digests.append(repo_digest)
+        record = ImageRecord(
+            id=config_digest,
+            manifest_digest=manifest.digest,
+            manifest_media_type=manifest.media_type,
+            config_digest=config_digest,
+            chain_id=layers[-1].chain_id if layers else "",
+            size=sum(r.size for r in layers) + int(manifest.doc["config"].get("size", 0)),
+            layers=layers,
+            repo_tags=tags,
+            repo_digests=digests,
+            config=config.get("config") or {},
+            created=str(config.get("created", "")),
+        )
+        self.images.save(record)
+        return record
+
+    # -- remove --------------------------------------------------------------------
+    def remove(self, record: ImageRecord) -> None:
+        """Remove the image (all its names, as CRI says), then the blobs and
+        snapshots no other image needs."""
+        if self.in_use(record.id):
+            raise FailedPrecondition(f"image {record.id} is in use by a container")
+        self.images.remove(record.id)
+        keep_blobs = {
+            record_digest
+            for r in self.images.list()
+            for record_digest in (r.manifest_digest, r.config_digest, *(x.digest for x in r.layers))
+        }
+        keep_chains = {x.chain_id for r in self.images.list() for x in r.layers}
+        for digest in (
+            record.manifest_digest,
+            record.config_digest,
+            *(x.digest for x in record.layers),
+        ):
+            if digest not in keep_blobs:
+                self.content.delete(digest)
+        for layer in record.layers:
+            if layer.chain_id not in keep_chains:
+                self.snapshots.remove(layer.chain_id)
+
+    # -- fs info -------------------------------------------------------------------
+    def image_fs_usage(self) -> FsUsage:
+        used, inodes = disk_usage(self.root)
+        return FsUsage(str(self.root), used, inodes)
+
+    def container_fs_usage(self) -> FsUsage:
+        used, inodes = disk_usage(self.snapshots.active)
+        return FsUsage(str(self.snapshots.active), used, inodes)
+
+
+@step("check_image_reference")
+def check_image_reference(name: str) -> Reference:
+    return parse_reference(name)
+
+
+@step("wait_for_the_other_pull")
+async def wait_for_the_other_pull(future: asyncio.Future[ImageRecord]) -> ImageRecord:
+    return await asyncio.shield(future)
+
+
+def mark_progress(attrs: dict[str, Any], written: int, cached: bool = False) -> None:
+    span = current_span()
+    if span is not None:
+        span.visit("fetch_layer", {**attrs, "bytes": written, "cached": cached})

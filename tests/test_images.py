@@ -1,0 +1,277 @@
+"""ImageService against the live server, pulling from a real local registry
+(Debian's docker-registry, started here) images built here from busybox."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from teaching_cri.api import api_pb2
+from teaching_cri.client import Client
+from teaching_cri.image.build import BusyboxUnavailable, build_image, file_entry
+from teaching_cri.image.manager import ImageManager
+from teaching_cri.image.oci import host_platform
+from teaching_cri.image.push import push_layout
+from teaching_cri.image.registry import Credentials
+from teaching_cri.trace.charts import ChartSet
+from teaching_cri.trace.conformance import assert_conforms
+from teaching_cri.trace.events import EventKind
+
+from conftest import IS_ROOT, Server, start_server
+from registry import Registry, RegistryUnavailable, push_busybox, push_busybox_index, run_registry
+
+BUSYBOX = Path("/bin/busybox")
+
+
+def _registry(base: Path, **kw: object) -> Iterator[Registry]:
+    try:
+        with run_registry(base, **kw) as reg:  # type: ignore[arg-type]
+            yield reg
+    except RegistryUnavailable as exc:
+        pytest.skip(str(exc))
+
+
+@pytest.fixture
+def registry(short_tmp: Path) -> Iterator[Registry]:
+    yield from _registry(short_tmp / "registry")
+
+
+@pytest.fixture
+def busybox(registry: Registry) -> tuple[Registry, str, str]:
+    """busybox pushed as <registry>/library/busybox:1.0: (registry, name, config digest)."""
+    try:
+        info = push_busybox(registry, "library/busybox", "1.0")
+    except BusyboxUnavailable as exc:
+        pytest.skip(f"{exc} (apt-get install busybox-static)")
+    return registry, f"{registry.host}/library/busybox:1.0", info.config_digest
+
+
+def pull(client: Client, name: str, **auth: str) -> str:
+    request = api_pb2.PullImageRequest(
+        image=api_pb2.ImageSpec(image=name), auth=api_pb2.AuthConfig(**auth)
+    )
+    return str(client.image.PullImage(request, timeout=120).image_ref)
+
+
+def status(client: Client, name: str, verbose: bool = False) -> api_pb2.ImageStatusResponse:
+    return client.image.ImageStatus(
+        api_pb2.ImageStatusRequest(image=api_pb2.ImageSpec(image=name), verbose=verbose)
+    )
+
+
+def test_pull_list_status_remove_like_containerd(
+    client: Client, busybox: tuple[Registry, str, str], charts: ChartSet
+) -> None:
+    registry, name, config_digest = busybox
+    since = time.time_ns()
+    image_ref = pull(client, name)
+    assert image_ref == config_digest, "image_ref is the image id: the config digest"
+
+    image = status(client, name).image
+    assert image.id == image_ref
+    assert list(image.repo_tags) == [name]
+    assert len(image.repo_digests) == 1
+    assert image.repo_digests[0].startswith(f"{registry.host}/library/busybox@sha256:")
+    assert image.size > 0
+    assert status(client, "sha256:" + "0" * 64).HasField("image") is False  # missing: empty
+    assert status(client, image_ref).image.id == image_ref  # by id
+    assert status(client, image_ref.removeprefix("sha256:")[:12]).image.id == image_ref
+
+    info = json.loads(status(client, name, verbose=True).info["info"])
+    assert info["configDigest"] == config_digest and len(info["layers"]) == 2
+
+    listed = client.image.ListImages(api_pb2.ListImagesRequest()).images
+    assert [i.id for i in listed] == [image_ref]
+    filtered = client.image.ListImages(
+        api_pb2.ListImagesRequest(
+            filter=api_pb2.ImageFilter(image=api_pb2.ImageSpec(image="nothing:here"))
+        )
+    ).images
+    assert list(filtered) == []
+
+    fs = client.image.ImageFsInfo(api_pb2.ImageFsInfoRequest())
+    used = fs.image_filesystems[0].used_bytes.value
+    assert used > BUSYBOX.stat().st_size  # blobs and an unpacked snapshot at least
+    assert fs.image_filesystems[0].inodes_used.value > 10
+    assert fs.container_filesystems[0].fs_id.mountpoint
+
+    events = client.recent(since_unix_nano=since)
+    assert_conforms(events, charts)
+    progress = [e for e in events if e.chart == "PullImage" and e.node == "fetch_layer"]
+    assert progress and progress[-1].attributes["bytes"] == progress[-1].attributes["size"]
+
+    client.image.RemoveImage(api_pb2.RemoveImageRequest(image=api_pb2.ImageSpec(image=name)))
+    assert not status(client, name).HasField("image")
+    assert list(client.image.ListImages(api_pb2.ListImagesRequest()).images) == []
+    client.image.RemoveImage(api_pb2.RemoveImageRequest(image=api_pb2.ImageSpec(image=name)))
+    after = client.image.ImageFsInfo(api_pb2.ImageFsInfoRequest())
+    assert after.image_filesystems[0].used_bytes.value < used
+
+
+def test_pull_by_digest_and_restart_keeps_images(
+    short_tmp: Path, busybox: tuple[Registry, str, str]
+) -> None:
+    _, name, config_digest = busybox
+    srv = start_server(short_tmp / "srv")
+    try:
+        client = srv.client()
+        digest_name = status_digest(client, name)
+        assert pull(client, digest_name) == config_digest
+        image = status(client, digest_name).image
+        assert digest_name in image.repo_digests and image.repo_tags == [name]
+    finally:
+        assert srv.stop() == 0
+    again = start_server(short_tmp / "srv")
+    try:
+        image = status(again.client(), name).image
+        assert image.id == config_digest, "the image survived the restart"
+    finally:
+        again.stop()
+
+
+def status_digest(client: Client, name: str) -> str:
+    pull(client, name)
+    return str(status(client, name).image.repo_digests[0])
+
+
+def test_a_multi_arch_index_resolves_to_the_host_platform(
+    client: Client, registry: Registry
+) -> None:
+    try:
+        _, images = push_busybox_index(registry, "multi", "v1")
+    except BusyboxUnavailable as exc:
+        pytest.skip(str(exc))
+    host = host_platform()
+    mine = [
+        i
+        for i in images
+        if (i.platform.architecture, i.platform.os) == (host.architecture, host.os)
+    ]
+    if not mine:
+        pytest.skip(f"the test index has no image for {host}")
+    assert pull(client, f"{registry.host}/multi:v1") == mine[0].config_digest
+
+
+def test_basic_auth(short_tmp: Path, server: Server) -> None:
+    for reg in _registry(short_tmp / "authreg", htpasswd=("learner", "s3cret")):
+        try:
+            push_busybox(reg, "private", "1")
+        except BusyboxUnavailable as exc:
+            pytest.skip(str(exc))
+        client = server.client()
+        with pytest.raises(grpc.RpcError) as err:
+            pull(client, f"{reg.host}/private:1")
+        assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "username and password" in err.value.details()
+        assert pull(client, f"{reg.host}/private:1", username="learner", password="s3cret")
+        with pytest.raises(grpc.RpcError) as err:
+            pull(client, f"{reg.host}/private:1", username="learner", password="wrong")
+        assert err.value.code() in (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.NOT_FOUND)
+
+
+def test_a_corrupted_blob_is_refused_and_nothing_committed(
+    client: Client, busybox: tuple[Registry, str, str]
+) -> None:
+    registry, name, _ = busybox
+    blobs = list((registry.root).rglob("blobs/sha256/*/*/data"))
+    layer = max(blobs, key=lambda p: p.stat().st_size)  # the busybox layer
+    data = bytearray(layer.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    layer.write_bytes(bytes(data))
+    with pytest.raises(grpc.RpcError) as err:
+        pull(client, name)
+    assert err.value.code() == grpc.StatusCode.DATA_LOSS
+    assert "hashes to" in err.value.details()
+    assert list(client.image.ListImages(api_pb2.ListImagesRequest()).images) == []
+    assert not status(client, name).HasField("image")
+
+
+def test_bad_names_and_missing_images(client: Client, registry: Registry) -> None:
+    for bad in ("Busybox", "a:b:c", ""):
+        with pytest.raises(grpc.RpcError) as err:
+            pull(client, bad)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    with pytest.raises(grpc.RpcError) as err:
+        pull(client, f"{registry.host}/nothing:here")
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    assert "manifest unknown" in err.value.details()
+    with pytest.raises(grpc.RpcError) as err:
+        status(client, "")
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_a_mirror_serves_another_registrys_names(
+    short_tmp: Path, busybox: tuple[Registry, str, str]
+) -> None:
+    registry, _, config_digest = busybox
+    push_busybox(registry, "pause", "3.10")
+    cfg = short_tmp / "mirror.toml"
+    cfg.write_text(f'[registry.mirrors."registry.k8s.io"]\nendpoints = ["{registry.url}"]\n')
+    srv = start_server(short_tmp / "m", "--config", str(cfg))
+    try:
+        assert pull(srv.client(), "registry.k8s.io/pause:3.10") == config_digest
+        image = status(srv.client(), "registry.k8s.io/pause:3.10").image
+        assert list(image.repo_tags) == ["registry.k8s.io/pause:3.10"]
+    finally:
+        srv.stop()
+
+
+def test_concurrent_pulls_of_one_image_share_the_work(
+    client: Client, registry: Registry, tmp_path: Path, charts: ChartSet
+) -> None:
+    # A big, incompressible layer so that the second pull arrives mid-download.
+    layout = tmp_path / "big"
+    payload = os.urandom(48 * 1024 * 1024)
+    info = build_image(layout, [[file_entry("big.bin", payload)]], ref_name="big")
+    push_layout(layout, registry.url, "big", "1", source="big")
+    name = f"{registry.host}/big:1"
+    since = time.time_ns()
+    results: list[str] = []
+    barrier = threading.Barrier(2)
+
+    def go() -> None:
+        barrier.wait()
+        results.append(pull(client, name))
+
+    threads = [threading.Thread(target=go) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert results == [info.config_digest] * 2
+    events = [e for e in client.recent(charts=["PullImage"], since_unix_nano=since)]
+    assert_conforms(events, charts)
+    waited = [e for e in events if e.node == "wait_for_the_other_pull"]
+    fetched = [e for e in events if e.node == "resolve_manifest" and e.kind is EventKind.STEP]
+    assert len(waited) == 1 and len(fetched) == 1, "one download, one waiter"
+
+
+@pytest.mark.parametrize("mode", ["copy", "overlay"])
+def test_the_snapshot_holds_the_images_files(
+    mode: str, busybox: tuple[Registry, str, str], tmp_path: Path
+) -> None:
+    if mode == "overlay" and not IS_ROOT:
+        pytest.skip("overlay snapshots need root")
+    _, name, _ = busybox
+    manager = ImageManager(tmp_path / "images", snapshot_mode=mode)
+    record = asyncio.run(manager.pull(name, Credentials()))
+    rootfs = manager.snapshots.mount_view([x.chain_id for x in record.layers], "c1")
+    try:
+        assert (rootfs / "bin" / "busybox").read_bytes() == BUSYBOX.read_bytes()
+        assert (rootfs / "bin" / "sh").is_symlink()
+        assert (rootfs / "etc" / "passwd").read_text().startswith("root:")
+        (rootfs / "tmp" / "written").write_text("container data")
+        if mode == "overlay":
+            upper = tmp_path / "images" / "snapshots" / "active" / "c1" / "upper"
+            assert (upper / "tmp" / "written").exists(), "writes land in the upper dir"
+    finally:
+        manager.snapshots.remove_view("c1")
+    assert not (tmp_path / "images" / "snapshots" / "active" / "c1").exists()
