@@ -65,6 +65,16 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--format", choices=("text", "svg", "png"), default="text")
     show.add_argument("-o", "--output", type=Path, help="file to write (svg/png)")
 
+    images = sub.add_parser("images", help="load images without a registry")
+    isub = images.add_subparsers(dest="images_command", required=True)
+    imp = isub.add_parser("import", help="load an OCI layout archive or a docker save archive")
+    _socket_arg(imp)
+    imp.add_argument("file", type=Path)
+    imp.add_argument("--name", default="", help="tag the image with this reference")
+    build = isub.add_parser("build-local", help="build a small image from the host's busybox")
+    _socket_arg(build)
+    build.add_argument("name", help='for example "teaching-cri.local/busybox:latest"')
+
     charts = sub.add_parser("charts", help="list the flow charts, or draw one")
     charts.add_argument("name", nargs="?")
     charts.add_argument("--format", choices=("text", "svg", "png"), default="text")
@@ -211,6 +221,33 @@ def _charts(args: argparse.Namespace) -> int:
     return _write_rendering(args.name, args.format, args.output, [])
 
 
+def _images(args: argparse.Namespace) -> int:
+    import grpc
+
+    from .api import admin_pb2
+    from .client import connect
+
+    try:
+        with connect(args.socket) as client:
+            if args.images_command == "import":
+                path = str(args.file.absolute())
+                resp = client.admin.ImportImage(
+                    admin_pb2.ImportImageRequest(path=path, name=args.name), timeout=600
+                )
+            else:
+                resp = client.admin.BuildLocalImage(
+                    admin_pb2.BuildLocalImageRequest(name=args.name), timeout=600
+                )
+    except ConnectionError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 1
+    except grpc.RpcError as exc:
+        print(f"{PROG}: error: {exc.code().name}: {exc.details()}", file=sys.stderr)
+        return 1
+    print(resp.image_ref, *resp.repo_tags)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "serve":
@@ -219,6 +256,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .demo import main as demo_main
 
         return demo_main(args.socket, args.svg_dir, args.color)
+    if args.command == "images":
+        return _images(args)
     if args.command == "trace":
         return _follow(args) if args.trace_command == "follow" else _show(args)
     return _charts(args)

@@ -17,7 +17,7 @@ from types import TracebackType
 
 import grpc
 
-from .api import api_pb2_grpc, trace_pb2, trace_pb2_grpc
+from .api import admin_pb2_grpc, api_pb2_grpc, trace_pb2, trace_pb2_grpc
 from .config import default_socket
 from .daemon import MAX_MESSAGE_BYTES
 from .trace.events import TraceEvent
@@ -36,11 +36,13 @@ class Client:
     runtime: api_pb2_grpc.RuntimeServiceStub = field(init=False)
     image: api_pb2_grpc.ImageServiceStub = field(init=False)
     trace: trace_pb2_grpc.TraceServiceStub = field(init=False)
+    admin: admin_pb2_grpc.AdminServiceStub = field(init=False)
 
     def __post_init__(self) -> None:
         self.runtime = api_pb2_grpc.RuntimeServiceStub(self.channel)
         self.image = api_pb2_grpc.ImageServiceStub(self.channel)
         self.trace = trace_pb2_grpc.TraceServiceStub(self.channel)
+        self.admin = admin_pb2_grpc.AdminServiceStub(self.channel)
 
     def wait_ready(self, timeout: float = 10.0) -> None:
         grpc.channel_ready_future(self.channel).result(timeout=timeout)

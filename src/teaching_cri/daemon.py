@@ -25,8 +25,9 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from . import __version__
-from .api import api_pb2, api_pb2_grpc, trace_pb2, trace_pb2_grpc
+from .api import admin_pb2, admin_pb2_grpc, api_pb2, api_pb2_grpc, trace_pb2, trace_pb2_grpc
 from .config import Config
+from .cri.admin import AdminService
 from .cri.image_service import ImageService
 from .cri.runtime_service import RuntimeService
 from .image.manager import ImageManager
@@ -179,11 +180,15 @@ class Daemon:
             ImageService(self.images, self.tracer), server
         )
         trace_pb2_grpc.add_TraceServiceServicer_to_server(self.trace_service, server)
+        admin_pb2_grpc.add_AdminServiceServicer_to_server(
+            AdminService(self.images, self.tracer), server
+        )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         names = [
             api_pb2.DESCRIPTOR.services_by_name["RuntimeService"].full_name,
             api_pb2.DESCRIPTOR.services_by_name["ImageService"].full_name,
             trace_pb2.DESCRIPTOR.services_by_name["TraceService"].full_name,
+            admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
         ]
         reflection.enable_server_reflection(
             [

@@ -16,14 +16,14 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import grpc
 
-from .api import api_pb2
+from .api import admin_pb2, api_pb2
 from .client import Client, connect, wait_for_socket
 from .trace.charts import ChartSet
 from .trace.render import render_svg, render_text
@@ -74,6 +74,7 @@ class Walkthrough:
         self.svg_dir = svg_dir
         self.color = color
         self.calls = 0
+        self.last_events: list[Any] = []
 
     def call(self, chart: str, what: str, fn: Callable[..., Any], request: Any) -> Any:
         trace_id = secrets.token_hex(16)
@@ -86,6 +87,7 @@ class Walkthrough:
             response = None
             print(f"error: {exc.code().name}: {exc.details()}")
         events = self._events(trace_id)
+        self.last_events = events
         print()
         print(render_text(self.charts[chart], events, color=self.color))
         if self.svg_dir is not None:
@@ -145,13 +147,57 @@ def main(socket: Path | None = None, svg_dir: Path | None = None, color: bool | 
                     )
                 ),
             )
+        images(walk, client)
         print("\n=== What comes next")
         try:
             rt.RunPodSandbox(api_pb2.RunPodSandboxRequest())
         except grpc.RpcError as exc:
             print(f"RunPodSandbox: {exc.code().name}: {exc.details()}")
         print(
-            "(pod sandboxes, containers, exec and attach arrive with the next issues;"
+            "(containers, pod sandboxes, exec and attach arrive with the next issues;"
             " this walk grows with them)"
         )
     return 0
+
+
+LOCAL_IMAGE = "teaching-cri.local/busybox:latest"
+
+
+def images(walk: Walkthrough, client: Client) -> None:
+    """An image with no network: built from the host's busybox (as a pull, it
+    walks fetch layer step by step; the bars are drawn from those events)."""
+    built = walk.call(
+        "BuildLocalImage",
+        f"BuildLocalImage {LOCAL_IMAGE}: an image offline",
+        client.admin.BuildLocalImage,
+        admin_pb2.BuildLocalImageRequest(name=LOCAL_IMAGE),
+    )
+    if built is None:
+        return
+    for event in walk.last_events:
+        if event.node == "fetch_layer" and event.attributes.get("size"):
+            print(progress_bar(event.attributes))
+    spec = api_pb2.ImageSpec(image=LOCAL_IMAGE)
+    walk.call(
+        "ImageStatus",
+        "ImageStatus: is it there? (the kubelet asks before pulling)",
+        client.image.ImageStatus,
+        api_pb2.ImageStatusRequest(image=spec),
+    )
+    walk.call("ListImages", "ListImages", client.image.ListImages, api_pb2.ListImagesRequest())
+    walk.call(
+        "ImageFsInfo",
+        "ImageFsInfo: disk used by images and containers",
+        client.image.ImageFsInfo,
+        api_pb2.ImageFsInfoRequest(),
+    )
+
+
+def progress_bar(attrs: Mapping[str, str], width: int = 30) -> str:
+    size, done = int(attrs["size"]), int(attrs.get("bytes", "0"))
+    filled = width * done // size if size else width
+    note = " (cached)" if attrs.get("cached") == "True" else ""
+    return (
+        f"  layer {attrs.get('index', '?'):>5} [{'#' * filled}{'.' * (width - filled)}] "
+        f"{done:>9,} / {size:,} bytes{note}"
+    )

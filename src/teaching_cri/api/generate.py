@@ -22,7 +22,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-PROTO_FILES = ("api.proto", "trace.proto")
+PROTO_FILES = ("api.proto", "trace.proto", "admin.proto")
 REPO_ROOT = Path(__file__).resolve().parents[3]
 DEFAULT_PROTO_DIR = REPO_ROOT / "proto"
 DEFAULT_OUT_DIR = Path(__file__).resolve().parent

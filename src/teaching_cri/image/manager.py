@@ -12,15 +12,18 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from collections.abc import Callable
+import tempfile
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 
 from ..errors import FailedPrecondition, InvalidArgument
 from ..trace.tracer import current_span, decide, step
+from .archive import LayoutSource, cleanup, extract_archive, pick_image, recorded_name
+from .build import build_busybox_image
 from .oci import host_platform
 from .reference import Reference, is_image_id, parse_reference
 from .registry import (
@@ -33,7 +36,15 @@ from .registry import (
     select_platform,
 )
 from .snapshot import LayerToApply, SnapshotStore
-from .store import ContentStore, ImageRecord, ImageStore, LayerRecord, chain_ids, disk_usage
+from .store import (
+    BlobWriter,
+    ContentStore,
+    ImageRecord,
+    ImageStore,
+    LayerRecord,
+    chain_ids,
+    disk_usage,
+)
 
 _ID_PREFIX = re.compile(r"(sha256:)?[0-9a-f]{3,63}")
 ImageConfig = dict[str, Any]  # the parsed image config (OCI image-spec config.md)
@@ -107,30 +118,66 @@ class ImageManager:
     async def _pull(self, ref: Reference, credentials: Credentials) -> ImageRecord:
         async with httpx.AsyncClient(timeout=httpx.Timeout(60.0, connect=10.0)) as client:
             repo, top = await self.resolve_manifest(client, ref, credentials)
-            manifest = top
-            if decide("is_index", top.media_type in INDEX_TYPES):
-                manifest = await self.select_platform_manifest(repo, top)
-            for m in {top.digest: top, manifest.digest: manifest}.values():
-                self.content.put(m.body)
-            config = await self.fetch_config(repo, manifest)
-            layers = manifest.doc.get("layers", [])
-            diff_ids = config.get("rootfs", {}).get("diff_ids", [])
-            if len(diff_ids) != len(layers):
-                raise FailedPrecondition(
-                    f"{ref.name}: manifest has {len(layers)} layers, "
-                    f"config {len(diff_ids)} diff_ids"
-                )
-            for i, desc in enumerate(layers):
-                await self.fetch_layer(repo, desc, i, len(layers))
-                if not decide("more_layers", i + 1 < len(layers)):
-                    break
-            chains = chain_ids(diff_ids)
-            records = [
-                LayerRecord(d["digest"], d.get("mediaType", ""), int(d.get("size", 0)), diff, chain)
-                for d, diff, chain in zip(layers, diff_ids, chains, strict=True)
-            ]
-            await self.unpack_layers(records)
-            return self.commit_image_record(ref, top, manifest, config, records)
+            return await self._fetch_and_commit(repo, top, ref)
+
+    async def _fetch_and_commit(
+        self, source: BlobSource, top: Manifest, ref: Reference | None
+    ) -> ImageRecord:
+        """The part of the chart a pull and an import share: from the manifest
+        (or index) to the committed image record."""
+        manifest = top
+        if decide("is_index", top.media_type in INDEX_TYPES):
+            manifest = await self.select_platform_manifest(source, top)
+        for m in {top.digest: top, manifest.digest: manifest}.values():
+            self.content.put(m.body)
+        config = await self.fetch_config(source, manifest)
+        layers = manifest.doc.get("layers", [])
+        diff_ids = config.get("rootfs", {}).get("diff_ids", [])
+        if len(diff_ids) != len(layers):
+            raise FailedPrecondition(
+                f"{ref.name if ref else manifest.digest}: manifest has {len(layers)} layers, "
+                f"config {len(diff_ids)} diff_ids"
+            )
+        for i, desc in enumerate(layers):
+            await self.fetch_layer(source, desc, i, len(layers))
+            if not decide("more_layers", i + 1 < len(layers)):
+                break
+        chains = chain_ids(diff_ids)
+        records = [
+            LayerRecord(d["digest"], d.get("mediaType", ""), int(d.get("size", 0)), diff, chain)
+            for d, diff, chain in zip(layers, diff_ids, chains, strict=True)
+        ]
+        await self.unpack_layers(records)
+        return self.commit_image_record(ref, top, manifest, config, records)
+
+    # -- import (no registry) --------------------------------------------------------
+    async def import_archive(self, path: Path, name: str = "") -> ImageRecord:
+        """Load an image from an OCI layout archive or a ``docker save`` archive
+        (diagrams/ImportImage.toml)."""
+        ref = parse_reference(name) if name else None
+        staging = Path(tempfile.mkdtemp(prefix=".import-", dir=self.root))
+        try:
+            layout = await extract_archive_step(path, staging / "x")
+            return await self.import_layout(layout, ref)
+        finally:
+            cleanup(staging)
+
+    async def import_layout(self, layout: Path, ref: Reference | None) -> ImageRecord:
+        source, top, recorded = await read_index(layout)
+        if ref is None and recorded:
+            ref = parse_reference(recorded)
+        return await self._fetch_and_commit(source, top, ref)
+
+    async def build_local(self, name: str) -> ImageRecord:
+        """A small real image from the host's static busybox, imported under
+        ``name``: an image to run with no network at all."""
+        ref = parse_reference(name)
+        staging = Path(tempfile.mkdtemp(prefix=".build-", dir=self.root))
+        try:
+            layout = await build_busybox_layout(staging / "layout")
+            return await self.import_layout(layout, ref)
+        finally:
+            cleanup(staging)
 
     @step("resolve_manifest")
     async def resolve_manifest(
@@ -139,12 +186,12 @@ class ImageManager:
         return await open_repository(client, self.registry, ref, credentials, ref.digest or ref.tag)
 
     @step("select_platform_manifest")
-    async def select_platform_manifest(self, repo: Repository, index: Manifest) -> Manifest:
+    async def select_platform_manifest(self, repo: BlobSource, index: Manifest) -> Manifest:
         desc = select_platform(index.doc, host_platform())
         return await repo.manifest(desc["digest"])
 
     @step("fetch_config")
-    async def fetch_config(self, repo: Repository, manifest: Manifest) -> ImageConfig:
+    async def fetch_config(self, repo: BlobSource, manifest: Manifest) -> ImageConfig:
         desc = manifest.doc.get("config") or {}
         digest = desc.get("digest", "")
         if not self.content.has(digest):
@@ -155,7 +202,7 @@ class ImageManager:
         return config
 
     async def fetch_layer(
-        self, repo: Repository, desc: dict[str, Any], index: int, count: int
+        self, repo: BlobSource, desc: dict[str, Any], index: int, count: int
     ) -> None:
         """One step per layer, then one per tenth of its bytes: the progress
         a notebook draws as a bar (the chart's ``fetch layer`` loop)."""
@@ -186,7 +233,7 @@ class ImageManager:
     @step("commit_image_record")
     def commit_image_record(
         self,
-        ref: Reference,
+        ref: Reference | None,
         top: Manifest,
         manifest: Manifest,
         config: dict[str, Any],
@@ -196,13 +243,14 @@ class ImageManager:
         existing = self.images.get(config_digest)
         tags = list(existing.repo_tags) if existing else []
         digests = list(existing.repo_digests) if existing else []
-        if ref.tag:
+        if ref is not None and ref.tag:
             tag = str(Reference(ref.domain, ref.path, ref.tag, ""))
             if tag not in tags:
                 tags.append(tag)
-        repo_digest = ref.with_digest(top.digest).name
-        if repo_digest not in digests:
-            digests.append(repo_digest)
+        if ref is not None:
+            repo_digest = ref.with_digest(top.digest).name
+            if repo_digest not in digests:
+                digests.append(repo_digest)
         record = ImageRecord(
             id=config_digest,
             manifest_digest=manifest.digest,
@@ -251,6 +299,38 @@ class ImageManager:
     def container_fs_usage(self) -> FsUsage:
         used, inodes = disk_usage(self.snapshots.active)
         return FsUsage(str(self.snapshots.active), used, inodes)
+
+
+class BlobSource(Protocol):
+    """Where manifests and blobs come from: a registry repository, or a layout."""
+
+    async def manifest(self, reference: str) -> Manifest: ...
+
+    async def blob(
+        self,
+        digest: str,
+        size: int,
+        writer: BlobWriter,
+        progress: Callable[[int], Awaitable[None] | None] | None = None,
+    ) -> None: ...
+
+
+@step("extract_archive")
+async def extract_archive_step(path: Path, dest: Path) -> Path:
+    return await asyncio.to_thread(extract_archive, path, dest)
+
+
+@step("read_index")
+async def read_index(layout: Path) -> tuple[LayoutSource, Manifest, str]:
+    descriptor = pick_image(layout)
+    source = LayoutSource(layout)
+    return source, await source.manifest(descriptor.digest), recorded_name(layout, descriptor)
+
+
+@step("build_busybox_layout")
+async def build_busybox_layout(layout: Path) -> Path:
+    await asyncio.to_thread(build_busybox_image, layout, ref_name=None)
+    return layout
 
 
 @step("check_image_reference")

@@ -1,0 +1,169 @@
+"""Images without a registry: BuildLocalImage and ImportImage (teaching-cri's admin
+service), through the live server and the CLI."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import shutil
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+
+from teaching_cri.api import admin_pb2, api_pb2
+from teaching_cri.client import Client
+from teaching_cri.image.build import (
+    BusyboxUnavailable,
+    build_busybox_image,
+    build_image,
+    check_busybox,
+    file_entry,
+    read_blob,
+)
+from teaching_cri.trace.charts import ChartSet
+from teaching_cri.trace.conformance import assert_conforms
+
+from conftest import Server
+
+BUSYBOX = Path("/bin/busybox")
+
+
+def needs_busybox() -> None:
+    try:
+        check_busybox(BUSYBOX)
+    except BusyboxUnavailable as exc:
+        pytest.skip(f"{exc} (apt-get install busybox-static)")
+
+
+def status(client: Client, name: str) -> api_pb2.ImageStatusResponse:
+    return client.image.ImageStatus(api_pb2.ImageStatusRequest(image=api_pb2.ImageSpec(image=name)))
+
+
+def tar_dir(src: Path, archive: Path) -> Path:
+    with tarfile.open(archive, "w") as tar:
+        for path in sorted(src.rglob("*")):
+            tar.add(path, arcname=str(path.relative_to(src)), recursive=False)
+    return archive
+
+
+def test_build_local_makes_a_runnable_image(client: Client, charts: ChartSet) -> None:
+    needs_busybox()
+    since = time.time_ns()
+    name = "teaching-cri.local/busybox:latest"
+    resp = client.admin.BuildLocalImage(admin_pb2.BuildLocalImageRequest(name=name))
+    assert resp.image_ref.startswith("sha256:") and list(resp.repo_tags) == [name]
+    image = status(client, name).image
+    assert image.id == resp.image_ref and image.size > BUSYBOX.stat().st_size // 2
+    assert status(client, "teaching-cri.local/busybox").image.id == resp.image_ref
+    events = client.recent(charts=["BuildLocalImage"], since_unix_nano=since)
+    assert_conforms(events, charts)
+    assert [e.node for e in events][:3] == [
+        "build_local_image",
+        "build_busybox_layout",
+        "read_index",
+    ]
+
+
+def test_import_an_oci_layout_archive(client: Client, tmp_path: Path, charts: ChartSet) -> None:
+    layout = tmp_path / "layout"
+    info = build_image(
+        layout,
+        [[file_entry("hello.txt", b"hello from an archive\n")]],
+        config={"Cmd": ["/bin/cat", "/hello.txt"]},
+        ref_name="v1",
+    )
+    archive = tar_dir(layout, tmp_path / "image.tar")
+    since = time.time_ns()
+    resp = client.admin.ImportImage(
+        admin_pb2.ImportImageRequest(path=str(archive), name="example.com/hello:v1")
+    )
+    assert resp.image_ref == info.config_digest
+    assert list(resp.repo_tags) == ["example.com/hello:v1"]
+    assert status(client, "example.com/hello:v1").image.id == info.config_digest
+    assert_conforms(client.recent(charts=["ImportImage"], since_unix_nano=since), charts)
+
+
+def test_import_a_legacy_docker_save_archive(client: Client, tmp_path: Path) -> None:
+    layout = tmp_path / "layout"
+    info = build_image(
+        layout, [[file_entry("a.txt", b"a\n")], [file_entry("b.txt", b"b\n")]], ref_name="x"
+    )
+    save = tmp_path / "save"
+    save.mkdir()
+    config_name = info.config_digest.removeprefix("sha256:") + ".json"
+    (save / config_name).write_bytes(read_blob(layout, info.config_digest))
+    layer_names = []
+    for i, layer in enumerate(info.layers):
+        (save / f"l{i}").mkdir()
+        (save / f"l{i}" / "layer.tar").write_bytes(gzip.decompress(read_blob(layout, layer.digest)))
+        layer_names.append(f"l{i}/layer.tar")
+    (save / "manifest.json").write_text(
+        json.dumps([{"Config": config_name, "RepoTags": ["legacy/app:2"], "Layers": layer_names}])
+    )
+    archive = tar_dir(save, tmp_path / "save.tar")
+    resp = client.admin.ImportImage(admin_pb2.ImportImageRequest(path=str(archive)))
+    assert resp.image_ref == info.config_digest, "same config, so the same image id"
+    assert list(resp.repo_tags) == ["docker.io/legacy/app:2"]
+
+
+@pytest.mark.parametrize(
+    ("path", "code", "words"),
+    [
+        ("relative.tar", grpc.StatusCode.INVALID_ARGUMENT, "must be absolute"),
+        ("/nonexistent/x.tar", grpc.StatusCode.NOT_FOUND, "no such file"),
+    ],
+)
+def test_bad_import_requests(client: Client, path: str, code: grpc.StatusCode, words: str) -> None:
+    with pytest.raises(grpc.RpcError) as err:
+        client.admin.ImportImage(admin_pb2.ImportImageRequest(path=path))
+    assert err.value.code() == code and words in err.value.details()
+
+
+def test_a_file_that_is_no_image_archive(client: Client, tmp_path: Path) -> None:
+    junk = tmp_path / "junk.tar"
+    junk.write_bytes(b"this is not a tar file at all" * 100)
+    with pytest.raises(grpc.RpcError) as err:
+        client.admin.ImportImage(admin_pb2.ImportImageRequest(path=str(junk)))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    empty = tar_dir(_empty(tmp_path), tmp_path / "e.tar")
+    with pytest.raises(grpc.RpcError) as err:
+        client.admin.ImportImage(admin_pb2.ImportImageRequest(path=str(empty)))
+    assert "neither an OCI image layout" in err.value.details()
+    assert list(client.image.ListImages(api_pb2.ListImagesRequest()).images) == []
+
+
+def _empty(tmp_path: Path) -> Path:
+    d = tmp_path / "empty"
+    d.mkdir()
+    (d / "README").write_text("no image here\n")
+    return d
+
+
+def test_the_cli_imports_and_builds(server: Server, tmp_path: Path) -> None:
+    needs_busybox()
+    layout = tmp_path / "bb"
+    build_busybox_image(layout, ref_name="latest")
+    archive = tar_dir(layout, tmp_path / "bb.tar")
+    cli = [sys.executable, "-m", "teaching_cri", "images"]
+    out = subprocess.run(
+        [*cli, "import", str(archive), "--name", "mine/busybox:1", "--socket", str(server.socket)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    image_ref, tag = out.stdout.split()
+    assert image_ref.startswith("sha256:") and tag == "docker.io/mine/busybox:1"
+    out = subprocess.run(
+        [*cli, "build-local", "Bad Name", "--socket", str(server.socket)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 1 and "INVALID_ARGUMENT" in out.stderr
+    shutil.rmtree(layout)
