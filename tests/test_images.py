@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -16,6 +17,7 @@ import pytest
 
 from teaching_cri.api import api_pb2
 from teaching_cri.client import Client
+from teaching_cri.errors import FailedPrecondition
 from teaching_cri.image.build import BusyboxUnavailable, build_image, file_entry
 from teaching_cri.image.manager import ImageManager
 from teaching_cri.image.oci import host_platform
@@ -275,3 +277,61 @@ def test_the_snapshot_holds_the_images_files(
     finally:
         manager.snapshots.remove_view("c1")
     assert not (tmp_path / "images" / "snapshots" / "active" / "c1").exists()
+
+
+def test_an_interrupted_pull_leaves_nothing_and_a_later_pull_completes(
+    short_tmp: Path, registry: Registry, tmp_path: Path
+) -> None:
+    layout = tmp_path / "big"
+    info = build_image(
+        layout, [[file_entry("big.bin", os.urandom(64 * 1024 * 1024))]], ref_name="big"
+    )
+    push_layout(layout, registry.url, "big", "2", source="big")
+    name = f"{registry.host}/big:2"
+    srv = start_server(short_tmp / "k")
+    client = srv.client()
+    since = time.time_ns()
+    outcome: list[str] = []
+
+    def doomed_pull() -> None:
+        try:
+            pull(client, name)
+            outcome.append("finished")
+        except grpc.RpcError as exc:
+            outcome.append(exc.code().name)
+
+    puller = threading.Thread(target=doomed_pull)
+    puller.start()
+    # Kill the server (SIGKILL: no clean-up at all) once the layer is arriving.
+    for event, _ in client.follow(charts=["PullImage"], since_unix_nano=since):
+        if event.node == "fetch_layer" and 0 < int(event.attributes.get("bytes", "0")) < int(
+            event.attributes["size"]
+        ):
+            break
+    srv.stop(signal.SIGKILL)
+    puller.join(30)
+    assert outcome == ["UNAVAILABLE"], "the pull died with the server"
+    ingest = srv.root / "images" / "content" / "ingest"
+    assert any(ingest.iterdir()), "the kill left a partial download behind"
+    again = start_server(short_tmp / "k")
+    try:
+        client = again.client()
+        assert list(client.image.ListImages(api_pb2.ListImagesRequest()).images) == []
+        assert not any(ingest.iterdir()), "a restart clears partial downloads"
+        assert pull(client, name) == info.config_digest
+    finally:
+        again.stop()
+
+
+def test_an_image_in_use_is_not_removed(busybox: tuple[Registry, str, str], tmp_path: Path) -> None:
+    _, name, config_digest = busybox
+    manager = ImageManager(tmp_path / "images")
+    record = asyncio.run(manager.pull(name, Credentials()))
+    manager.in_use = lambda image_id: image_id == config_digest
+    with pytest.raises(FailedPrecondition, match="in use"):
+        manager.remove(record)
+    assert manager.resolve(name) is not None
+    manager.in_use = lambda image_id: False
+    manager.remove(record)
+    assert manager.resolve(name) is None
+    assert list(manager.content.digests()) == [], "its blobs went with it"
