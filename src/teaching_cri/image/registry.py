@@ -130,6 +130,30 @@ def _parse_challenge(header: str) -> tuple[str, dict[str, str]]:
     return scheme.lower(), dict(_CHALLENGE.findall(rest))
 
 
+def _oauth_error(response: httpx.Response) -> str:
+    try:
+        body = response.json()
+    except ValueError:
+        return ""
+    return str(body.get("error", "")) if isinstance(body, dict) else ""
+
+
+def _reason(response: httpx.Response) -> str:
+    """The registry's own words, from its JSON error body, briefly."""
+    try:
+        body = response.json()
+    except ValueError:
+        return ""
+    if not isinstance(body, dict):
+        return ""
+    errors = body.get("errors")
+    if isinstance(errors, list) and errors and isinstance(errors[0], dict):
+        first = errors[0]
+        return f": {first.get('code', '')} {first.get('message', '')}".rstrip()
+    detail = body.get("error_description") or body.get("details") or body.get("error")
+    return f": {str(detail)[:200]}" if detail else ""
+
+
 @dataclass
 class Manifest:
     digest: str
@@ -187,7 +211,15 @@ class Repository:
                 auth=self.credentials.basic or httpx.USE_CLIENT_DEFAULT,
             )
         if response.status_code in (401, 403):
-            raise Unauthorized(f"{params['realm']}: token refused ({response.status_code})")
+            raise Unauthorized(
+                f"{params['realm']}: token refused ({response.status_code}){_reason(response)}"
+            )
+        if response.status_code == 400 and _oauth_error(response) in (
+            "invalid_grant",
+            "invalid_client",
+            "unauthorized_client",
+        ):
+            raise Unauthorized(f"{params['realm']}: identity token refused{_reason(response)}")
         if response.status_code != 200:
             raise RegistryError(f"{params['realm']}: token request failed: {response.status_code}")
         body = response.json()
@@ -209,13 +241,28 @@ class Repository:
             await self._authorize(response.headers.get("www-authenticate", ""))
         raise AssertionError("unreachable")
 
+    def _denied(self, url: str, response: httpx.Response) -> Unauthorized:
+        """Why the registry said no, and whose fault it probably is."""
+        _, challenge = _parse_challenge(response.headers.get("www-authenticate", ""))
+        who = (
+            f"the credentials given do not allow pulling {self.path}"
+            if self.credentials.username
+            or self.credentials.identity_token
+            or self.credentials.registry_token
+            else "no credentials were given"
+        )
+        error = f", {challenge['error']}" if "error" in challenge else ""
+        return Unauthorized(
+            f"{url}: access denied ({response.status_code}{error}){_reason(response)}; {who}"
+        )
+
     async def manifest(self, reference: str) -> Manifest:
         url = f"{self.base}/v2/{self.path}/manifests/{reference}"
         response = await self._get(url, {"Accept": MANIFEST_ACCEPT})
         if response.status_code == 404:
             raise NotFound(f"{url}: manifest unknown")
         if response.status_code in (401, 403):
-            raise Unauthorized(f"{url}: access denied ({response.status_code})")
+            raise self._denied(url, response)
         if response.status_code != 200:
             raise RegistryError(f"{url}: {response.status_code} {response.reason_phrase}")
         body = response.content
@@ -245,6 +292,8 @@ class Repository:
         try:
             if response.status_code == 404:
                 raise NotFound(f"{url}: blob unknown")
+            if response.status_code in (401, 403):
+                raise self._denied(url, response)
             if response.status_code != 200:
                 raise RegistryError(f"{url}: {response.status_code} {response.reason_phrase}")
             async for chunk in response.aiter_bytes(1 << 20):
