@@ -44,7 +44,9 @@ import io
 import json
 import os
 import re
+import shutil
 import struct
+import subprocess
 import tarfile
 import tempfile
 from collections.abc import Iterable, Mapping, Sequence
@@ -825,6 +827,76 @@ def busybox_layers(
         LayerSpec(base, compression, created_by="teaching-cri: base filesystem"),
         LayerSpec(applets, compression, created_by=f"teaching-cri: COPY {busybox} /bin/busybox"),
     ]
+
+
+HOST_BINARIES = ("sh", "ls", "cat", "echo", "sleep", "env", "id", "true", "false", "mkdir", "rm")
+
+
+def shared_libraries(binary: Path) -> list[Path]:
+    """The shared libraries (and the dynamic loader) ``binary`` needs, from
+    ``ldd``: what must travel with a dynamically linked program into an image."""
+    try:
+        out = subprocess.run(["ldd", str(binary)], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise FailedPrecondition(f"ldd {binary}: {exc}") from None
+    if out.returncode != 0:
+        if "not a dynamic executable" in out.stdout + out.stderr:
+            return []
+        raise FailedPrecondition(f"ldd {binary}: {out.stderr.strip() or out.stdout.strip()}")
+    libs = []
+    for line in out.stdout.splitlines():
+        # "libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x...)" or "/lib64/ld-linux... (0x...)"
+        parts = line.split("=>")
+        candidate = (parts[1] if len(parts) == 2 else parts[0]).strip().split(" (")[0].strip()
+        if candidate.startswith("/"):
+            libs.append(Path(candidate))
+    return libs
+
+
+def host_binaries_layers(
+    names: Sequence[str] = HOST_BINARIES, *, compression: Compression = "gzip"
+) -> list[LayerSpec]:
+    """A runnable root filesystem from this host's own programs and the shared
+    libraries they link, for a machine without a static busybox. Each program
+    is copied to ``/bin``; each library to the path the dynamic loader
+    expects, with symlinks resolved (the image holds real files)."""
+    programs = {}
+    for name in names:
+        found = shutil.which(name, path="/usr/bin:/bin")
+        if found:
+            programs[name] = Path(found).resolve()
+    if "sh" not in programs:
+        raise FailedPrecondition("no /bin/sh on this host to build an image from")
+    libraries: dict[str, Path] = {}
+    for program in programs.values():
+        for lib in shared_libraries(program):
+            libraries.setdefault(str(lib).lstrip("/"), lib.resolve())
+    base = [
+        *(dir_entry(d) for d in ("bin", "dev", "etc", "proc", "sys", "var")),
+        dir_entry("root", mode=0o700),
+        dir_entry("tmp", mode=0o1777),
+        file_entry("etc/passwd", _PASSWD.encode()),
+        file_entry("etc/group", _GROUP.encode()),
+    ]
+    files = [copy_entry(f"bin/{name}", path, mode=0o755) for name, path in programs.items()]
+    files += [copy_entry(inside, host) for inside, host in sorted(libraries.items())]
+    return [
+        LayerSpec(base, compression, created_by="teaching-cri: base filesystem"),
+        LayerSpec(files, compression, created_by="teaching-cri: host programs and libraries"),
+    ]
+
+
+def build_host_binaries_image(
+    layout_dir: Path, *, ref_name: str | None = "latest", compression: Compression = "gzip"
+) -> ImageInfo:
+    """The fallback of ``images build-local`` where busybox-static is missing."""
+    return build_image(
+        layout_dir,
+        host_binaries_layers(compression=compression),
+        config=BUSYBOX_CONFIG,
+        platform=host_platform(),
+        ref_name=ref_name,
+    )
 
 
 def build_busybox_image(

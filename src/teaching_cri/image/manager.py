@@ -21,9 +21,9 @@ from typing import Any, Protocol
 import httpx
 
 from ..errors import FailedPrecondition, InvalidArgument
-from ..trace.tracer import current_span, decide, step
+from ..trace.tracer import annotate, current_span, decide, step
 from .archive import LayoutSource, cleanup, extract_archive, pick_image, recorded_name
-from .build import build_busybox_image
+from .build import BusyboxUnavailable, build_busybox_image, build_host_binaries_image
 from .oci import host_platform
 from .reference import Reference, is_image_id, parse_reference
 from .registry import (
@@ -329,7 +329,14 @@ async def read_index(layout: Path) -> tuple[LayoutSource, Manifest, str]:
 
 @step("build_busybox_layout")
 async def build_busybox_layout(layout: Path) -> Path:
-    await asyncio.to_thread(build_busybox_image, layout, ref_name=None)
+    """Debian's static busybox if present; else this host's own programs with
+    the shared libraries they need."""
+    try:
+        await asyncio.to_thread(build_busybox_image, layout, ref_name=None)
+        annotate(built_from="busybox")
+    except BusyboxUnavailable:
+        await asyncio.to_thread(build_host_binaries_image, layout, ref_name=None)
+        annotate(built_from="host binaries")
     return layout
 
 
