@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import io
 import json
 import shutil
 import subprocess
@@ -205,3 +206,27 @@ def test_a_local_image_runs(source: str, tmp_path: Path) -> None:
         assert "cat" in out.stdout.split()
     finally:
         manager.snapshots.remove_view("run")
+
+
+@pytest.mark.parametrize(
+    ("name", "kind", "link"),
+    [
+        ("../escape", tarfile.REGTYPE, ""),
+        ("/abs", tarfile.REGTYPE, ""),
+        ("blobs/up", tarfile.SYMTYPE, "../../outside"),
+        ("dev", tarfile.CHRTYPE, ""),
+    ],
+)
+def test_an_archive_cannot_write_outside(
+    client: Client, tmp_path: Path, name: str, kind: bytes, link: str
+) -> None:
+    archive = tmp_path / "evil.tar"
+    with tarfile.open(archive, "w") as tar:
+        info = tarfile.TarInfo(name)
+        info.type, info.linkname = kind, link
+        tar.addfile(info, io.BytesIO(b"") if kind == tarfile.REGTYPE else None)
+    with pytest.raises(grpc.RpcError) as err:
+        client.admin.ImportImage(admin_pb2.ImportImageRequest(path=str(archive)))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert repr(name) in err.value.details()
+    assert not (tmp_path.parent / "escape").exists()
