@@ -26,7 +26,9 @@ from teaching_cri.image.build import (
     build_image,
     check_busybox,
     file_entry,
+    opaque_entry,
     read_blob,
+    whiteout_entry,
 )
 from teaching_cri.image.manager import ImageManager
 from teaching_cri.trace.charts import ChartSet
@@ -230,3 +232,57 @@ def test_an_archive_cannot_write_outside(
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert repr(name) in err.value.details()
     assert not (tmp_path.parent / "escape").exists()
+
+
+USERNS_SCRIPT = """
+import asyncio, sys
+from pathlib import Path
+from teaching_cri.image.manager import ImageManager
+from teaching_cri.image.unpack import in_user_namespace
+layout, root = Path(sys.argv[1]), Path(sys.argv[2])
+manager = ImageManager(root)  # auto: overlay, since we are root in our namespace
+assert in_user_namespace() and manager.snapshots.mode == "overlay", manager.snapshots.mode
+record = asyncio.run(manager.import_layout(layout, None))
+rootfs = manager.snapshots.mount_view([x.chain_id for x in record.layers], "c")
+print(sorted(p.name for p in (rootfs / "data").iterdir()), (rootfs / "keep").exists(),
+      (rootfs / "gone").exists())
+manager.snapshots.remove_view("c")
+"""
+
+
+def test_overlay_snapshots_inside_a_user_namespace(tmp_path: Path) -> None:
+    """Rootless: in its own user and mount namespaces, root-in-namespace gets
+    overlay snapshots too (whiteouts as 0/0 devices, opaque dirs marked with
+    user.overlay.opaque, the mount made with userxattr)."""
+    unshare = shutil.which("unshare")
+    if unshare is None or subprocess.run([unshare, "-Urm", "true"]).returncode != 0:
+        pytest.skip("unprivileged user namespaces are not available here")
+    layout = tmp_path / "layout"
+    build_image(
+        layout,
+        [
+            [
+                file_entry("data/old.txt", b"lower\n"),
+                file_entry("gone", b"x"),
+                file_entry("keep", b"y"),
+            ],
+            [opaque_entry("data"), file_entry("data/new.txt", b"upper\n"), whiteout_entry("gone")],
+        ],
+        ref_name="x",
+    )
+    out = subprocess.run(
+        [
+            unshare,
+            "-Urm",
+            sys.executable,
+            "-c",
+            USERNS_SCRIPT,
+            str(layout),
+            str(tmp_path / "images"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split("\n")[0] == "['new.txt'] True False"

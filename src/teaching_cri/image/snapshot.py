@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import FailedPrecondition
-from .unpack import apply_layer
+from .unpack import apply_layer, in_user_namespace
 
 
 @dataclass(frozen=True)
@@ -41,8 +41,9 @@ def _hex(chain_id: str) -> str:
 
 
 def overlay_supported() -> bool:
-    """overlayfs needs root here (or a user namespace, which the unprivileged
-    backend brings later) and the kernel module."""
+    """overlayfs needs (namespaced) root and the kernel module. Root in a user
+    namespace, as in a rootless setup (``unshare -Urm teaching-cri serve``),
+    counts: Linux 5.11+ mounts overlay there, with the ``userxattr`` option."""
     if os.geteuid() != 0:
         return False
     try:
@@ -117,6 +118,8 @@ class SnapshotStore:
             (base / d).mkdir(parents=True)
         lower = ":".join(str(p) for p in self.lower_dirs(chain_ids))
         options = f"lowerdir={lower},upperdir={base / 'upper'},workdir={base / 'work'}"
+        if in_user_namespace():
+            options += ",userxattr"  # read user.overlay.* (see unpack.overlay_opaque_xattr)
         proc = subprocess.run(
             ["mount", "-t", "overlay", "overlay", "-o", options, str(merged)],
             capture_output=True,

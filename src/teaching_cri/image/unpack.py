@@ -238,6 +238,23 @@ def _running_as_root() -> bool:
     return os.geteuid() == 0
 
 
+def in_user_namespace() -> bool:
+    """Are we root only inside a user namespace (rootless), not on the host?
+    The initial namespace maps all 2^32 ids onto themselves."""
+    try:
+        first = Path("/proc/self/uid_map").read_text().split("\n")[0].split()
+    except OSError:
+        return False
+    return first != ["0", "0", "4294967295"]
+
+
+def overlay_opaque_xattr() -> str:
+    """Opaque directories are marked with a trusted.* xattr, which only the
+    host's root may set; inside a user namespace overlayfs (mounted with
+    ``userxattr``, Linux 5.11+) reads the user.* name instead."""
+    return "user.overlay.opaque" if in_user_namespace() else OVERLAY_OPAQUE_XATTR
+
+
 def _writable(path: Path) -> bool:
     """Can this (non-root) process add and remove entries in directory ``path``?"""
     return os.access(path, os.W_OK | os.X_OK)
@@ -1046,7 +1063,7 @@ class _Applier:
             try:
                 if path in self.plan.opaque:
                     try:
-                        os.setxattr(fd, OVERLAY_OPAQUE_XATTR, b"y")
+                        os.setxattr(fd, overlay_opaque_xattr(), b"y")
                     except OSError as e:
                         raise LayerError(f"cannot mark {path or '.'!r} opaque: {e}") from e
                 entry = self.plan.dir_meta.get(path)
