@@ -119,8 +119,16 @@ def _start(
 ) -> tuple[int, Path, Path, subprocess.Popen[bytes]]:
     """Start once on a fresh port; raise OSError if the port was taken meanwhile."""
     port = _free_port()
+    want = (401,) if htpasswd_file is not None else (200,)
+    return launch(root, port, _config(root, port, htpasswd_file), want, timeout)
+
+
+def launch(
+    root: Path, port: int, config: dict[str, object], want: tuple[int, ...], timeout: float
+) -> tuple[int, Path, Path, subprocess.Popen[bytes]]:
+    """Run the registry with ``config`` until ``GET /v2/`` answers one of ``want``."""
     config_path = root / "config.yml"
-    config_path.write_text(json.dumps(_config(root, port, htpasswd_file), indent=2) + "\n")
+    config_path.write_text(json.dumps(config, indent=2) + "\n")
     log = root / "registry.log"
     # REGISTRY_* variables override the file; do not inherit any.
     env = {k: v for k, v in os.environ.items() if not k.startswith("REGISTRY_")}
@@ -133,7 +141,6 @@ def _start(
             env=env,
         )
     deadline = time.monotonic() + timeout
-    want = (401,) if htpasswd_file is not None else (200,)
     url = f"http://127.0.0.1:{port}/v2/"
     while True:
         if proc.poll() is not None:

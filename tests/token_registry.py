@@ -79,7 +79,6 @@ import base64
 import datetime
 import hashlib
 import json
-import os
 import secrets
 import subprocess
 import threading
@@ -91,14 +90,13 @@ from pathlib import Path
 from typing import Any, NamedTuple
 from urllib.parse import parse_qs, unquote, urlsplit
 
-import httpx
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.x509.oid import NameOID
 
-from registry import REGISTRY_BINARY, Registry, RegistryUnavailable, _config, _free_port
+from registry import REGISTRY_BINARY, Registry, RegistryUnavailable, _config, _free_port, launch
 
 SERVICE = "teaching-cri-test"
 ISSUER = "teaching-cri-test-issuer"
@@ -414,39 +412,7 @@ def _start(
             "rootcertbundle": str(cert),
         }
     }
-    config_path = root / "config.yml"
-    config_path.write_text(json.dumps(config, indent=2) + "\n")
-    log = root / "registry.log"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("REGISTRY_")}
-    with log.open("ab") as out:
-        proc = subprocess.Popen(
-            [str(REGISTRY_BINARY), "serve", str(config_path)],
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=env,
-        )
-    deadline = time.monotonic() + timeout
-    url = f"http://127.0.0.1:{port}/v2/"
-    while True:
-        if proc.poll() is not None:
-            text = log.read_text(errors="replace")
-            if "address already in use" in text:
-                raise OSError(f"port {port} was taken")
-            raise RuntimeError(f"docker-registry exited with {proc.returncode}:\n{text[-3000:]}")
-        try:
-            if httpx.get(url, timeout=1, trust_env=False).status_code == 401:
-                return port, config_path, log, proc
-        except httpx.HTTPError:
-            pass
-        if time.monotonic() > deadline:
-            proc.kill()
-            proc.wait()
-            text = log.read_text(errors="replace")
-            raise RuntimeError(
-                f"docker-registry did not answer {url} in {timeout}s:\n{text[-3000:]}"
-            )
-        time.sleep(0.05)
+    return launch(root, port, config, (401,), timeout)
 
 
 @contextmanager

@@ -6,17 +6,20 @@ import argparse
 import asyncio
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import __version__
 from .config import KEYS, LOG_LEVELS, ConfigError, resolve
 from .runtime.backends import BACKEND_NAMES
 
 if TYPE_CHECKING:
+    from .client import Client
     from .trace.events import TraceEvent
+
+T = TypeVar("T")
 
 PROG = "teaching-cri"
 
@@ -187,9 +190,6 @@ def _write_rendering(
 
 
 def _show(args: argparse.Namespace) -> int:
-    import grpc
-
-    from .client import connect
     from .trace.charts import ChartSet
 
     known = ChartSet.load()
@@ -199,14 +199,8 @@ def _show(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    try:
-        with connect(args.socket) as client:
-            events = client.recent(charts=[args.chart])
-    except ConnectionError as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
-        return 1
-    except grpc.RpcError as exc:
-        print(f"{PROG}: error: {exc.code().name}: {exc.details()}", file=sys.stderr)
+    events = _ask_server(args.socket, lambda client: client.recent(charts=[args.chart]))
+    if events is None:
         return 1
     return _write_rendering(args.chart, args.format, args.output, list(events))
 
@@ -222,30 +216,36 @@ def _charts(args: argparse.Namespace) -> int:
 
 
 def _images(args: argparse.Namespace) -> int:
-    import grpc
-
     from .api import admin_pb2
-    from .client import connect
 
-    try:
-        with connect(args.socket) as client:
-            if args.images_command == "import":
-                path = str(args.file.absolute())
-                resp = client.admin.ImportImage(
-                    admin_pb2.ImportImageRequest(path=path, name=args.name), timeout=600
-                )
-            else:
-                resp = client.admin.BuildLocalImage(
-                    admin_pb2.BuildLocalImageRequest(name=args.name), timeout=600
-                )
-    except ConnectionError as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
-        return 1
-    except grpc.RpcError as exc:
-        print(f"{PROG}: error: {exc.code().name}: {exc.details()}", file=sys.stderr)
+    def call(client: Client) -> Any:
+        if args.images_command == "import":
+            request = admin_pb2.ImportImageRequest(path=str(args.file.absolute()), name=args.name)
+            return client.admin.ImportImage(request, timeout=600)
+        build = admin_pb2.BuildLocalImageRequest(name=args.name)
+        return client.admin.BuildLocalImage(build, timeout=600)
+
+    resp = _ask_server(args.socket, call)
+    if resp is None:
         return 1
     print(resp.image_ref, *resp.repo_tags)
     return 0
+
+
+def _ask_server(socket: Path | None, call: Callable[[Client], T]) -> T | None:
+    """Run ``call`` against the server; on failure print one line and return None."""
+    import grpc
+
+    from .client import connect
+
+    try:
+        with connect(socket) as client:
+            return call(client)
+    except ConnectionError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+    except grpc.RpcError as exc:
+        print(f"{PROG}: error: {exc.code().name}: {exc.details()}", file=sys.stderr)
+    return None
 
 
 def main(argv: Sequence[str] | None = None) -> int:

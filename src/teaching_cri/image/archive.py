@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import shutil
 import tarfile
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +33,7 @@ from .oci import (
     canonical_json,
     sha256_digest,
 )
-from .registry import Manifest
+from .registry import Manifest, Progress, report_progress
 from .store import BlobWriter
 
 # Docker and containerd record the full image name in this annotation; the
@@ -179,15 +178,12 @@ class LayoutSource:
         digest: str,
         size: int,
         writer: BlobWriter,
-        progress: Callable[[int], Awaitable[None] | None] | None = None,
+        progress: Progress | None = None,
     ) -> None:
         with self._blob_path(digest).open("rb") as f:
             while chunk := f.read(1 << 20):
                 writer.write(chunk)
-                if progress is not None:
-                    maybe = progress(writer.written)
-                    if maybe is not None:
-                        await maybe
+                await report_progress(progress, writer.written)
 
 
 def cleanup(path: Path) -> None:

@@ -130,6 +130,17 @@ def _parse_challenge(header: str) -> tuple[str, dict[str, str]]:
     return scheme.lower(), dict(_CHALLENGE.findall(rest))
 
 
+Progress = Callable[[int], Awaitable[None] | None]
+
+
+async def report_progress(progress: Progress | None, written: int) -> None:
+    """Tell a (sync or async) progress callback how many bytes have arrived."""
+    if progress is not None:
+        maybe = progress(written)
+        if maybe is not None:
+            await maybe
+
+
 def _oauth_error(response: httpx.Response) -> str:
     try:
         body = response.json()
@@ -285,7 +296,7 @@ class Repository:
         digest: str,
         size: int,
         writer: BlobWriter,
-        progress: Callable[[int], Awaitable[None] | None] | None = None,
+        progress: Progress | None = None,
     ) -> None:
         url = f"{self.base}/v2/{self.path}/blobs/{digest}"
         response = await self._get(url, {}, stream=True)
@@ -298,10 +309,7 @@ class Repository:
                 raise RegistryError(f"{url}: {response.status_code} {response.reason_phrase}")
             async for chunk in response.aiter_bytes(1 << 20):
                 writer.write(chunk)
-                if progress is not None:
-                    maybe = progress(writer.written)
-                    if maybe is not None:
-                        await maybe
+                await report_progress(progress, writer.written)
         finally:
             await response.aclose()
 
