@@ -12,6 +12,7 @@ import io
 import os
 import shutil
 import stat
+import subprocess
 import sys
 import tarfile
 from collections.abc import Iterable
@@ -771,3 +772,29 @@ def test_overlay_needs_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
 def test_bad_mode_is_a_programming_error(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="mode"):
         apply(layer(f("a")), tmp_path, mode="copy")
+
+
+@pytest.mark.parametrize("fmt", ["gnu", "posix"])
+def test_a_sparse_file_comes_out_whole(tmp_path: Path, fmt: str) -> None:
+    """GNU tar writes the holes of a sparse file as a map, not as zeros: the
+    data pieces must land at their offsets and the file keep its full size."""
+    tar = shutil.which("tar")
+    if tar is None:
+        pytest.skip("GNU tar is needed to write a sparse archive")
+    src = tmp_path / "src"
+    src.mkdir()
+    sparse = src / "sparse.bin"
+    with sparse.open("wb") as f:
+        f.write(b"start")
+        f.seek(3_000_000)
+        f.write(b"middle")
+        f.truncate(6_000_000)
+    layer = tmp_path / "layer.tar"
+    subprocess.run(
+        [tar, f"--format={fmt}", "--sparse", "-cf", str(layer), "-C", str(src), "sparse.bin"],
+        check=True,
+    )
+    target = tmp_path / "target"
+    target.mkdir()
+    apply_layer(layer, target, media_type="application/vnd.oci.image.layer.v1.tar")
+    assert (target / "sparse.bin").read_bytes() == sparse.read_bytes()

@@ -77,25 +77,34 @@ A merge changes an existing directory in place, and a ``..`` entry discovered
 halfway would otherwise leave the snapshot half-written. So :func:`apply_layer`
 works like a careful installer:
 
-1. **Validate** (nothing is written): decompress the *whole* stream (a corrupt
-   or truncated gzip/zstd stream is only detectable at its end, by its checksum;
-   a damaged tar header must not pass for the end of the archive), read every
-   entry and all file data, check every name, then simulate the layer against
-   the current tree (``lstat`` only, never following symlinks) to refuse writes
-   through symlinks, dangling or escaping hard links, and unsupported entries.
-   Last, a rough check that the files fit on the disk.
-2. **Apply**: read the archive again and perform exactly the planned changes;
-   deletions from whiteouts first (they only ever concern lower layers), then
-   the entries in archive order, then directory attributes deepest first (so
-   creating a file does not spoil its directory's mtime, and a read-only
-   directory is made read-only only once it is full).
+1. **Validate** (nothing is written to ``target``): decompress the *whole*
+   stream once, into a private spool file (a corrupt or truncated gzip/zstd
+   stream is only detectable at its end, by its checksum); parse every tar
+   header from the spool, noting where each entry's data lies, and check that
+   all data is really there and that a damaged header does not pass for the end
+   of the archive. Check every name, then simulate the layer against the current
+   tree (``lstat`` only, never following symlinks) to refuse writes through
+   symlinks, dangling or escaping hard links, and unsupported entries. Last, a
+   rough check that the files fit on the disk.
+2. **Apply**: perform exactly the planned changes, copying each file's bytes
+   from the spool at the offset pass 1 noted (no second decompression, no second
+   header parse: that halves the work on layers of many small files); deletions
+   from whiteouts first (they only ever concern lower layers), then the entries
+   in archive order, then directory attributes deepest first (so creating a file
+   does not spoil its directory's mtime, and a read-only directory is made
+   read-only only once it is full). Directories are opened once each, with
+   ``O_NOFOLLOW``, and kept open while their entries are written; files that the
+   plan knows are new are created with ``O_EXCL`` without a removal first. An
+   uncompressed layer is read in place rather than spooled; its headers are
+   re-checked just before their data is copied, so a blob that changes between
+   the passes is noticed.
 
 A refused layer therefore leaves ``target`` exactly as it was. Only an
-*environmental* failure in pass 2 (disk full, I/O error, the blob changing under
-us) can leave a merge target half-applied; the copy snapshotter's answer is to
-throw that snapshot away. Overlay mode also extracts into a temporary directory
-next to ``target`` and renames it into place only on success. Large files are
-streamed in chunks in both passes; nothing holds a whole file in memory.
+*environmental* failure in pass 2 (disk full, I/O error, an uncompressed blob
+changing under us) can leave a merge target half-applied; the copy
+snapshotter's answer is to throw that snapshot away. Overlay mode also extracts
+into a temporary directory next to ``target`` and renames it into place only on
+success. Large files are copied in chunks; nothing holds a whole file in memory.
 
 Choices worth knowing
 ---------------------
@@ -122,22 +131,19 @@ Choices worth knowing
 from __future__ import annotations
 
 import errno
-import gzip
-import io
 import os
 import shutil
 import stat
 import tarfile
 import tempfile
 import zlib
-from collections import deque
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import ExitStack, contextmanager, suppress
+from contextlib import ExitStack, suppress
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 from types import MappingProxyType
-from typing import IO, BinaryIO, Final, Literal
+from typing import BinaryIO, Final, Literal
 
 from teaching_cri.errors import FailedPrecondition
 
@@ -327,10 +333,8 @@ def _read_errors(compression: Compression) -> tuple[type[Exception], ...]:
     return errors
 
 
-@contextmanager
-def _decompressed(
-    raw: BinaryIO, compression: Compression, media_type: str
-) -> Iterator[gzip.GzipFile | BinaryIO]:
+def _check_magic(raw: BinaryIO, compression: Compression, media_type: str) -> None:
+    """The blob must start the way its media type says (the position is left unchanged)."""
     head = raw.read(4)
     raw.seek(-len(head), os.SEEK_CUR)
     found = next((name for name, magic in _MAGIC.items() if head.startswith(magic)), "tar")
@@ -339,66 +343,101 @@ def _decompressed(
         raise LayerError(
             f"media type {media_type!r} says {compression}, but the blob looks {looks}"
         )
+
+
+def _decompressed(raw: BinaryIO, compression: Compression, media_type: str) -> Iterator[bytes]:
+    """The decompressed blob, in chunks of at most ``_CHUNK`` bytes."""
     if compression == "gzip":
-        with gzip.GzipFile(fileobj=raw, mode="rb") as gz:
-            yield gz
+        yield from _gunzip(raw)
     elif compression == "zstd":
         with _zstandard_decompressor(media_type)(raw) as reader:
-            yield reader
+            while chunk := reader.read(_CHUNK):
+                yield chunk
     else:
-        yield raw
+        while chunk := raw.read(_CHUNK):
+            yield chunk
 
 
-class _Tracked:
-    """The decompressed stream as tarfile reads it, remembering the last bytes read.
+def _gunzip(raw: BinaryIO) -> Iterator[bytes]:
+    """gzip with zlib directly, in big steps (the GIL is released while zlib works).
 
-    In stream mode, tarfile takes a damaged header (after the first) for the end of the archive
-    and stops without a word, which would apply a silently truncated layer. Keeping the recent
-    bytes lets :func:`_scan` look at the block where it stopped: a real end is zeros.
+    A gzip file may hold several members one after another (and zero padding after one);
+    ``wbits=31`` makes zlib read each member's header and check its CRC32 and length trailer.
+    ``max_length`` bounds each output chunk, so a "zip bomb" never sits in memory whole.
+    """
+    unzip = zlib.decompressobj(wbits=31)
+    in_member = False
+    while data := raw.read(_CHUNK):
+        while data:
+            if not in_member:  # between members: skip the padding, then start the next
+                data = data.lstrip(b"\0")
+                if not data:
+                    break
+                unzip, in_member = zlib.decompressobj(wbits=31), True
+            if chunk := unzip.decompress(data, _CHUNK):
+                yield chunk
+            if unzip.eof:
+                data, in_member = unzip.unused_data, False
+            else:
+                data = unzip.unconsumed_tail
+    if in_member:
+        while chunk := unzip.decompress(b"", _CHUNK):  # output held back by max_length
+            yield chunk
+        if not unzip.eof:
+            raise EOFError("the gzip stream ends before its end-of-stream marker")
+
+
+class _Archive:
+    """The uncompressed tar, seekable: parsed once by pass 1, read by offset in pass 2.
+
+    A compressed blob is decompressed, whole, into a private temporary file (the *spool*), so
+    pass 2 reads exactly the bytes pass 1 checked and nothing is decompressed twice. A plain
+    tar is read where it is (a stream that cannot seek was already spooled by
+    :class:`_Source`); since someone else may change that file between the passes, pass 2
+    checks each entry's header against what pass 1 read (:meth:`_Applier.check_header`).
     """
 
-    _KEEP: Final = 256 * 1024  # far more than tarfile reads ahead (one 10 KiB record)
+    def __init__(self, file: BinaryIO, *, private: bool) -> None:
+        self.file = file
+        self.start = file.tell()
+        self.private = private
 
-    def __init__(self, stream: gzip.GzipFile | BinaryIO) -> None:
-        self._stream = stream
-        self._recent: deque[bytes] = deque()
-        self._kept = 0
-        self.position = 0
+    def goto(self, offset: int) -> None:
+        # Seek only when not there already: pass 2 mostly reads on from where it stopped.
+        if self.file.tell() != offset:
+            self.file.seek(offset)
 
-    def read(self, size: int = -1, /) -> bytes:
-        data = self._stream.read(size)
-        self.position += len(data)
-        self._recent.append(data)
-        self._kept += len(data)
-        while self._kept - len(self._recent[0]) >= self._KEEP:
-            self._kept -= len(self._recent.popleft())
-        return data
+    def read_at(self, offset: int, size: int) -> bytes:
+        self.goto(offset)
+        return self.file.read(size)
 
-    def block_at(self, offset: int) -> bytes | None:
-        """The (up to) 512 bytes at ``offset``; None if no longer remembered."""
-        start = self.position - self._kept
-        if offset < start:
-            return None
-        kept = b"".join(self._recent)
-        return kept[offset - start : offset - start + tarfile.BLOCKSIZE]
-
-    # The rest of the file-object protocol tarfile asks for; stream mode never calls them.
-    def write(self, data: bytes, /) -> int:
-        raise io.UnsupportedOperation("write")
-
-    def tell(self) -> int:
-        return self.position
-
-    def seek(self, offset: int, /) -> int:
-        raise io.UnsupportedOperation("seek")
-
-    def close(self) -> None:
-        pass
+    def size(self) -> int:
+        return self.file.seek(0, os.SEEK_END)
 
 
-def _open_tar(stream: _Tracked | gzip.GzipFile | BinaryIO) -> tarfile.TarFile:
-    """Stream mode ("r|"): headers and data strictly in order, never seeking back."""
-    return tarfile.open(fileobj=stream, mode="r|", encoding="utf-8", errors="surrogateescape")
+def _unpacked(
+    source: _Source, compression: Compression, media_type: str, stack: ExitStack
+) -> _Archive:
+    """The blob as a seekable tar: itself if plain, else decompressed into a spool. A corrupt
+    or truncated stream fails here, at its checksum, before any entry is looked at."""
+    raw = source.rewind()
+    _check_magic(raw, compression, media_type)
+    if compression == "tar":
+        return _Archive(raw, private=False)
+    spool: BinaryIO = stack.enter_context(tempfile.TemporaryFile())  # noqa: SIM115
+    try:
+        for chunk in _decompressed(raw, compression, media_type):
+            spool.write(chunk)
+    except _read_errors(compression) as e:
+        raise LayerError(f"layer is corrupt or truncated ({media_type}): {e}") from e
+    spool.seek(0)
+    return _Archive(spool, private=True)
+
+
+def _open_tar(archive: _Archive) -> tarfile.TarFile:
+    """Seekable mode ("r:"): tarfile reads each header and seeks over the data."""
+    archive.goto(archive.start)
+    return tarfile.open(fileobj=archive.file, mode="r:", encoding="utf-8", errors="surrogateescape")
 
 
 def _members(tar: tarfile.TarFile) -> Iterator[tarfile.TarInfo]:
@@ -465,7 +504,14 @@ class _Entry:
     devmajor: int = 0
     devminor: int = 0
     xattrs: tuple[tuple[str, bytes], ...] = ()
+    chksum: int = 0  # of its (last) header block, just before the data: see check_header
+    data_offset: int = 0  # where its data starts: pass 2 copies files from there
+    # A sparse file's data is stored as pieces: (offset in the file, length), in order.
+    pieces: tuple[tuple[int, int], ...] = ()
+    # PAX 1.0 sparse files keep a map between header and data: no header there to re-check.
+    sparse: bool = False
     skip: bool = False  # decided by the plan
+    fresh: bool = False  # decided by the plan: nothing is at ``path`` when pass 2 gets to it
 
 
 def _entry(member: tarfile.TarInfo) -> _Entry:
@@ -523,39 +569,56 @@ def _entry(member: tarfile.TarInfo) -> _Entry:
         devmajor=member.devmajor,
         devminor=member.devminor,
         xattrs=_xattrs(member),
+        chksum=member.chksum,
+        data_offset=member.offset_data,
+        pieces=_pieces(member) if kind == "file" else (),
+        sparse=getattr(member, "sparse", None) is not None,
     )
 
 
-def _scan(source: _Source, compression: Compression, media_type: str) -> list[_Entry]:
-    """Pass 1a: decompress everything, read every entry and all file data; nothing written."""
-    entries: list[_Entry] = []
-    errors = _read_errors(compression)
+def _pieces(member: tarfile.TarInfo) -> tuple[tuple[int, int], ...]:
+    """Where the stored data goes in the file: all of it at 0, unless the file is sparse."""
+    # typeshed leaves ``sparse`` out: a list of (offset, length), or None if not sparse.
+    sparse: list[tuple[int, int]] | None = getattr(member, "sparse", None)
+    if sparse is None:
+        return ((0, member.size),)
+    return tuple((offset, length) for offset, length in sparse)
+
+
+def _scan(archive: _Archive, media_type: str) -> list[_Entry]:
+    """Pass 1a: read and check every header of the decompressed archive; nothing written."""
+    entries = _read_headers(archive, media_type)
+    _check_data_present(entries, archive.size(), media_type)
+    return entries
+
+
+def _read_headers(archive: _Archive, media_type: str) -> list[_Entry]:
     try:
-        with (
-            _decompressed(source.rewind(), compression, media_type) as stream,
-            _open_tar(tracked := _Tracked(stream)) as tar,
-        ):
-            for member in _members(tar):
-                entry = _entry(member)
-                if entry.kind == "file":
-                    data = tar.extractfile(member)
-                    assert data is not None
-                    while data.read(_CHUNK):  # raises on truncation or a bad checksum
-                        pass
-                entries.append(entry)
-            end = tracked.block_at(tar.offset)
-            if end is None or end.strip(b"\0"):
+        with _open_tar(archive) as tar:
+            entries = [_entry(member) for member in _members(tar)]
+            # tarfile takes a damaged header (after the first) for the end of the archive and
+            # stops without a word; a real end is zeros (or nothing at all).
+            end = archive.read_at(tar.offset, tarfile.BLOCKSIZE)
+            if end.strip(b"\0"):
                 raise LayerError(
                     f"layer is corrupt ({media_type}): damaged tar header at offset {tar.offset}, "
                     f"after entry {entries[-1].raw if entries else None!r}"
                 )
-            while stream.read(_CHUNK):  # to the end, so gzip/zstd verify their checksums
-                pass
     except LayerError:
         raise
-    except errors as e:
+    except (tarfile.TarError, OSError) as e:
         raise LayerError(f"layer is corrupt or truncated ({media_type}): {e}") from e
     return entries
+
+
+def _check_data_present(entries: list[_Entry], end: int, media_type: str) -> None:
+    """Seekable tarfile skips file data unread, so a truncated archive is noticed here."""
+    for entry in entries:
+        if entry.data_offset + sum(length for _, length in entry.pieces) > end:
+            raise LayerError(
+                f"layer is corrupt or truncated ({media_type}): the data of {entry.raw!r} "
+                "ends past the end of the archive"
+            )
 
 
 # --------------------------------------------------------------------------------------------
@@ -713,6 +776,7 @@ class _Planner:
         """``entry`` creates ``kind`` at its path: merge with a directory, or replace."""
         path = entry.path
         current = self.kind(path)
+        entry.fresh = current is None  # pass 2 need not remove anything first
         if current is not None and not (kind == _DIR and current == _DIR):
             if current == _DIR:
                 self._forget_subtree(path)
@@ -874,18 +938,6 @@ def _open_dir(root_fd: int, path: str, *, create: bool) -> int | None:
             os.close(fd)
 
 
-@contextmanager
-def _parent(root_fd: int, path: str) -> Iterator[tuple[int, str]]:
-    """The open parent directory of ``path`` (created as needed) and ``path``'s last name."""
-    parent, _, base = path.rpartition("/")
-    fd = _open_dir(root_fd, parent, create=True)
-    assert fd is not None
-    try:
-        yield fd, base
-    finally:
-        os.close(fd)
-
-
 def _lstat(dir_fd: int, name: str) -> os.stat_result | None:
     try:
         return os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
@@ -893,34 +945,137 @@ def _lstat(dir_fd: int, name: str) -> os.stat_result | None:
         return None
 
 
-def _remove(dir_fd: int, name: str) -> None:
-    """Remove ``name`` in ``dir_fd`` whatever it is; a directory with everything below it."""
+def _remove(dir_fd: int, name: str) -> bool:
+    """Remove ``name`` in ``dir_fd`` whatever it is; a directory with everything below it.
+    True if it was a directory."""
     st = _lstat(dir_fd, name)
     if st is None:
-        return
+        return False
     if stat.S_ISDIR(st.st_mode):
         shutil.rmtree(name, dir_fd=dir_fd)  # symlink-attack resistant on Linux
-    else:
-        os.unlink(name, dir_fd=dir_fd)
+        return True
+    os.unlink(name, dir_fd=dir_fd)
+    return False
+
+
+def _open_child_dir(parent_fd: int, name: str, path: str) -> int:
+    """Open (creating it if missing, mode 0755) the directory ``name`` in ``parent_fd``."""
+    try:
+        return os.open(name, _DIR_FLAGS, dir_fd=parent_fd)
+    except FileNotFoundError:
+        pass
+    except OSError as e:
+        if e.errno not in (errno.ELOOP, errno.ENOTDIR):
+            raise
+        # The plan saw a directory (or nothing) here: the tree changed under us.
+        raise LayerError(f"{name!r} on the way to {path!r} is no longer a real directory") from e
+    os.mkdir(name, 0o700, dir_fd=parent_fd)
+    fd = os.open(name, _DIR_FLAGS, dir_fd=parent_fd)
+    os.fchmod(fd, _IMPLICIT_DIR_MODE)
+    return fd
+
+
+class _DirCache:
+    """Open directory fds by path, so that each directory is opened once, not once per entry.
+
+    Every fd was opened by us, one component at a time with ``O_NOFOLLOW``, so it is the real
+    directory the plan checked; it stays valid however the path is renamed later. When pass 2
+    removes a directory, :meth:`forget` drops the fds of it and of everything below it. At
+    most about ``_LIMIT`` fds stay open: :meth:`tidy`, called between entries (never while an
+    fd from :meth:`get` is still in use), closes them all once there are more.
+    """
+
+    _LIMIT: Final = 512
+
+    def __init__(self, root_fd: int) -> None:
+        self._root_fd = root_fd
+        self._fds: dict[str, int] = {}
+        self._loose: list[int] = []  # opened beyond the limit; closed by the next tidy()
+
+    def get(self, path: str) -> int:
+        """The open directory ``path`` (created as needed; "" is the root)."""
+        if not path:
+            return self._root_fd
+        fd = self._fds.get(path)
+        if fd is not None:
+            return fd
+        parent, _, name = path.rpartition("/")
+        parent_fd = self._nearest_open(parent)
+        fd = _open_child_dir(parent_fd, name, path)
+        if len(self._fds) < self._LIMIT:
+            self._fds[path] = fd
+        else:
+            self._loose.append(fd)
+        return fd
+
+    def _nearest_open(self, path: str) -> int:
+        """Like :meth:`get`, but without recursion, for however deep a path."""
+        names = path.split("/") if path else []
+        known = len(names)
+        while known and "/".join(names[:known]) not in self._fds:
+            known -= 1
+        fd = self._fds["/".join(names[:known])] if known else self._root_fd
+        for i in range(known, len(names)):
+            here = "/".join(names[: i + 1])
+            fd = _open_child_dir(fd, names[i], here)
+            if len(self._fds) < self._LIMIT:
+                self._fds[here] = fd
+            else:
+                self._loose.append(fd)
+        return fd
+
+    def forget(self, path: str) -> None:
+        """``path`` (a directory, or "" for everything) is gone: close its fds and those below."""
+        prefix = f"{path}/" if path else ""
+        for key in [key for key in self._fds if key == path or key.startswith(prefix)]:
+            os.close(self._fds.pop(key))
+
+    def tidy(self) -> None:
+        while self._loose:
+            os.close(self._loose.pop())
+        if len(self._fds) >= self._LIMIT:
+            self.forget("")
+
+    def close(self) -> None:
+        self._loose.extend(self._fds.values())
+        self._fds.clear()
+        self.tidy()
 
 
 class _Applier:
-    def __init__(self, root: Path, plan: _Plan, *, same_owner: bool, xattrs: bool) -> None:
+    def __init__(
+        self, root: Path, plan: _Plan, archive: _Archive, *, same_owner: bool, xattrs: bool
+    ) -> None:
         self.plan = plan
+        self.archive = archive
         self.same_owner = same_owner
         self.xattrs = xattrs
         # Setuid/setgid only with their owner: never mint setuid-root files.
         self.mode_mask = 0o7777 if same_owner else 0o1777
         self.root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        self.dirs = _DirCache(self.root_fd)
         self.written = 0
         self.skipped = 0
 
     def close(self) -> None:
+        self.dirs.close()
         os.close(self.root_fd)
+
+    def _parent(self, path: str) -> tuple[int, str]:
+        """The open parent directory of ``path`` (created as needed) and ``path``'s last name."""
+        parent, _, base = path.rpartition("/")
+        return self.dirs.get(parent), base
+
+    def _remove(self, path: str) -> None:
+        """Remove whatever is at ``path``, and forget the fds of a directory removed."""
+        pfd, base = self._parent(path)
+        if _remove(pfd, base):
+            self.dirs.forget(path)
 
     # Whiteouts first (merge) --------------------------------------------------------------
 
     def delete_lower(self) -> None:
+        """Runs before any directory is cached, so there is nothing to forget here."""
         for path in self.plan.delete:
             parent, _, base = path.rpartition("/")
             fd = _open_dir(self.root_fd, parent, create=False)
@@ -956,76 +1111,76 @@ class _Applier:
             with suppress(OSError):
                 os.setxattr(target, name, value, follow_symlinks=not isinstance(target, str))
 
-    def apply(
-        self, entry: _Entry, data: IO[bytes] | None, read_errors: tuple[type[Exception], ...]
-    ) -> None:
+    def check_header(self, index: int, entry: _Entry) -> None:
+        """A plain tar is read in place: is the header before the data still the one pass 1
+        read? (Its type and checksum, a byte sum that changes with any field.)"""
+        if self.archive.private or entry.sparse:
+            return
+        block = self.archive.read_at(entry.data_offset - tarfile.BLOCKSIZE, tarfile.BLOCKSIZE)
+        try:
+            header = tarfile.TarInfo.frombuf(block, "utf-8", "surrogateescape")
+        except tarfile.HeaderError:
+            header = None
+        if header is None or (header.chksum, header.type) != (entry.chksum, entry.type):
+            raise _changed(f"entry {index} is no longer {entry.raw!r}")
+
+    def apply(self, index: int, entry: _Entry) -> None:
+        self.dirs.tidy()
+        self.check_header(index, entry)
         kind = entry.kind
         if entry.skip or kind == "whiteout":
             return
         if kind == "opaque":
-            fd = _open_dir(self.root_fd, entry.path, create=True)
-            assert fd is not None
-            os.close(fd)
+            self.dirs.get(entry.path)
             return
         if not entry.path:  # the root: attributes at the end
             return
-        with _parent(self.root_fd, entry.path) as (pfd, base):
-            if kind == "directory":
-                st = _lstat(pfd, base)
-                if st is None or not stat.S_ISDIR(st.st_mode):
-                    if st is not None:
-                        _remove(pfd, base)
-                    os.mkdir(base, 0o700, dir_fd=pfd)  # attributes at the end
-            elif kind == "file":
-                assert data is not None
-                _remove(pfd, base)
-                self._write_file(entry, pfd, base, data, read_errors)
-            elif kind == "hardlink":
-                self._link(entry, pfd, base)
-            else:
-                _remove(pfd, base)
-                self._make_node(entry, pfd, base)
+        pfd, base = self._parent(entry.path)
+        if kind == "directory":
+            st = None if entry.fresh else _lstat(pfd, base)
+            if st is None or not stat.S_ISDIR(st.st_mode):
+                if st is not None:
+                    self._remove(entry.path)
+                os.mkdir(base, 0o700, dir_fd=pfd)  # attributes at the end
+            return
+        if not entry.fresh:
+            self._remove(entry.path)
+        if kind == "file":
+            self._write_file(entry, pfd, base)
+        elif kind == "hardlink":
+            self._link(entry, pfd, base)
+        else:
+            self._make_node(entry, pfd, base)
 
-    def _write_file(
-        self,
-        entry: _Entry,
-        pfd: int,
-        base: str,
-        data: IO[bytes],
-        read_errors: tuple[type[Exception], ...],
-    ) -> None:
+    def _write_file(self, entry: _Entry, pfd: int, base: str) -> None:
         fd = os.open(base, _NEW_FILE_FLAGS, 0o600, dir_fd=pfd)
         try:
-            written = 0
-            with open(fd, "wb", closefd=False) as out:
-                while True:
-                    try:
-                        chunk = data.read(_CHUNK)
-                    except read_errors as e:
-                        raise _changed(e) from e
-                    if not chunk:
-                        break
-                    out.write(chunk)
-                    written += len(chunk)
-            if written != entry.size:
-                raise _changed(f"{entry.raw!r} has {written} bytes, expected {entry.size}")
-            self.written += written
+            self._copy_data(entry, fd)
+            self.written += entry.size
             self._owner_and_mode(entry, fd)
             self._set_xattrs(entry, fd)
             os.utime(fd, ns=(entry.mtime_ns, entry.mtime_ns))
         finally:
             os.close(fd)
 
+    def _copy_data(self, entry: _Entry, fd: int) -> None:
+        """Copy the file's data from the archive, in chunks (big files never sit in memory)."""
+        source = entry.data_offset
+        for file_offset, length in entry.pieces:
+            done = 0
+            while done < length:
+                chunk = self.archive.read_at(source + done, min(_CHUNK, length - done))
+                if not chunk:  # only a plain tar read in place can shrink under us
+                    raise _changed(f"the data of {entry.raw!r} is cut short")
+                done += os.pwrite(fd, chunk, file_offset + done)
+            source += length
+        if len(entry.pieces) != 1:  # sparse: a hole at the end still counts in the size
+            os.ftruncate(fd, entry.size)
+
     def _link(self, entry: _Entry, pfd: int, base: str) -> None:
         parent, _, target_base = entry.link.rpartition("/")
-        tfd = _open_dir(self.root_fd, parent, create=False)
-        if tfd is None:
-            raise _changed(f"hard link target {entry.link!r} disappeared")
-        try:
-            _remove(pfd, base)
-            os.link(target_base, base, src_dir_fd=tfd, dst_dir_fd=pfd, follow_symlinks=False)
-        finally:
-            os.close(tfd)
+        tfd = self.dirs.get(parent)
+        os.link(target_base, base, src_dir_fd=tfd, dst_dir_fd=pfd, follow_symlinks=False)
 
     def _make_node(self, entry: _Entry, pfd: int, base: str) -> None:
         if entry.kind == "symlink":
@@ -1052,84 +1207,48 @@ class _Applier:
 
     def finish(self) -> None:
         for path in self.plan.devices:
-            with _parent(self.root_fd, path) as (pfd, base):
-                _remove(pfd, base)
-                os.mknod(base, stat.S_IFCHR, os.makedev(0, 0), dir_fd=pfd)
+            self.dirs.tidy()
+            self._remove(path)
+            pfd, base = self._parent(path)
+            os.mknod(base, stat.S_IFCHR, os.makedev(0, 0), dir_fd=pfd)
         # Deepest first: setting a directory's attributes must come after all changes in it.
         paths = set(self.plan.dir_meta) | self.plan.opaque
         for path in sorted(paths, key=lambda p: (p.count("/") + bool(p), p), reverse=True):
-            fd = _open_dir(self.root_fd, path, create=True)
-            assert fd is not None
-            try:
-                if path in self.plan.opaque:
-                    try:
-                        os.setxattr(fd, overlay_opaque_xattr(), b"y")
-                    except OSError as e:
-                        raise LayerError(f"cannot mark {path or '.'!r} opaque: {e}") from e
-                entry = self.plan.dir_meta.get(path)
-                if entry is not None:
-                    self._owner_and_mode(entry, fd)
-                    self._set_xattrs(entry, fd)
-                    os.utime(fd, ns=(entry.mtime_ns, entry.mtime_ns))
-            finally:
-                os.close(fd)
+            self.dirs.tidy()
+            fd = self.dirs.get(path)
+            if path in self.plan.opaque:
+                try:
+                    os.setxattr(fd, overlay_opaque_xattr(), b"y")
+                except OSError as e:
+                    raise LayerError(f"cannot mark {path or '.'!r} opaque: {e}") from e
+            entry = self.plan.dir_meta.get(path)
+            if entry is not None:
+                self._owner_and_mode(entry, fd)
+                self._set_xattrs(entry, fd)
+                os.utime(fd, ns=(entry.mtime_ns, entry.mtime_ns))
 
 
 def _changed(cause: object) -> LayerError:
     return LayerError(f"the layer blob changed between validation and apply: {cause}")
 
 
-def _apply_entries(
-    tar: tarfile.TarFile,
-    entries: list[_Entry],
-    applier: _Applier,
-    errors: tuple[type[Exception], ...],
-) -> None:
-    """The entries in archive order, checking each header is the one pass 1 planned for."""
-    members = _members(tar)
-    for index in range(len(entries) + 1):
-        try:
-            member = next(members, None)
-        except errors as e:
-            raise _changed(e) from e
-        if index == len(entries):
-            if member is not None:
-                raise _changed("it has more entries")
-            return
-        entry = entries[index]
-        if member is None or (member.name, member.type) != (entry.raw, entry.type):
-            raise _changed(f"entry {index} is no longer {entry.raw!r}")
-        data = None
-        if entry.kind == "file" and not entry.skip:
-            data = tar.extractfile(member)
-        applier.apply(entry, data, errors)
-
-
 def _apply(
-    source: _Source,
+    archive: _Archive,
     root: Path,
     plan: _Plan,
     *,
-    compression: Compression,
-    media_type: str,
     same_owner: bool,
     xattrs: bool,
     merge: bool,
 ) -> LayerStats:
-    """Pass 2: read the archive again and carry out the plan."""
+    """Pass 2: carry out the plan, entry by entry, copying file data from the archive."""
     entries = plan.entries
-    errors = _read_errors(compression)
-    applier = _Applier(root, plan, same_owner=same_owner, xattrs=xattrs)
+    applier = _Applier(root, plan, archive, same_owner=same_owner, xattrs=xattrs)
     try:
         if merge:
             applier.delete_lower()
-        with _decompressed(source.rewind(), compression, media_type) as stream:
-            try:
-                tar = _open_tar(stream)
-            except errors as e:
-                raise _changed(e) from e
-            with tar:
-                _apply_entries(tar, entries, applier, errors)
+        for index, entry in enumerate(entries):
+            applier.apply(index, entry)
         applier.finish()
     finally:
         applier.close()
@@ -1190,8 +1309,8 @@ def apply_layer(
             raise LayerError(f"the parent of overlay target {target} does not exist")
 
     with ExitStack() as stack:
-        source_ = _Source(source, stack)
-        entries = _scan(source_, compression, media_type)
+        archive = _unpacked(_Source(source, stack), compression, media_type, stack)
+        entries = _scan(archive, media_type)
         plan = _Planner(
             target if merge else None,
             devices=root,
@@ -1207,11 +1326,9 @@ def apply_layer(
 
         def run(root_dir: Path) -> LayerStats:
             return _apply(
-                source_,
+                archive,
                 root_dir,
                 plan,
-                compression=compression,
-                media_type=media_type,
                 same_owner=same_owner,
                 xattrs=root,
                 merge=merge,
