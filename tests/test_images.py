@@ -335,3 +335,63 @@ def test_an_image_in_use_is_not_removed(busybox: tuple[Registry, str, str], tmp_
     manager.remove(record)
     assert manager.resolve(name) is None
     assert list(manager.content.digests()) == [], "its blobs went with it"
+
+
+def test_a_moved_tag_leaves_the_old_image_untagged_and_short_names_find_nothing(
+    client: Client, registry: Registry, tmp_path: Path
+) -> None:
+    first = build_image(tmp_path / "a", [[file_entry("v", b"1\n")]], ref_name="t")
+    push_layout(tmp_path / "a", registry.url, "moving", "1", source="t")
+    name = f"{registry.host}/moving:1"
+    assert pull(client, name) == first.config_digest
+    second = build_image(tmp_path / "b", [[file_entry("v", b"2\n")]], ref_name="t")
+    push_layout(tmp_path / "b", registry.url, "moving", "1", source="t")
+    assert pull(client, name) == second.config_digest
+    images = {i.id: i for i in client.image.ListImages(api_pb2.ListImagesRequest()).images}
+    assert list(images[second.config_digest].repo_tags) == [name]
+    old = images[first.config_digest]  # kept: a container may still use it
+    assert list(old.repo_tags) == [] and len(old.repo_digests) == 1
+    assert not status(client, first.config_digest[7:11]).HasField("image"), (
+        "four hex digits are a name, not an id prefix"
+    )
+    assert status(client, first.config_digest[7:19]).image.id == first.config_digest
+
+
+def test_concurrent_pulls_of_images_sharing_a_layer(
+    client: Client, registry: Registry, tmp_path: Path
+) -> None:
+    shared = [file_entry("shared.bin", os.urandom(24 * 1024 * 1024))]
+    names, ids = [], []
+    for i in range(2):
+        info = build_image(
+            tmp_path / f"s{i}", [shared, [file_entry("own", f"{i}\n".encode())]], ref_name="t"
+        )
+        push_layout(tmp_path / f"s{i}", registry.url, f"sharing{i}", "1", source="t")
+        names.append(f"{registry.host}/sharing{i}:1")
+        ids.append(info.config_digest)
+    results: dict[int, str] = {}
+    barrier = threading.Barrier(2)
+
+    def go(i: int) -> None:
+        barrier.wait()
+        try:
+            results[i] = pull(client, names[i])
+        except grpc.RpcError as exc:
+            results[i] = f"{exc.code().name}: {exc.details()}"
+
+    threads = [threading.Thread(target=go, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert results == {0: ids[0], 1: ids[1]}
+
+
+def test_orphans_of_failed_pulls_are_collected_at_start(tmp_path: Path) -> None:
+    manager = ImageManager(tmp_path / "images")
+    orphan = manager.content.put(b"a blob no image names")
+    (manager.snapshots.layers / ("ab" * 32)).mkdir()
+    assert manager.content.has(orphan)
+    again = ImageManager(tmp_path / "images")
+    assert not again.content.has(orphan)
+    assert not (again.snapshots.layers / ("ab" * 32)).exists()

@@ -286,3 +286,16 @@ def test_overlay_snapshots_inside_a_user_namespace(tmp_path: Path) -> None:
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.split("\n")[0] == "['new.txt'] True False"
+
+
+def test_a_docker_archive_cannot_name_files_outside_it(client: Client, tmp_path: Path) -> None:
+    save = tmp_path / "save"
+    save.mkdir()
+    (save / "manifest.json").write_text(
+        json.dumps([{"Config": "/etc/hostname", "RepoTags": ["x/y:1"], "Layers": []}])
+    )
+    archive = tar_dir(save, tmp_path / "save.tar")
+    with pytest.raises(grpc.RpcError) as err:
+        client.admin.ImportImage(admin_pb2.ImportImageRequest(path=str(archive)))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "'/etc/hostname' is not a path inside the archive" in err.value.details()

@@ -17,10 +17,10 @@ content store, layers unpacked, the record committed last.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tarfile
 from pathlib import Path
-from typing import Any
 
 from ..errors import InvalidArgument, NotFound
 from .build import add_to_layout_index, find_in_layout, init_layout, read_layout_index, write_blob
@@ -31,6 +31,7 @@ from .oci import (
     MEDIA_TYPE_OCI_MANIFEST,
     Descriptor,
     canonical_json,
+    load_json_object,
     sha256_digest,
 )
 from .registry import Manifest, Progress, report_progress
@@ -61,10 +62,11 @@ def extract_archive(archive: Path, dest: Path) -> Path:
 
 
 def _safe_extract(tar: tarfile.TarFile, dest: Path, archive: Path) -> None:
-    """Files, directories and symlinks that stay inside ``dest``; nothing else.
-    (tarfile's own ``filter="data"`` does this from Python 3.11.4 on; Debian 12
-    ships 3.11.2.) Image archives hold only blobs and JSON, plus, in old
-    ``docker save`` archives, symlinks between identical layers."""
+    """Regular files and directories, inside ``dest``; nothing else. Image
+    archives hold only blobs and JSON, so symlinks, hard links and devices are
+    refused outright: a symlink could redirect a later entry (or a blob read)
+    to anywhere on the host. (tarfile's ``filter="data"`` would help from
+    Python 3.11.4 on; Debian 12 ships 3.11.2.)"""
     dest.mkdir(parents=True, exist_ok=True)
     for member in tar:
         parts = Path(member.name).parts
@@ -77,25 +79,24 @@ def _safe_extract(tar: tarfile.TarFile, dest: Path, archive: Path) -> None:
             target.parent.mkdir(parents=True, exist_ok=True)
             source = tar.extractfile(member)
             assert source is not None
-            with source, open(target, "wb") as out:
+            # O_NOFOLLOW|O_EXCL: never through, or over, anything already there.
+            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+            with source, os.fdopen(fd, "wb") as out:
                 shutil.copyfileobj(source, out, 1 << 20)
-        elif member.issym():
-            inside = Path(member.name).parent / member.linkname
-            if member.linkname.startswith("/") or _climbs_out(inside):
-                raise InvalidArgument(f"{archive}: link {member.name!r} points outside")
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.symlink_to(member.linkname)
         else:
-            raise InvalidArgument(f"{archive}: entry {member.name!r} is not a file or directory")
+            raise InvalidArgument(
+                f"{archive}: entry {member.name!r} is not a regular file or directory"
+            )
 
 
-def _climbs_out(path: Path) -> bool:
-    depth = 0
-    for part in path.parts:
-        depth += -1 if part == ".." else (0 if part == "." else 1)
-        if depth < 0:
-            return True
-    return False
+def _inside(src: Path, name: object, what: str) -> Path:
+    """A path named inside a ``docker save`` manifest.json, checked to stay in the archive."""
+    if not isinstance(name, str) or not name or name.startswith("/") or ".." in Path(name).parts:
+        raise InvalidArgument(f"docker archive: {what} {name!r} is not a path inside the archive")
+    path = src / name
+    if not path.is_file():
+        raise InvalidArgument(f"docker archive: {what} {name!r} is missing")
+    return path
 
 
 def _docker_save_to_layout(src: Path, layout: Path) -> Path:
@@ -107,10 +108,12 @@ def _docker_save_to_layout(src: Path, layout: Path) -> Path:
         raise InvalidArgument("manifest.json of the docker archive lists no image")
     init_layout(layout)
     for image in images:
-        config = write_blob(layout, (src / image["Config"]).read_bytes())
+        if not isinstance(image, dict):
+            raise InvalidArgument("docker archive: manifest.json entries must be objects")
+        config = write_blob(layout, _inside(src, image.get("Config"), "config").read_bytes())
         layers = []
-        for layer_path in image.get("Layers", []):
-            data = (src / layer_path).read_bytes()
+        for layer_path in image.get("Layers") or []:
+            data = _inside(src, layer_path, "layer").read_bytes()
             layers.append(
                 Descriptor(MEDIA_TYPE_OCI_LAYER, write_blob(layout, data).digest, len(data))
             )
@@ -170,7 +173,7 @@ class LayoutSource:
         digest = sha256_digest(body)
         if digest != reference:
             raise InvalidArgument(f"manifest {reference} in the archive hashes to {digest}")
-        doc: dict[str, Any] = json.loads(body)
+        doc = load_json_object(body, what=f"manifest {reference} in the archive")
         return Manifest(digest, str(doc.get("mediaType", MEDIA_TYPE_OCI_MANIFEST)), body, doc)
 
     async def blob(

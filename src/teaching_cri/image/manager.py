@@ -10,9 +10,9 @@ reference at the same time share one download.
 from __future__ import annotations
 
 import asyncio
-import json
 import re
 import tempfile
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,13 +24,14 @@ from ..errors import FailedPrecondition, InvalidArgument
 from ..trace.tracer import annotate, current_span, decide, step
 from .archive import LayoutSource, cleanup, extract_archive, pick_image, recorded_name
 from .build import BusyboxUnavailable, build_busybox_image, build_host_binaries_image
-from .oci import host_platform
+from .oci import host_platform, load_json_object
 from .reference import Reference, is_image_id, parse_reference
 from .registry import (
     INDEX_TYPES,
     Credentials,
     Manifest,
     RegistryConfig,
+    RegistryUnavailable,
     Repository,
     open_repository,
     select_platform,
@@ -46,7 +47,8 @@ from .store import (
     disk_usage,
 )
 
-_ID_PREFIX = re.compile(r"(sha256:)?[0-9a-f]{3,63}")
+_ID_PREFIX = re.compile(r"(sha256:)?[0-9a-f]{12,63}")
+MAX_CONFIG_BYTES = 8 * 1024 * 1024  # an image config is a small JSON document
 ImageConfig = dict[str, Any]  # the parsed image config (OCI image-spec config.md)
 PROGRESS_STEPS = 10  # progress events per layer, at most: enough for a progress bar
 
@@ -68,8 +70,43 @@ class ImageManager:
         self.images = ImageStore(root / "content")
         self.snapshots = SnapshotStore(root / "snapshots", snapshot_mode)
         self._pulls: dict[str, asyncio.Future[ImageRecord]] = {}
+        # Blobs and snapshots that pulls and imports under way rely on, before
+        # any record names them: RemoveImage must not delete them (containerd
+        # calls this a lease).
+        self._leased: Counter[str] = Counter()
         # Which images containers use: the container store answers this once it exists.
         self.in_use: Callable[[str], bool] = lambda image_id: False
+        self.collect_garbage()
+
+    def collect_garbage(self) -> int:
+        """Delete blobs and snapshots no image record names and no pull holds:
+        what failed or killed pulls left behind. Returns how many went."""
+        keep_blobs, keep_chains = self._referenced()
+        gone = 0
+        for digest in list(self.content.digests()):
+            if digest not in keep_blobs and not self._leased[digest]:
+                self.content.delete(digest)
+                gone += 1
+        for chain_dir in list(self.snapshots.layers.iterdir()):
+            chain = f"sha256:{chain_dir.name}"
+            if (
+                not chain_dir.name.startswith(".")
+                and chain not in keep_chains
+                and not self._leased[chain]
+            ):
+                self.snapshots.remove(chain)
+                gone += 1
+        return gone
+
+    def _referenced(self) -> tuple[set[str], set[str]]:
+        records = self.images.list()
+        blobs = {
+            d
+            for r in records
+            for d in (r.manifest_digest, r.config_digest, *(x.digest for x in r.layers))
+        }
+        blobs |= {d.rsplit("@", 1)[1] for r in records for d in r.repo_digests if "@" in d}
+        return blobs, {x.chain_id for r in records for x in r.layers}
 
     # -- lookups -------------------------------------------------------------------
     def resolve(self, name: str) -> ImageRecord | None:
@@ -87,6 +124,8 @@ class ImageManager:
             if not _ID_PREFIX.fullmatch(name):
                 raise
         if found is None and _ID_PREFIX.fullmatch(name):
+            # Like docker's short ids: 12 hex digits at least, so that a name
+            # such as "cafe" never finds an unrelated image by accident.
             prefix = name.removeprefix("sha256:")
             matches = [r for r in self.images.list() if r.id[7:].startswith(prefix)]
             if len(matches) > 1:
@@ -117,21 +156,48 @@ class ImageManager:
 
     async def _pull(self, ref: Reference, credentials: Credentials) -> ImageRecord:
         async with httpx.AsyncClient(timeout=httpx.Timeout(60.0, connect=10.0)) as client:
-            repo, top = await self.resolve_manifest(client, ref, credentials)
-            return await self._fetch_and_commit(repo, top, ref)
+            try:
+                repo, top = await self.resolve_manifest(client, ref, credentials)
+                return await self._fetch_and_commit(repo, top, ref)
+            except httpx.HTTPError as exc:
+                raise RegistryUnavailable(f"{ref.domain}: {type(exc).__name__}: {exc}") from None
 
     async def _fetch_and_commit(
         self, source: BlobSource, top: Manifest, ref: Reference | None
     ) -> ImageRecord:
         """The part of the chart a pull and an import share: from the manifest
         (or index) to the committed image record."""
+        leased: list[str] = []
+        try:
+            return await self._fetch_and_commit_leased(source, top, ref, leased)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            # A manifest or config of the wrong shape: the image's fault, not ours.
+            raise FailedPrecondition(f"malformed image: {type(exc).__name__}: {exc}") from None
+        finally:
+            self._leased.subtract(leased)
+            self._leased += Counter()  # drop the zeros
+
+    def _lease(self, leased: list[str], *names: str) -> None:
+        leased.extend(names)
+        self._leased.update(names)
+
+    async def _fetch_and_commit_leased(
+        self, source: BlobSource, top: Manifest, ref: Reference | None, leased: list[str]
+    ) -> ImageRecord:
         manifest = top
         if decide("is_index", top.media_type in INDEX_TYPES):
             manifest = await self.select_platform_manifest(source, top)
+        layers = manifest.doc.get("layers", [])
+        self._lease(
+            leased,
+            top.digest,
+            manifest.digest,
+            manifest.doc["config"]["digest"],
+            *(d["digest"] for d in layers),
+        )
         for m in {top.digest: top, manifest.digest: manifest}.values():
             self.content.put(m.body)
         config = await self.fetch_config(source, manifest)
-        layers = manifest.doc.get("layers", [])
         diff_ids = config.get("rootfs", {}).get("diff_ids", [])
         if len(diff_ids) != len(layers):
             raise FailedPrecondition(
@@ -143,6 +209,7 @@ class ImageManager:
             if not decide("more_layers", i + 1 < len(layers)):
                 break
         chains = chain_ids(diff_ids)
+        self._lease(leased, *chains)
         records = [
             LayerRecord(d["digest"], d.get("mediaType", ""), int(d.get("size", 0)), diff, chain)
             for d, diff, chain in zip(layers, diff_ids, chains, strict=True)
@@ -193,12 +260,14 @@ class ImageManager:
     @step("fetch_config")
     async def fetch_config(self, repo: BlobSource, manifest: Manifest) -> ImageConfig:
         desc = manifest.doc.get("config") or {}
-        digest = desc.get("digest", "")
+        digest, size = desc.get("digest", ""), desc.get("size")
+        if not isinstance(size, int) or not 0 < size <= MAX_CONFIG_BYTES:
+            raise FailedPrecondition(f"config {digest}: size {size!r} is missing or too large")
         if not self.content.has(digest):
-            with self.content.writer(digest, desc.get("size")) as writer:
-                await repo.blob(digest, int(desc.get("size", 0)), writer)
+            with self.content.writer(digest, size) as writer:
+                await repo.blob(digest, size, writer)
                 writer.commit()
-        config: ImageConfig = json.loads(self.content.read(digest))
+        config: ImageConfig = load_json_object(self.content.read(digest), what=f"config {digest}")
         return config
 
     async def fetch_layer(
@@ -274,21 +343,16 @@ class ImageManager:
         if self.in_use(record.id):
             raise FailedPrecondition(f"image {record.id} is in use by a container")
         self.images.remove(record.id)
-        keep_blobs = {
-            record_digest
-            for r in self.images.list()
-            for record_digest in (r.manifest_digest, r.config_digest, *(x.digest for x in r.layers))
-        }
-        keep_chains = {x.chain_id for r in self.images.list() for x in r.layers}
+        keep_blobs, keep_chains = self._referenced()
         for digest in (
             record.manifest_digest,
             record.config_digest,
             *(x.digest for x in record.layers),
         ):
-            if digest not in keep_blobs:
+            if digest not in keep_blobs and not self._leased[digest]:
                 self.content.delete(digest)
         for layer in record.layers:
-            if layer.chain_id not in keep_chains:
+            if layer.chain_id not in keep_chains and not self._leased[layer.chain_id]:
                 self.snapshots.remove(layer.chain_id)
 
     # -- fs info -------------------------------------------------------------------
@@ -342,7 +406,10 @@ async def build_busybox_layout(layout: Path) -> Path:
 
 @step("check_image_reference")
 def check_image_reference(name: str) -> Reference:
-    return parse_reference(name)
+    ref = parse_reference(name)
+    if ref.digest and not ref.digest.startswith("sha256:"):
+        raise InvalidArgument(f"image {name!r}: only sha256 digests are supported")
+    return ref
 
 
 @step("wait_for_the_other_pull")

@@ -22,12 +22,12 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import json
 import re
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import grpc
 import httpx
 
 from ..errors import CRIError, FailedPrecondition, InvalidArgument, NotFound
@@ -36,6 +36,7 @@ from .oci import (
     INDEX_MEDIA_TYPES,
     MANIFEST_ACCEPT,
     Platform,
+    load_json_object,
 )
 from .reference import Reference
 from .store import BlobWriter
@@ -51,6 +52,12 @@ MAX_MANIFEST_BYTES = 4 * 1024 * 1024  # manifests are small; refuse to buffer a 
 
 class RegistryError(CRIError):
     """A registry that answered wrongly or not at all (gRPC UNKNOWN, with the URL)."""
+
+
+class RegistryUnavailable(CRIError):
+    """The registry could not be reached, or the connection broke."""
+
+    code = grpc.StatusCode.UNAVAILABLE
 
 
 class Unauthorized(FailedPrecondition):
@@ -269,23 +276,29 @@ class Repository:
 
     async def manifest(self, reference: str) -> Manifest:
         url = f"{self.base}/v2/{self.path}/manifests/{reference}"
-        response = await self._get(url, {"Accept": MANIFEST_ACCEPT})
-        if response.status_code == 404:
-            raise NotFound(f"{url}: manifest unknown")
-        if response.status_code in (401, 403):
-            raise self._denied(url, response)
-        if response.status_code != 200:
-            raise RegistryError(f"{url}: {response.status_code} {response.reason_phrase}")
-        body = response.content
-        if len(body) > MAX_MANIFEST_BYTES:
-            raise RegistryError(f"{url}: manifest of {len(body)} bytes is too large")
+        response = await self._get(url, {"Accept": MANIFEST_ACCEPT}, stream=True)
+        try:
+            if response.status_code == 404:
+                raise NotFound(f"{url}: manifest unknown")
+            if response.status_code in (401, 403):
+                await response.aread()
+                raise self._denied(url, response)
+            if response.status_code != 200:
+                raise RegistryError(f"{url}: {response.status_code} {response.reason_phrase}")
+            body = b""
+            async for chunk in response.aiter_bytes():
+                body += chunk
+                if len(body) > MAX_MANIFEST_BYTES:  # never buffer an endless answer
+                    raise FailedPrecondition(f"{url}: manifest larger than {MAX_MANIFEST_BYTES}")
+        finally:
+            await response.aclose()
         digest = f"sha256:{hashlib.sha256(body).hexdigest()}"
-        if reference.startswith("sha256:") and digest != reference:
+        if ":" in reference and digest != reference:
             raise FailedPrecondition(f"{url}: manifest hashes to {digest}, not {reference}")
         try:
-            doc = json.loads(body)
-        except ValueError:
-            raise RegistryError(f"{url}: manifest is not JSON") from None
+            doc = load_json_object(body, what=f"{url}: manifest")
+        except InvalidArgument as exc:
+            raise FailedPrecondition(str(exc)) from None
         media_type = doc.get("mediaType") or response.headers.get("content-type", "").split(";")[0]
         if media_type not in (*MANIFEST_TYPES, *INDEX_TYPES):
             raise FailedPrecondition(f"{url}: unsupported manifest type {media_type!r}")

@@ -92,7 +92,13 @@ class SnapshotStore:
             else:
                 fs.mkdir()
                 apply_layer(layer.blob, fs, media_type=layer.media_type, mode="overlay")
-            os.replace(fs, self.path(layer.chain_id))
+            try:
+                os.replace(fs, self.path(layer.chain_id))
+            except OSError:
+                # Another pull of an image sharing this layer finished it first:
+                # same chain id, same content, so theirs is as good as ours.
+                if not self.has(layer.chain_id):
+                    raise
         finally:
             shutil.rmtree(staging, ignore_errors=True)
 

@@ -197,8 +197,9 @@ class ImageStore:
         return None
 
     def save(self, record: ImageRecord) -> None:
-        """Add or replace ``record``; a tag moves to it from any other image
-        (an image left with no name at all is removed, as containerd does)."""
+        """Add or replace ``record``; a tag moves to it from any other image.
+        An image left without tags stays, known by its id and digests (a
+        ``<none>`` image), as in containerd: a container may still use it."""
         with self._lock:
             for other in list(self._images.values()):
                 if other.id == record.id:
@@ -206,10 +207,7 @@ class ImageStore:
                 moved = [t for t in other.repo_tags if t in record.repo_tags]
                 if moved:
                     other.repo_tags = [t for t in other.repo_tags if t not in moved]
-                    if other.repo_tags:
-                        self._write(other)
-                    else:
-                        self._remove(other.id)
+                    self._write(other)
             self._write(record)
             self._images[record.id] = record
 
