@@ -7,6 +7,7 @@ tags; an image a container uses is refused with FAILED_PRECONDITION.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import TYPE_CHECKING
 
@@ -29,7 +30,9 @@ async def RemoveImage(
     record = find_image(svc, name)
     if decide("image_found", record is not None):
         assert record is not None
-        m_cb_image_remove(svc, record)
+        # Deleting snapshots can take a while: off the event loop, so the
+        # kubelet's other calls go on meanwhile.
+        await asyncio.to_thread(m_cb_image_remove, svc, record)
     return api_pb2.RemoveImageResponse()
 
 
@@ -47,8 +50,9 @@ def m_cb_image_remove(svc: ImageService, record: ImageRecord) -> None:
 async def ImageFsInfo(
     svc: ImageService, request: api_pb2.ImageFsInfoRequest, context: Context
 ) -> api_pb2.ImageFsInfoResponse:
-    images = measure_image_store(svc)
-    containers = measure_container_snapshots(svc)
+    # Walking the stores touches every file: in a thread, not on the event loop.
+    images = await asyncio.to_thread(measure_image_store, svc)
+    containers = await asyncio.to_thread(measure_container_snapshots, svc)
     now = time.time_ns()
     return api_pb2.ImageFsInfoResponse(
         image_filesystems=[usage_to_grpc(images, now)],

@@ -16,6 +16,7 @@ content store, layers unpacked, the record committed last.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
@@ -183,10 +184,15 @@ class LayoutSource:
         writer: BlobWriter,
         progress: Progress | None = None,
     ) -> None:
-        with self._blob_path(digest).open("rb") as f:
-            while chunk := f.read(1 << 20):
-                writer.write(chunk)
-                await report_progress(progress, writer.written)
+        path = self._blob_path(digest)
+
+        def copy() -> None:  # reading and hashing a layer: in a thread, off the event loop
+            with path.open("rb") as f:
+                while chunk := f.read(1 << 20):
+                    writer.write(chunk)
+
+        await asyncio.to_thread(copy)
+        await report_progress(progress, writer.written)
 
 
 def cleanup(path: Path) -> None:

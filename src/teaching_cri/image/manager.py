@@ -266,7 +266,7 @@ class ImageManager:
         if not self.content.has(digest):
             with self.content.writer(digest, size) as writer:
                 await repo.blob(digest, size, writer)
-                writer.commit()
+                await asyncio.to_thread(writer.commit)  # fsync: off the event loop
         config: ImageConfig = load_json_object(self.content.read(digest), what=f"config {digest}")
         return config
 
@@ -291,7 +291,7 @@ class ImageManager:
 
             with self.content.writer(digest, size) as writer:
                 await repo.blob(digest, size, writer, progress)
-                writer.commit()
+                await asyncio.to_thread(writer.commit)  # fsync: off the event loop
             mark_progress(attrs, size)
 
     @step("unpack_layers")
