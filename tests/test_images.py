@@ -395,3 +395,21 @@ def test_orphans_of_failed_pulls_are_collected_at_start(tmp_path: Path) -> None:
     again = ImageManager(tmp_path / "images")
     assert not again.content.has(orphan)
     assert not (again.snapshots.layers / ("ab" * 32)).exists()
+
+
+def test_a_caller_giving_up_does_not_cancel_the_pull_for_others(
+    client: Client, registry: Registry, tmp_path: Path
+) -> None:
+    info = build_image(
+        tmp_path / "g", [[file_entry("big", os.urandom(48 * 1024 * 1024))]], ref_name="t"
+    )
+    push_layout(tmp_path / "g", registry.url, "giveup", "1", source="t")
+    name = f"{registry.host}/giveup:1"
+    request = api_pb2.PullImageRequest(image=api_pb2.ImageSpec(image=name))
+    impatient = client.image.PullImage.future(request, timeout=0.3)
+    time.sleep(0.1)
+    patient = client.image.PullImage.future(request, timeout=120)
+    with pytest.raises(grpc.RpcError) as err:
+        impatient.result()
+    assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert patient.result().image_ref == info.config_digest

@@ -69,7 +69,7 @@ class ImageManager:
         self.content = ContentStore(root / "content")
         self.images = ImageStore(root / "content")
         self.snapshots = SnapshotStore(root / "snapshots", snapshot_mode)
-        self._pulls: dict[str, asyncio.Future[ImageRecord]] = {}
+        self._pulls: dict[str, asyncio.Task[ImageRecord]] = {}
         # Blobs and snapshots that pulls and imports under way rely on, before
         # any record names them: RemoveImage must not delete them (containerd
         # calls this a lease).
@@ -137,22 +137,22 @@ class ImageManager:
 
     # -- pull ----------------------------------------------------------------------
     async def pull(self, name: str, credentials: Credentials) -> ImageRecord:
+        """The download runs as a task of its own that every caller awaits
+        through ``shield``: a kubelet that gives up (a deadline, a cancel) stops
+        waiting, but the download goes on for whoever else is waiting for it."""
         ref = check_image_reference(name)
         if decide("pull_in_progress", ref.name in self._pulls):
             return await wait_for_the_other_pull(self._pulls[ref.name])
-        future: asyncio.Future[ImageRecord] = asyncio.get_running_loop().create_future()
-        self._pulls[ref.name] = future
-        try:
-            record = await self._pull(ref, credentials)
-        except BaseException as exc:
-            future.set_exception(exc)
-            future.exception()  # retrieved: no "never retrieved" warning if nobody waits
-            raise
-        else:
-            future.set_result(record)
-            return record
-        finally:
-            del self._pulls[ref.name]
+        task = asyncio.create_task(self._pull(ref, credentials))
+        self._pulls[ref.name] = task
+        task.add_done_callback(lambda t: self._finished(ref.name, t))
+        return await asyncio.shield(task)
+
+    def _finished(self, name: str, task: asyncio.Task[ImageRecord]) -> None:
+        if self._pulls.get(name) is task:
+            del self._pulls[name]
+        if not task.cancelled():
+            task.exception()  # retrieved: no "never retrieved" warning if nobody waited
 
     async def _pull(self, ref: Reference, credentials: Credentials) -> ImageRecord:
         async with httpx.AsyncClient(timeout=httpx.Timeout(60.0, connect=10.0)) as client:
@@ -413,7 +413,7 @@ def check_image_reference(name: str) -> Reference:
 
 
 @step("wait_for_the_other_pull")
-async def wait_for_the_other_pull(future: asyncio.Future[ImageRecord]) -> ImageRecord:
+async def wait_for_the_other_pull(future: asyncio.Task[ImageRecord]) -> ImageRecord:
     return await asyncio.shield(future)
 
 

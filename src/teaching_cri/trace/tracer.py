@@ -239,10 +239,14 @@ class Span:
         return self._attrs
 
     def visit(self, node: str, attributes: Mapping[str, Any] | None = None) -> None:
+        if self._done:  # work that outlives its caller (a shared pull) stays silent
+            return
         self.node, self._label, self._pending = node, "", None
         self._emit(EventKind.STEP, node, "", attributes)
 
     def branch(self, node: str, label: str, attributes: Mapping[str, Any] | None = None) -> None:
+        if self._done:
+            return
         self.node, self._label, self._pending = node, label, None
         self._emit(EventKind.BRANCH, node, label, attributes)
 
