@@ -1,0 +1,436 @@
+"""The OCI runtime spec (``config.json``) for a container, from its CRI config.
+
+runc knows nothing of Kubernetes: it reads a bundle, a directory with the root
+file system and a ``config.json`` in the OCI runtime-spec format
+(opencontainers/runtime-spec, config.md and config-linux.md). Turning CRI's
+``ContainerConfig`` plus the image's config into that file is most of what a
+CRI runtime decides about a container, so each decision is a small function
+here, named after what it decides, with containerd's defaults
+(``pkg/oci/spec.go`` and the CRI plugin's ``container_create_linux.go``).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..api import api_pb2
+from ..errors import InvalidArgument
+
+OCI_VERSION = "1.0.2"  # what Debian 12's runc 1.1 understands
+
+# containerd's default capabilities (pkg/oci/spec.go, populateDefaultUnixSpec):
+# the Docker set, enough for ordinary programs, nothing that reaches the host.
+DEFAULT_CAPABILITIES = (
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_FSETID",
+    "CAP_FOWNER",
+    "CAP_MKNOD",
+    "CAP_NET_RAW",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETFCAP",
+    "CAP_SETPCAP",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_SYS_CHROOT",
+    "CAP_KILL",
+    "CAP_AUDIT_WRITE",
+)
+# Kernel interfaces a container must not read or change (containerd's defaults).
+MASKED_PATHS = (
+    "/proc/acpi",
+    "/proc/asound",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/proc/sched_debug",
+    "/proc/scsi",
+    "/sys/firmware",
+    "/sys/devices/virtual/powercap",
+)
+READONLY_PATHS = ("/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger")
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+SHM_SIZE = "65536k"
+
+
+@dataclass(frozen=True)
+class ImageRunConfig:
+    """The parts of an image config (OCI image-spec config.md, ``config``) a container uses."""
+
+    entrypoint: tuple[str, ...] = ()
+    cmd: tuple[str, ...] = ()
+    env: tuple[str, ...] = ()
+    working_dir: str = ""
+    user: str = ""
+    stop_signal: str = ""
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> ImageRunConfig:
+        return cls(
+            entrypoint=tuple(config.get("Entrypoint") or ()),
+            cmd=tuple(config.get("Cmd") or ()),
+            env=tuple(config.get("Env") or ()),
+            working_dir=str(config.get("WorkingDir") or ""),
+            user=str(config.get("User") or ""),
+            stop_signal=str(config.get("StopSignal") or ""),
+        )
+
+
+@dataclass
+class SpecNotes:
+    """What the spec generator changed from what was asked, for the container's
+    status info (CRI's verbose ContainerStatus), instead of failing."""
+
+    clamped: dict[str, str] = field(default_factory=dict)
+
+
+def process_args(config: api_pb2.ContainerConfig, image: ImageRunConfig) -> list[str]:
+    """CRI's rule (as containerd's WithProcessArgs): ``command`` replaces the image's
+    ENTRYPOINT and ``args`` its CMD; with no command, the entrypoint stays and
+    the CMD is used only if no args are given either."""
+    command, args = list(config.command), list(config.args)
+    if not command:
+        if not args:
+            args = list(image.cmd)
+        command = list(image.entrypoint)
+    if not command and not args:
+        raise InvalidArgument("no command: neither the container config nor the image names one")
+    return command + args
+
+
+def process_env(config: api_pb2.ContainerConfig, image: ImageRunConfig) -> list[str]:
+    """The image's environment, then the config's; a later value of a name wins.
+    PATH defaults to the usual one when neither sets it."""
+    merged: dict[str, str] = {"PATH": DEFAULT_PATH}
+    for item in image.env:
+        key, _, value = item.partition("=")
+        merged[key] = value
+    for kv in config.envs:
+        if not kv.key:
+            raise InvalidArgument("envs: an environment variable has an empty name")
+        merged[kv.key] = kv.value
+    return [f"{k}={v}" for k, v in merged.items()]
+
+
+def _passwd(rootfs: Path) -> list[list[str]]:
+    try:
+        lines = (rootfs / "etc" / "passwd").read_text(errors="replace").splitlines()
+    except OSError:
+        return []
+    return [line.split(":") for line in lines if line.count(":") >= 3]
+
+
+def _group(rootfs: Path) -> list[list[str]]:
+    try:
+        lines = (rootfs / "etc" / "group").read_text(errors="replace").splitlines()
+    except OSError:
+        return []
+    return [line.split(":") for line in lines if line.count(":") >= 2]
+
+
+def resolve_user(
+    config: api_pb2.ContainerConfig, image: ImageRunConfig, rootfs: Path
+) -> dict[str, Any]:
+    """uid, gid and additional gids: the security context's run_as_user or
+    run_as_username (looked up in the image's /etc/passwd), else the image's
+    USER; run_as_group overrides the primary group; supplemental groups add."""
+    sc = config.linux.security_context
+    user: str
+    if sc.HasField("run_as_user"):
+        user = str(sc.run_as_user.value)
+    elif sc.run_as_username:
+        user = sc.run_as_username
+    else:
+        user = image.user.split(":", 1)[0] if image.user else "0"
+    image_group = image.user.split(":", 1)[1] if ":" in image.user else ""
+    entries = _passwd(rootfs)
+    if user.isdigit():
+        uid = int(user)
+        found = next((e for e in entries if e[2] == user), None)
+        gid = int(found[3]) if found and found[3].isdigit() else 0
+    else:
+        found = next((e for e in entries if e[0] == user), None)
+        if found is None or not found[2].isdigit():
+            raise InvalidArgument(f"user {user!r} is not in the image's /etc/passwd")
+        uid, gid = int(found[2]), int(found[3]) if found[3].isdigit() else 0
+    if image_group and not sc.HasField("run_as_group"):
+        if image_group.isdigit():
+            gid = int(image_group)
+        else:
+            grp = next((g for g in _group(rootfs) if g[0] == image_group), None)
+            if grp is None:
+                raise InvalidArgument(f"group {image_group!r} is not in the image's /etc/group")
+            gid = int(grp[2])
+    if sc.HasField("run_as_group"):
+        gid = sc.run_as_group.value
+    additional = sorted({int(g) for g in sc.supplemental_groups} - {gid})
+    result: dict[str, Any] = {"uid": uid, "gid": gid}
+    if additional:
+        result["additionalGids"] = additional
+    return result
+
+
+def capabilities(config: api_pb2.ContainerConfig) -> list[str]:
+    """The default set, plus add_capabilities, minus drop_capabilities ("ALL" works
+    in both, as in containerd); privileged containers get every capability."""
+    sc = config.linux.security_context
+    names = set(DEFAULT_CAPABILITIES)
+    if sc.privileged:
+        return sorted(_all_capabilities())
+
+    def norm(c: str) -> str:
+        c = c.upper()
+        return c if c.startswith("CAP_") or c == "ALL" else f"CAP_{c}"
+
+    adds = {norm(c) for c in sc.capabilities.add_capabilities}
+    drops = {norm(c) for c in sc.capabilities.drop_capabilities}
+    if "ALL" in adds:
+        names = set(_all_capabilities())
+    names |= adds - {"ALL"}
+    if "ALL" in drops:
+        names = adds - {"ALL"}
+    names -= drops - {"ALL"}
+    return sorted(names)
+
+
+def _all_capabilities() -> list[str]:
+    try:
+        last = int(Path("/proc/sys/kernel/cap_last_cap").read_text())
+    except (OSError, ValueError):
+        last = 40
+    names = [
+        "CHOWN",
+        "DAC_OVERRIDE",
+        "DAC_READ_SEARCH",
+        "FOWNER",
+        "FSETID",
+        "KILL",
+        "SETGID",
+        "SETUID",
+        "SETPCAP",
+        "LINUX_IMMUTABLE",
+        "NET_BIND_SERVICE",
+        "NET_BROADCAST",
+        "NET_ADMIN",
+        "NET_RAW",
+        "IPC_LOCK",
+        "IPC_OWNER",
+        "SYS_MODULE",
+        "SYS_RAWIO",
+        "SYS_CHROOT",
+        "SYS_PTRACE",
+        "SYS_PACCT",
+        "SYS_ADMIN",
+        "SYS_BOOT",
+        "SYS_NICE",
+        "SYS_RESOURCE",
+        "SYS_TIME",
+        "SYS_TTY_CONFIG",
+        "MKNOD",
+        "LEASE",
+        "AUDIT_WRITE",
+        "AUDIT_CONTROL",
+        "SETFCAP",
+        "MAC_OVERRIDE",
+        "MAC_ADMIN",
+        "SYSLOG",
+        "WAKE_ALARM",
+        "BLOCK_SUSPEND",
+        "AUDIT_READ",
+        "PERFMON",
+        "BPF",
+        "CHECKPOINT_RESTORE",
+    ]
+    return [f"CAP_{n}" for n in names[: last + 1]]
+
+
+def default_mounts(readonly_rootfs: bool = False) -> list[dict[str, Any]]:
+    """The kernel file systems every container gets (containerd's defaults)."""
+    return [
+        {
+            "destination": "/proc",
+            "type": "proc",
+            "source": "proc",
+            "options": ["nosuid", "noexec", "nodev"],
+        },
+        {
+            "destination": "/dev",
+            "type": "tmpfs",
+            "source": "tmpfs",
+            "options": ["nosuid", "strictatime", "mode=755", "size=65536k"],
+        },
+        {
+            "destination": "/dev/pts",
+            "type": "devpts",
+            "source": "devpts",
+            "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"],
+        },
+        {
+            "destination": "/dev/mqueue",
+            "type": "mqueue",
+            "source": "mqueue",
+            "options": ["nosuid", "noexec", "nodev"],
+        },
+        {
+            "destination": "/sys",
+            "type": "sysfs",
+            "source": "sysfs",
+            "options": ["nosuid", "noexec", "nodev", "ro"],
+        },
+        {
+            "destination": "/sys/fs/cgroup",
+            "type": "cgroup",
+            "source": "cgroup",
+            "options": ["nosuid", "noexec", "nodev", "relatime", "ro"],
+        },
+        {
+            "destination": "/dev/shm",
+            "type": "tmpfs",
+            "source": "shm",
+            "options": ["nosuid", "noexec", "nodev", "mode=1777", f"size={SHM_SIZE}"],
+        },
+    ]
+
+
+def config_mounts(config: api_pb2.ContainerConfig) -> list[dict[str, Any]]:
+    """CRI mounts as bind mounts: read-only and propagation as asked."""
+    propagation = {
+        api_pb2.PROPAGATION_PRIVATE: "rprivate",
+        api_pb2.PROPAGATION_HOST_TO_CONTAINER: "rslave",
+        api_pb2.PROPAGATION_BIDIRECTIONAL: "rshared",
+    }
+    mounts = []
+    for m in config.mounts:
+        if not m.container_path.startswith("/"):
+            raise InvalidArgument(f"mount {m.container_path!r}: container_path must be absolute")
+        if not m.host_path:
+            raise InvalidArgument(f"mount {m.container_path!r}: host_path is empty")
+        options = ["rbind", propagation.get(m.propagation, "rprivate")]
+        options.append("ro" if m.readonly else "rw")
+        mounts.append(
+            {
+                "destination": m.container_path,
+                "type": "bind",
+                "source": m.host_path,
+                "options": options,
+            }
+        )
+    return mounts
+
+
+def resources(config: api_pb2.ContainerConfig) -> dict[str, Any]:
+    """CRI's LinuxContainerResources in runtime-spec form; 0 and "" mean unset."""
+    r = config.linux.resources
+    out: dict[str, Any] = {"devices": [{"allow": False, "access": "rwm"}]}
+    cpu: dict[str, int | str] = {
+        k: v
+        for k, v in (("shares", r.cpu_shares), ("quota", r.cpu_quota), ("period", r.cpu_period))
+        if v
+    }
+    if r.cpuset_cpus:
+        cpu["cpus"] = r.cpuset_cpus
+    if r.cpuset_mems:
+        cpu["mems"] = r.cpuset_mems
+    if cpu:
+        out["cpu"] = cpu
+    memory: dict[str, int] = {}
+    if r.memory_limit_in_bytes:
+        memory["limit"] = r.memory_limit_in_bytes
+    if r.memory_swap_limit_in_bytes:
+        memory["swap"] = r.memory_swap_limit_in_bytes
+    if memory:
+        out["memory"] = memory
+    if r.hugepage_limits:
+        out["hugepageLimits"] = [
+            {"pageSize": h.page_size, "limit": h.limit} for h in r.hugepage_limits
+        ]
+    if r.unified:
+        out["unified"] = dict(r.unified)
+    return out
+
+
+def oom_score_adj(config: api_pb2.ContainerConfig, notes: SpecNotes) -> int:
+    """The kernel refuses an oom_score_adj below our own without CAP_SYS_RESOURCE;
+    clamp it, as containerd's restrict_oom_score_adj does, and say so."""
+    wanted = int(config.linux.resources.oom_score_adj)
+    try:
+        ours = int(Path("/proc/self/oom_score_adj").read_text())
+    except (OSError, ValueError):
+        ours = 0
+    if wanted < ours and os.geteuid() != 0:
+        notes.clamped["oom_score_adj"] = f"{wanted} raised to {ours}, the server's own"
+        return ours
+    return wanted
+
+
+def namespaces(join: Mapping[str, str] | None = None) -> list[dict[str, str]]:
+    """New pid, ipc, uts, mount and network namespaces, or the sandbox's to join
+    (``join``: type → /proc/<pid>/ns/... path) once pods exist."""
+    join = join or {}
+    out = []
+    for ns in ("pid", "ipc", "uts", "mount", "network"):
+        entry = {"type": ns}
+        if ns in join:
+            entry["path"] = join[ns]
+        out.append(entry)
+    return out
+
+
+def generate_spec(
+    config: api_pb2.ContainerConfig,
+    image: ImageRunConfig,
+    rootfs: Path,
+    *,
+    hostname: str = "",
+    join_namespaces: Mapping[str, str] | None = None,
+    cgroups_path: str = "",
+    annotations: Mapping[str, str] | None = None,
+    extra_mounts: Sequence[Mapping[str, Any]] = (),
+) -> tuple[dict[str, Any], SpecNotes]:
+    """The whole ``config.json`` (and what had to be adjusted)."""
+    notes = SpecNotes()
+    sc = config.linux.security_context
+    caps = capabilities(config)
+    mounts = default_mounts()
+    if sc.privileged:  # a privileged container sees the host's /sys read-write
+        mounts = [
+            {**m, "options": [o for o in m["options"] if o != "ro"]}
+            if m["destination"] in ("/sys", "/sys/fs/cgroup")
+            else m
+            for m in mounts
+        ]
+    spec: dict[str, Any] = {
+        "ociVersion": OCI_VERSION,
+        "process": {
+            "terminal": bool(config.tty),
+            "user": resolve_user(config, image, rootfs),
+            "args": process_args(config, image),
+            "env": process_env(config, image),
+            "cwd": config.working_dir or image.working_dir or "/",
+            "capabilities": {
+                k: caps for k in ("bounding", "effective", "permitted", "inheritable")
+            },
+            "noNewPrivileges": bool(sc.no_new_privs),
+            "oomScoreAdj": oom_score_adj(config, notes),
+            "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024}],  # containerd's
+        },
+        "root": {"path": str(rootfs), "readonly": bool(sc.readonly_rootfs)},
+        "hostname": hostname,
+        "mounts": [*mounts, *extra_mounts, *config_mounts(config)],
+        "annotations": dict(annotations or {}) | dict(config.annotations),
+        "linux": {
+            "resources": resources(config),
+            "namespaces": namespaces(join_namespaces),
+            "maskedPaths": [] if sc.privileged else list(MASKED_PATHS),
+            "readonlyPaths": [] if sc.privileged else list(READONLY_PATHS),
+        },
+    }
+    if cgroups_path:
+        spec["linux"]["cgroupsPath"] = cgroups_path
+    return spec, notes

@@ -1,0 +1,209 @@
+"""The OCI runtime spec generated from a CRI container config, checked field by
+field, and, as root, run by Debian's runc from a real image snapshot."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from teaching_cri.api import api_pb2
+from teaching_cri.errors import InvalidArgument
+from teaching_cri.image.build import BusyboxUnavailable, build_busybox_image
+from teaching_cri.image.manager import ImageManager
+from teaching_cri.runtime.spec import (
+    DEFAULT_CAPABILITIES,
+    ImageRunConfig,
+    capabilities,
+    generate_spec,
+    process_args,
+    process_env,
+    resolve_user,
+)
+
+from conftest import IS_ROOT
+
+IMAGE = ImageRunConfig(
+    entrypoint=("/entry",),
+    cmd=("default", "cmd"),
+    env=("PATH=/bin", "A=image"),
+    working_dir="/work",
+    user="",
+)
+
+
+def cfg(**kw: object) -> api_pb2.ContainerConfig:
+    return api_pb2.ContainerConfig(**kw)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("command", "args", "expected"),
+    [
+        ([], [], ["/entry", "default", "cmd"]),  # the image's ENTRYPOINT + CMD
+        ([], ["x"], ["/entry", "x"]),  # args replace CMD only
+        (["/bin/sh"], [], ["/bin/sh"]),  # command replaces ENTRYPOINT, CMD dropped
+        (["/bin/sh"], ["-c", "true"], ["/bin/sh", "-c", "true"]),
+    ],
+)
+def test_command_and_args_follow_cri(
+    command: list[str], args: list[str], expected: list[str]
+) -> None:
+    assert process_args(cfg(command=command, args=args), IMAGE) == expected
+
+
+def test_no_command_anywhere_is_invalid() -> None:
+    with pytest.raises(InvalidArgument, match="no command"):
+        process_args(cfg(), ImageRunConfig())
+
+
+def test_env_image_first_then_config() -> None:
+    env = process_env(
+        cfg(envs=[api_pb2.KeyValue(key="A", value="config"), api_pb2.KeyValue(key="B", value="2")]),
+        IMAGE,
+    )
+    assert env == ["PATH=/bin", "A=config", "B=2"]
+
+
+def test_users_resolve_in_the_images_passwd(tmp_path: Path) -> None:
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "etc" / "passwd").write_text(
+        "root:x:0:0::/root:/bin/sh\napp:x:1000:100::/:/bin/sh\n"
+    )
+    (tmp_path / "etc" / "group").write_text("root:x:0:\nstaff:x:50:\n")
+
+    def user(**sc: object) -> dict[str, object]:
+        config = cfg(
+            linux=api_pb2.LinuxContainerConfig(
+                security_context=api_pb2.LinuxContainerSecurityContext(**sc)
+            )
+        )  # type: ignore[arg-type]
+        return resolve_user(config, IMAGE, tmp_path)
+
+    assert user() == {"uid": 0, "gid": 0}
+    assert user(run_as_username="app") == {"uid": 1000, "gid": 100}
+    assert user(run_as_user=api_pb2.Int64Value(value=1000)) == {"uid": 1000, "gid": 100}
+    assert user(run_as_user=api_pb2.Int64Value(value=4242)) == {"uid": 4242, "gid": 0}
+    assert user(
+        run_as_username="app",
+        run_as_group=api_pb2.Int64Value(value=7),
+        supplemental_groups=[7, 8, 9],
+    ) == {"uid": 1000, "gid": 7, "additionalGids": [8, 9]}
+    with pytest.raises(InvalidArgument, match="'ghost' is not in the image"):
+        user(run_as_username="ghost")
+    image_user = ImageRunConfig(cmd=("x",), user="app:staff")
+    assert resolve_user(cfg(), image_user, tmp_path) == {"uid": 1000, "gid": 50}
+
+
+def test_capabilities_add_drop_and_all() -> None:
+    def caps(add: list[str], drop: list[str], privileged: bool = False) -> list[str]:
+        sc = api_pb2.LinuxContainerSecurityContext(
+            capabilities=api_pb2.Capability(add_capabilities=add, drop_capabilities=drop),
+            privileged=privileged,
+        )
+        return capabilities(cfg(linux=api_pb2.LinuxContainerConfig(security_context=sc)))
+
+    assert caps([], []) == sorted(DEFAULT_CAPABILITIES)
+    assert "CAP_SYS_ADMIN" in caps(["SYS_ADMIN"], ["NET_RAW"])
+    assert "CAP_NET_RAW" not in caps(["SYS_ADMIN"], ["NET_RAW"])
+    assert caps(["NET_BIND_SERVICE"], ["ALL"]) == ["CAP_NET_BIND_SERVICE"]
+    assert "CAP_SYS_ADMIN" in caps([], [], privileged=True)
+
+
+def test_resources_and_mounts_in_spec_form(tmp_path: Path) -> None:
+    config = cfg(
+        command=["/bin/true"],
+        linux=api_pb2.LinuxContainerConfig(
+            resources=api_pb2.LinuxContainerResources(
+                cpu_period=100000,
+                cpu_quota=50000,
+                cpu_shares=512,
+                memory_limit_in_bytes=64 << 20,
+                cpuset_cpus="0",
+                unified={"memory.high": "60M"},
+                hugepage_limits=[api_pb2.HugepageLimit(page_size="2MB", limit=0)],
+            )
+        ),
+        mounts=[
+            api_pb2.Mount(
+                container_path="/data",
+                host_path="/srv/data",
+                readonly=True,
+                propagation=api_pb2.PROPAGATION_HOST_TO_CONTAINER,
+            )
+        ],
+        annotations={"a": "b"},
+    )
+    spec, _ = generate_spec(config, IMAGE, tmp_path, hostname="pod")
+    res = spec["linux"]["resources"]
+    assert res["cpu"] == {"shares": 512, "quota": 50000, "period": 100000, "cpus": "0"}
+    assert res["memory"] == {"limit": 64 << 20}
+    assert res["unified"] == {"memory.high": "60M"}
+    assert {
+        "destination": "/data",
+        "type": "bind",
+        "source": "/srv/data",
+        "options": ["rbind", "rslave", "ro"],
+    } in spec["mounts"]
+    assert spec["annotations"] == {"a": "b"} and spec["hostname"] == "pod"
+    assert spec["process"]["cwd"] == "/work"
+    assert "/proc/kcore" in spec["linux"]["maskedPaths"]
+    with pytest.raises(InvalidArgument, match="must be absolute"):
+        generate_spec(
+            cfg(command=["x"], mounts=[api_pb2.Mount(container_path="rel", host_path="/x")]),
+            IMAGE,
+            tmp_path,
+        )
+
+
+@pytest.mark.skipif(not IS_ROOT, reason="runc needs root")
+def test_runc_runs_a_container_from_our_spec_and_snapshot(tmp_path: Path) -> None:
+    runc = shutil.which("runc")
+    if runc is None:
+        pytest.skip("runc is not installed (apt-get install runc)")
+    layout = tmp_path / "layout"
+    try:
+        build_busybox_image(layout, ref_name=None)
+    except BusyboxUnavailable as exc:
+        pytest.skip(str(exc))
+    manager = ImageManager(tmp_path / "images", snapshot_mode="copy")
+    record = asyncio.run(manager.import_layout(layout, None))
+    rootfs = manager.snapshots.mount_view([x.chain_id for x in record.layers], "ctr")
+    config = cfg(
+        command=[
+            "sh",
+            "-c",
+            "echo hello from $(hostname); id -u; grep CapEff /proc/self/status; exit 7",
+        ],
+        linux=api_pb2.LinuxContainerConfig(
+            security_context=api_pb2.LinuxContainerSecurityContext(run_as_username="nobody")
+        ),
+    )
+    spec, _ = generate_spec(
+        config, ImageRunConfig.from_config(record.config), rootfs, hostname="teaching"
+    )
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    (bundle / "config.json").write_text(json.dumps(spec))
+    state = tmp_path / "runc-state"
+    name = f"tcri-spec-{os.getpid()}"
+    try:
+        out = subprocess.run(
+            [runc, "--root", str(state), "run", "--bundle", str(bundle), name],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            stdin=subprocess.DEVNULL,
+        )
+    finally:
+        subprocess.run([runc, "--root", str(state), "delete", "--force", name], capture_output=True)
+        manager.snapshots.remove_view("ctr")
+    assert out.returncode == 7, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0] == "hello from teaching"
+    assert lines[1] == "65534", "run_as_username=nobody resolved in the image's passwd"
+    assert lines[2].split()[1] != "0000003fffffffff", "not every capability"
