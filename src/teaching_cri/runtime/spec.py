@@ -118,20 +118,13 @@ def process_env(config: api_pb2.ContainerConfig, image: ImageRunConfig) -> list[
     return [f"{k}={v}" for k, v in merged.items()]
 
 
-def _passwd(rootfs: Path) -> list[list[str]]:
+def _etc_entries(rootfs: Path, name: str, fields: int) -> list[list[str]]:
+    """The colon-separated entries of the image's /etc/passwd or /etc/group."""
     try:
-        lines = (rootfs / "etc" / "passwd").read_text(errors="replace").splitlines()
+        lines = (rootfs / "etc" / name).read_text(errors="replace").splitlines()
     except OSError:
         return []
-    return [line.split(":") for line in lines if line.count(":") >= 3]
-
-
-def _group(rootfs: Path) -> list[list[str]]:
-    try:
-        lines = (rootfs / "etc" / "group").read_text(errors="replace").splitlines()
-    except OSError:
-        return []
-    return [line.split(":") for line in lines if line.count(":") >= 2]
+    return [line.split(":") for line in lines if line.count(":") >= fields - 1]
 
 
 def resolve_user(
@@ -149,7 +142,7 @@ def resolve_user(
     else:
         user = image.user.split(":", 1)[0] if image.user else "0"
     image_group = image.user.split(":", 1)[1] if ":" in image.user else ""
-    entries = _passwd(rootfs)
+    entries = _etc_entries(rootfs, "passwd", 4)
     if user.isdigit():
         uid = int(user)
         found = next((e for e in entries if e[2] == user), None)
@@ -163,7 +156,7 @@ def resolve_user(
         if image_group.isdigit():
             gid = int(image_group)
         else:
-            grp = next((g for g in _group(rootfs) if g[0] == image_group), None)
+            grp = next((g for g in _etc_entries(rootfs, "group", 3) if g[0] == image_group), None)
             if grp is None:
                 raise InvalidArgument(f"group {image_group!r} is not in the image's /etc/group")
             gid = int(grp[2])
@@ -250,52 +243,27 @@ def _all_capabilities() -> list[str]:
     return [f"CAP_{n}" for n in names[: last + 1]]
 
 
-def default_mounts(readonly_rootfs: bool = False) -> list[dict[str, Any]]:
+def default_mounts() -> list[dict[str, Any]]:
     """The kernel file systems every container gets (containerd's defaults)."""
+    nosuid_noexec_nodev = ["nosuid", "noexec", "nodev"]
     return [
-        {
-            "destination": "/proc",
-            "type": "proc",
-            "source": "proc",
-            "options": ["nosuid", "noexec", "nodev"],
-        },
-        {
-            "destination": "/dev",
-            "type": "tmpfs",
-            "source": "tmpfs",
-            "options": ["nosuid", "strictatime", "mode=755", "size=65536k"],
-        },
-        {
-            "destination": "/dev/pts",
-            "type": "devpts",
-            "source": "devpts",
-            "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"],
-        },
-        {
-            "destination": "/dev/mqueue",
-            "type": "mqueue",
-            "source": "mqueue",
-            "options": ["nosuid", "noexec", "nodev"],
-        },
-        {
-            "destination": "/sys",
-            "type": "sysfs",
-            "source": "sysfs",
-            "options": ["nosuid", "noexec", "nodev", "ro"],
-        },
-        {
-            "destination": "/sys/fs/cgroup",
-            "type": "cgroup",
-            "source": "cgroup",
-            "options": ["nosuid", "noexec", "nodev", "relatime", "ro"],
-        },
-        {
-            "destination": "/dev/shm",
-            "type": "tmpfs",
-            "source": "shm",
-            "options": ["nosuid", "noexec", "nodev", "mode=1777", f"size={SHM_SIZE}"],
-        },
+        _mount("/proc", "proc", "proc", nosuid_noexec_nodev),
+        _mount("/dev", "tmpfs", "tmpfs", ["nosuid", "strictatime", "mode=755", "size=65536k"]),
+        _mount(
+            "/dev/pts",
+            "devpts",
+            "devpts",
+            ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"],
+        ),
+        _mount("/dev/mqueue", "mqueue", "mqueue", nosuid_noexec_nodev),
+        _mount("/sys", "sysfs", "sysfs", [*nosuid_noexec_nodev, "ro"]),
+        _mount("/sys/fs/cgroup", "cgroup", "cgroup", [*nosuid_noexec_nodev, "relatime", "ro"]),
+        _mount("/dev/shm", "tmpfs", "shm", [*nosuid_noexec_nodev, "mode=1777", f"size={SHM_SIZE}"]),
     ]
+
+
+def _mount(destination: str, kind: str, source: str, options: list[str]) -> dict[str, Any]:
+    return {"destination": destination, "type": kind, "source": source, "options": options}
 
 
 def config_mounts(config: api_pb2.ContainerConfig) -> list[dict[str, Any]]:
@@ -313,14 +281,7 @@ def config_mounts(config: api_pb2.ContainerConfig) -> list[dict[str, Any]]:
             raise InvalidArgument(f"mount {m.container_path!r}: host_path is empty")
         options = ["rbind", propagation.get(m.propagation, "rprivate")]
         options.append("ro" if m.readonly else "rw")
-        mounts.append(
-            {
-                "destination": m.container_path,
-                "type": "bind",
-                "source": m.host_path,
-                "options": options,
-            }
-        )
+        mounts.append(_mount(m.container_path, "bind", m.host_path, options))
     return mounts
 
 
