@@ -41,3 +41,7 @@ class Unimplemented(CRIError):
 
 class Internal(CRIError):
     code = grpc.StatusCode.INTERNAL
+
+
+class DeadlineExceeded(CRIError):
+    code = grpc.StatusCode.DEADLINE_EXCEEDED

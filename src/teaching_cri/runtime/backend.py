@@ -1,0 +1,152 @@
+"""What the CRI layer may ask of a backend, and the values it gets back.
+
+iSulad's ``runtime/`` offers the same verbs through ``runtime_create``,
+``runtime_start``, ``runtime_kill``, ``runtime_rm``, ``runtime_exec``,
+``runtime_update``, ``runtime_resources_stats`` and ``runtime_resize``; the
+container manager (issue 6's RPCs) calls only these, never runc directly, so
+an unprivileged tier can stand in where runc as root cannot run.
+"""
+
+from __future__ import annotations
+
+import abc
+import signal
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import InvalidArgument
+from .cgroups import CgroupStats
+from .shim_client import ProcessStream
+
+MAX_EXEC_OUTPUT = 16 << 20  # ExecSync keeps at most this much of stdout and of stderr
+
+
+@dataclass(frozen=True)
+class CreateRequest:
+    """A container to create: its id, its OCI spec, where its log goes."""
+
+    id: str
+    spec: dict[str, Any]
+    log_path: str = ""
+    pod_id: str = ""
+    stdin: bool = False
+    stdin_once: bool = False
+    tty: bool = False
+    stop_signal: str = ""  # from the image (StopSignal) or the config; "" is SIGTERM
+
+
+@dataclass(frozen=True)
+class ExitStatus:
+    exit_code: int
+    finished_at: int  # ns since the epoch
+    signal: int = 0
+    oom_killed: bool = False
+    message: str = ""
+
+    @property
+    def reason(self) -> str:
+        """ContainerStatus.reason as the kubelet knows it."""
+        if self.oom_killed:
+            return "OOMKilled"
+        return "Completed" if self.exit_code == 0 else "Error"
+
+
+@dataclass(frozen=True)
+class ContainerState:
+    id: str
+    status: str  # "created" | "running" | "exited"
+    pid: int
+    created_at: int
+    started_at: int = 0
+    exit: ExitStatus | None = None
+    notes: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ExecResult:
+    exit_code: int
+    stdout: bytes
+    stderr: bytes
+
+
+ExitCallback = Callable[[str, ExitStatus], Awaitable[None] | None]
+
+
+def parse_signal(name: str, default: signal.Signals = signal.SIGTERM) -> signal.Signals:
+    """``SIGTERM``, ``TERM`` or ``15`` (the forms an image's StopSignal takes)."""
+    name = name.strip()
+    if not name:
+        return default
+    try:
+        if name.isdigit():
+            return signal.Signals(int(name))
+        upper = name.upper()
+        return signal.Signals[upper if upper.startswith("SIG") else f"SIG{upper}"]
+    except (KeyError, ValueError):
+        raise InvalidArgument(f"unknown signal {name!r}") from None
+
+
+class Backend(abc.ABC):
+    """The verbs; each ``id`` is a container id the backend created."""
+
+    name: str
+
+    @abc.abstractmethod
+    async def create(self, request: CreateRequest) -> ContainerState: ...
+
+    @abc.abstractmethod
+    async def start(self, container_id: str) -> ContainerState: ...
+
+    @abc.abstractmethod
+    async def kill(self, container_id: str, signum: int) -> None: ...
+
+    @abc.abstractmethod
+    async def stop(self, container_id: str, timeout: float) -> ExitStatus: ...
+
+    @abc.abstractmethod
+    async def wait(self, container_id: str) -> ExitStatus: ...
+
+    @abc.abstractmethod
+    async def delete(self, container_id: str) -> None: ...
+
+    @abc.abstractmethod
+    async def state(self, container_id: str) -> ContainerState: ...
+
+    @abc.abstractmethod
+    async def exec(
+        self,
+        container_id: str,
+        args: list[str],
+        *,
+        tty: bool = False,
+        stdin: bool = False,
+        width: int = 0,
+        height: int = 0,
+    ) -> ProcessStream: ...
+
+    @abc.abstractmethod
+    async def exec_sync(self, container_id: str, args: list[str], timeout: float) -> ExecResult: ...
+
+    @abc.abstractmethod
+    async def attach(
+        self, container_id: str, *, stdin: bool, stdout: bool, stderr: bool
+    ) -> ProcessStream: ...
+
+    @abc.abstractmethod
+    async def resize(self, container_id: str, width: int, height: int) -> None: ...
+
+    @abc.abstractmethod
+    async def reopen_log(self, container_id: str) -> None: ...
+
+    @abc.abstractmethod
+    async def update(self, container_id: str, resources: dict[str, Any]) -> dict[str, str]: ...
+
+    @abc.abstractmethod
+    async def stats(self, container_id: str) -> CgroupStats: ...
+
+    @abc.abstractmethod
+    async def recover(self) -> list[ContainerState]: ...
+
+    @abc.abstractmethod
+    def list_ids(self) -> list[str]: ...

@@ -1,0 +1,164 @@
+"""Control groups with the cgroupfs driver: where a container's live, what they say.
+
+runc puts each container in the cgroup its spec names (``linux.cgroupsPath``);
+with the cgroupfs driver (what ``RuntimeConfig`` reports) that is a plain
+path under the cgroup mounts, and we choose it: ``/teaching-cri/<pod>/<id>``.
+The pod's level is ours to create and remove (the kubelet's pod-level limits
+go there), the container's is runc's.
+
+Two layouts exist. cgroup v1 mounts one hierarchy per controller
+(``/sys/fs/cgroup/memory/...``, ``/sys/fs/cgroup/cpuacct/...``); v2 one
+unified tree whose directories hold every controller's files. The figures the
+kubelet wants (CRI ``ContainerStats``: CPU time, memory working set, pids) sit
+in differently named files in each; :func:`read_stats` reads either.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+ROOT = Path("/sys/fs/cgroup")
+TOP = "teaching-cri"
+V1_CONTROLLERS = ("cpu", "cpuacct", "cpuset", "memory", "pids", "blkio", "devices", "freezer")
+
+
+@lru_cache(maxsize=1)
+def version() -> int:
+    """2 on a unified (v2-only) host, 1 when the controllers have v1 hierarchies."""
+    return 2 if (ROOT / "cgroup.controllers").exists() else 1
+
+
+@lru_cache(maxsize=1)
+def v1_mounts() -> dict[str, Path]:
+    """controller → its v1 hierarchy's mount point, from /proc/self/mountinfo."""
+    mounts: dict[str, Path] = {}
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/self/mountinfo").read_text().splitlines():
+            left, _, right = line.partition(" - ")
+            fields, tail = left.split(), right.split()
+            if len(fields) < 5 or len(tail) < 3 or tail[0] != "cgroup":
+                continue
+            for option in tail[2].split(","):
+                if option in V1_CONTROLLERS:
+                    mounts.setdefault(option, Path(fields[4]))
+    return mounts
+
+
+def pod_parent(pod_id: str) -> str:
+    """The pod's cgroup; containers without a pod (this issue's tests, the
+    demo) share one called ``standalone``."""
+    return f"/{TOP}/{pod_id or 'standalone'}"
+
+
+def container_path(pod_id: str, container_id: str) -> str:
+    return f"{pod_parent(pod_id)}/{container_id}"
+
+
+def directories(cgroups_path: str) -> list[Path]:
+    """Every directory that is this cgroup: one on v2, one per controller on v1."""
+    relative = cgroups_path.lstrip("/")
+    if version() == 2:
+        return [ROOT / relative]
+    return [mount / relative for mount in dict.fromkeys(v1_mounts().values())]
+
+
+def controller_dir(cgroups_path: str, controller: str) -> Path:
+    relative = cgroups_path.lstrip("/")
+    if version() == 2:
+        return ROOT / relative
+    return v1_mounts().get(controller, ROOT / controller) / relative
+
+
+def ensure_pod(pod_id: str) -> None:
+    """Create the pod's level (runc creates the container's below it)."""
+    for d in directories(pod_parent(pod_id)):
+        d.mkdir(parents=True, exist_ok=True)
+
+
+def remove(cgroups_path: str) -> None:
+    """Remove a cgroup and anything left below it, deepest first. A cgroup
+    directory is removed with rmdir (its files are not real files)."""
+    for top in directories(cgroups_path):
+        if not top.is_dir():
+            continue
+        for dirpath, _dirnames, _files in sorted(
+            os.walk(top), key=lambda entry: entry[0].count("/"), reverse=True
+        ):
+            with contextlib.suppress(OSError):
+                os.rmdir(dirpath)
+
+
+def exists(cgroups_path: str) -> bool:
+    return controller_dir(cgroups_path, "memory").is_dir()
+
+
+def memory_events(cgroups_path: str) -> str:
+    """The file whose ``oom_kill`` line counts the OOM killer's victims."""
+    name = "memory.events" if version() == 2 else "memory.oom_control"
+    return str(controller_dir(cgroups_path, "memory") / name)
+
+
+def _read_int(path: Path) -> int | None:
+    try:
+        text = path.read_text().strip()
+    except OSError:
+        return None
+    if text == "max":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        return None
+
+
+def _read_keyed(path: Path) -> dict[str, int]:
+    out: dict[str, int] = {}
+    with contextlib.suppress(OSError):
+        for line in path.read_text().splitlines():
+            key, _, value = line.partition(" ")
+            with contextlib.suppress(ValueError):
+                out[key] = int(value)
+    return out
+
+
+@dataclass(frozen=True)
+class CgroupStats:
+    """What CRI's ContainerStats carries, read at ``timestamp`` (ns)."""
+
+    timestamp: int
+    cpu_usage_ns: int
+    memory_usage: int
+    memory_working_set: int
+    memory_limit: int | None
+    pids: int
+    oom_kills: int
+
+
+def read_stats(cgroups_path: str) -> CgroupStats:
+    """CPU, memory and pids of a cgroup, v1 or v2.
+
+    The working set is what the kubelet evicts on: usage minus the inactive
+    file cache, which the kernel can drop at will (cAdvisor's definition)."""
+    now = time.time_ns()
+    memory = controller_dir(cgroups_path, "memory")
+    pids = _read_int(controller_dir(cgroups_path, "pids") / "pids.current") or 0
+    if version() == 2:
+        cpu = _read_keyed(memory / "cpu.stat").get("usage_usec", 0) * 1000
+        usage = _read_int(memory / "memory.current") or 0
+        inactive = _read_keyed(memory / "memory.stat").get("inactive_file", 0)
+        limit = _read_int(memory / "memory.max")
+        ooms = _read_keyed(memory / "memory.events").get("oom_kill", 0)
+    else:
+        cpu = _read_int(controller_dir(cgroups_path, "cpuacct") / "cpuacct.usage") or 0
+        usage = _read_int(memory / "memory.usage_in_bytes") or 0
+        inactive = _read_keyed(memory / "memory.stat").get("total_inactive_file", 0)
+        limit = _read_int(memory / "memory.limit_in_bytes")
+        if limit is not None and limit >= 1 << 62:  # v1's "no limit" is a huge page-aligned number
+            limit = None
+        ooms = _read_keyed(memory / "memory.oom_control").get("oom_kill", 0)
+    return CgroupStats(now, cpu, usage, max(0, usage - inactive), limit, pids, ooms)

@@ -1,0 +1,537 @@
+"""The runc backend: containers as runc runs them, each under its own shim.
+
+Who does what (iSulad's ``rt_isula_*`` and containerd's runc shim split it
+the same way):
+
+* the **shim** runs ``runc create`` and stays: it owns the container's stdio,
+  writes its log, reaps its init and records the exit (:mod:`.shim`);
+* the **server** runs the short runc commands itself: ``start``, ``kill``,
+  ``update``, ``state``, ``delete``; they change the container, not who
+  watches it.
+
+Everything a restarted server needs is on disk, in the container's state dir
+(``<state>/containers/<id>/``): ``config.json`` (the bundle's spec),
+``container.json`` (our record), and the shim's ``shim.pid``, ``init.pid``
+and ``exit.json``; :meth:`RuncBackend.recover` reads them back and
+reattaches to the shims still running.
+
+As root runc puts each container in ``/teaching-cri/<pod>/<id>`` (cgroupfs);
+without root it runs rootless (:mod:`.rootless`), with no cgroups.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import re
+import shutil
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+from ..errors import (
+    AlreadyExists,
+    DeadlineExceeded,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+)
+from ..fsutil import atomic_write_json
+from ..trace.tracer import annotate, step
+from . import cgroups, shim
+from .backend import (
+    MAX_EXEC_OUTPUT,
+    Backend,
+    ContainerState,
+    CreateRequest,
+    ExecResult,
+    ExitCallback,
+    ExitStatus,
+    parse_signal,
+)
+from .rootless import make_rootless
+from .shim_client import Channel, ProcessStream, Spawned, request, spawn_shim
+
+RECORD = "container.json"
+ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+KILL_WAIT = 10.0  # after SIGKILL, how long a container may take to be reaped
+
+
+class RuncBackend(Backend):
+    name = "runc"
+
+    def __init__(
+        self, state_root: Path, runc: str = "runc", *, rootless: bool | None = None
+    ) -> None:
+        found = shutil.which(runc)
+        if found is None:
+            raise FailedPrecondition(f"{runc!r} not found (apt-get install runc)")
+        self.runc = found
+        self.rootless = os.geteuid() != 0 if rootless is None else rootless
+        if self.rootless:
+            self.name = "rootless-runc"
+        self.containers_dir = state_root / "containers"
+        self.runc_root = state_root / "runc"
+        self.containers_dir.mkdir(parents=True, exist_ok=True, mode=0o711)
+        self.runc_root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._exits: dict[str, asyncio.Future[ExitStatus]] = {}
+        self._watchers: dict[str, asyncio.Task[None]] = {}
+        self.on_exit: list[ExitCallback] = []
+
+    # -- helpers -------------------------------------------------------------------
+
+    def dir(self, container_id: str) -> Path:
+        return self.containers_dir / container_id
+
+    def _known(self, container_id: str) -> Path:
+        d = self.dir(container_id)
+        if not ID_PATTERN.match(container_id) or not (d / RECORD).exists():
+            raise NotFound(f"container {container_id!r} not found")
+        return d
+
+    def record(self, container_id: str) -> dict[str, Any]:
+        data: dict[str, Any] = json.loads((self._known(container_id) / RECORD).read_text())
+        return data
+
+    def _save(self, container_id: str, record: dict[str, Any]) -> None:
+        atomic_write_json(self.dir(container_id) / RECORD, record)
+
+    async def _runc(self, *args: str, stdin: bytes | None = None) -> str:
+        proc = await asyncio.create_subprocess_exec(
+            self.runc,
+            "--root",
+            str(self.runc_root),
+            *args,
+            stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        out, err = await proc.communicate(stdin)
+        if proc.returncode != 0:
+            message = err.decode(errors="replace").strip() or f"exit {proc.returncode}"
+            if "does not exist" in message:
+                raise NotFound(f"runc {args[0]}: {message}")
+            raise FailedPrecondition(f"runc {args[0]}: {message}")
+        return out.decode(errors="replace")
+
+    def read_exit(self, container_id: str) -> ExitStatus | None:
+        try:
+            data = json.loads((self.dir(container_id) / shim.EXIT).read_text())
+        except (OSError, ValueError):
+            return None
+        return ExitStatus(
+            int(data["exit_code"]),
+            int(data["finished_at"]),
+            int(data.get("signal", 0)),
+            bool(data.get("oom_killed", False)),
+            str(data.get("message", "")),
+        )
+
+    # -- create ------------------------------------------------------------------
+
+    @step("runtime_create")
+    async def create(self, request: CreateRequest) -> ContainerState:
+        if not ID_PATTERN.match(request.id):
+            raise InvalidArgument(f"container id {request.id!r}: letters, digits, '_.-' only")
+        d = self.dir(request.id)
+        try:
+            d.mkdir(mode=0o711)
+        except FileExistsError:
+            raise AlreadyExists(f"container {request.id!r} exists already") from None
+        try:
+            return await self._create(request, d)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await self._runc("delete", "--force", request.id)
+            shutil.rmtree(d, ignore_errors=True)
+            raise
+
+    async def _create(self, request: CreateRequest, d: Path) -> ContainerState:
+        notes: dict[str, str] = {}
+        spec = dict(request.spec)
+        cgroups_path = ""
+        if self.rootless:
+            spec = make_rootless(spec, os.geteuid(), os.getegid(), notes)
+        else:
+            cgroups_path = cgroups.container_path(request.pod_id, request.id)
+            spec["linux"] = {**spec.get("linux", {}), "cgroupsPath": cgroups_path}
+            cgroups.ensure_pod(request.pod_id)
+        stop = parse_signal(request.stop_signal)
+        self.write_bundle(d, spec)
+        if request.log_path:
+            Path(request.log_path).parent.mkdir(parents=True, exist_ok=True)
+        record = {
+            "id": request.id,
+            "pod_id": request.pod_id,
+            "cgroups_path": cgroups_path,
+            "log_path": request.log_path,
+            "tty": request.tty,
+            "stdin": request.stdin,
+            "stdin_once": request.stdin_once,
+            "stop_signal": stop.name,
+            "created_at": time.time_ns(),
+            "started_at": 0,
+            "notes": notes,
+            "resources": spec.get("linux", {}).get("resources", {}),
+        }
+        self._save(request.id, record)
+        spawned = await self.spawn(d, request, cgroups_path)
+        record["pid"] = spawned.pid
+        self._save(request.id, record)
+        self._watch(request.id)
+        return ContainerState(request.id, "created", spawned.pid, record["created_at"], notes=notes)
+
+    @step("write_bundle")
+    def write_bundle(self, d: Path, spec: dict[str, Any]) -> None:
+        """The bundle is the state dir: config.json here, the rootfs where the spec says."""
+        atomic_write_json(d / "config.json", spec)
+
+    @step("spawn_shim")
+    async def spawn(self, d: Path, request: CreateRequest, cgroups_path: str) -> Spawned:
+        spawned = await spawn_shim(
+            d,
+            {
+                "id": request.id,
+                "bundle": str(d),
+                "runtime": [self.runc, "--root", str(self.runc_root)],
+                "log_path": request.log_path,
+                "tty": request.tty,
+                "stdin": request.stdin,
+                "memory_events": cgroups.memory_events(cgroups_path) if cgroups_path else "",
+            },
+        )
+        annotate(pid=str(spawned.pid), shim_pid=str(spawned.shim_pid))
+        return spawned
+
+    # -- watching for the exit -------------------------------------------------------
+
+    def _watch(self, container_id: str) -> None:
+        loop = asyncio.get_running_loop()
+        self._exits.setdefault(container_id, loop.create_future())
+        if container_id not in self._watchers:
+            self._watchers[container_id] = loop.create_task(self._wait_for_shim(container_id))
+
+    async def _wait_for_shim(self, container_id: str) -> None:
+        """Hold a ``wait`` connection until the shim says the init has exited (or
+        is gone); then ``exit.json`` is on disk, written before the shim spoke."""
+        d = self.dir(container_id)
+        try:
+            channel, answer = await Channel.open(d, {"op": "wait"})
+        except (FailedPrecondition, NotFound):
+            pass
+        else:
+            if "exit" not in answer:
+                while await channel.next_frame() is not None:
+                    pass
+            await channel.close()
+        status = self.read_exit(container_id)
+        if status is None:
+            status = await self._shim_lost(container_id)
+        self._watchers.pop(container_id, None)
+        future = self._exits.setdefault(container_id, asyncio.get_running_loop().create_future())
+        if not future.done():
+            future.set_result(status)
+        for callback in list(self.on_exit):
+            result = callback(container_id, status)
+            if asyncio.iscoroutine(result):
+                await result
+
+    async def _shim_lost(self, container_id: str) -> ExitStatus:
+        """The shim is gone and left no exit record (killed, or the machine
+        rebooted): the container cannot be watched any more. Kill what is left
+        and record the exit as unknown, as containerd does (exit 255)."""
+        if not self.dir(container_id).exists():
+            return ExitStatus(255, time.time_ns(), message="container removed")
+        with contextlib.suppress(NotFound, FailedPrecondition):
+            await self._runc("kill", container_id, "KILL")
+        status = ExitStatus(255, time.time_ns(), message="the shim exited without recording")
+        atomic_write_json(
+            self.dir(container_id) / shim.EXIT,
+            {
+                "exit_code": status.exit_code,
+                "finished_at": status.finished_at,
+                "message": status.message,
+            },
+        )
+        return status
+
+    async def wait(self, container_id: str) -> ExitStatus:
+        self._known(container_id)
+        status = self.read_exit(container_id)
+        if status is not None:
+            return status
+        self._watch(container_id)
+        return await asyncio.shield(self._exits[container_id])
+
+    # -- start, kill, stop ---------------------------------------------------------
+
+    @step("runtime_start")
+    async def start(self, container_id: str) -> ContainerState:
+        record = self.record(container_id)
+        if self.read_exit(container_id) is not None:
+            raise FailedPrecondition(f"container {container_id!r} has exited; it cannot start")
+        if record["started_at"]:
+            raise FailedPrecondition(f"container {container_id!r} was started already")
+        await self._runc("start", container_id)
+        record["started_at"] = time.time_ns()
+        self._save(container_id, record)
+        return await self.state(container_id)
+
+    @step("runtime_kill")
+    async def kill(self, container_id: str, signum: int) -> None:
+        self._known(container_id)
+        if self.read_exit(container_id) is not None:
+            return
+        try:
+            await self._runc("kill", container_id, str(int(signum)))
+        except (NotFound, FailedPrecondition) as exc:
+            if "not running" not in str(exc) and "does not exist" not in str(exc):
+                raise
+
+    async def stop(self, container_id: str, timeout: float) -> ExitStatus:
+        """The stop signal, ``timeout`` seconds of grace, then SIGKILL.
+
+        PID 1 of a pid namespace gets only the signals it handles, so an init
+        without a SIGTERM handler (``sleep``) ignores the stop signal; SIGKILL,
+        sent from outside, always works."""
+        record = self.record(container_id)
+        status = self.read_exit(container_id)
+        if status is not None:
+            return status
+        self._watch(container_id)
+        exited = self._exits[container_id]
+        if timeout > 0:
+            await self.send_stop_signal(container_id, signal.Signals[record["stop_signal"]])
+            with contextlib.suppress(TimeoutError):
+                return await asyncio.wait_for(asyncio.shield(exited), timeout)
+        await self.send_sigkill(container_id)
+        try:
+            return await asyncio.wait_for(asyncio.shield(exited), KILL_WAIT)
+        except TimeoutError:
+            raise FailedPrecondition(
+                f"container {container_id!r} did not exit {KILL_WAIT:.0f} s after SIGKILL"
+            ) from None
+
+    @step("send_stop_signal")
+    async def send_stop_signal(self, container_id: str, signum: signal.Signals) -> None:
+        annotate(signal=signum.name)
+        await self.kill(container_id, signum)
+
+    @step("send_sigkill")
+    async def send_sigkill(self, container_id: str) -> None:
+        await self.kill(container_id, signal.SIGKILL)
+
+    # -- delete ----------------------------------------------------------------------
+
+    @step("runtime_delete")
+    async def delete(self, container_id: str) -> None:
+        """Remove a container that is not running: runc's state, the cgroup, our dir.
+        A container created but never started is killed first (nothing to lose)."""
+        record = self.record(container_id)
+        if self.read_exit(container_id) is None:
+            if record["started_at"]:
+                raise FailedPrecondition(
+                    f"container {container_id!r} is running; stop it before removing it"
+                )
+            await self.stop(container_id, 0)
+        with contextlib.suppress(NotFound):
+            await self._runc("delete", "--force", container_id)
+        if record.get("cgroups_path"):
+            cgroups.remove(record["cgroups_path"])
+        task = self._watchers.pop(container_id, None)
+        if task is not None:
+            task.cancel()
+        self._exits.pop(container_id, None)
+        shutil.rmtree(self.dir(container_id), ignore_errors=True)
+
+    # -- state -------------------------------------------------------------------------
+
+    async def state(self, container_id: str) -> ContainerState:
+        record = self.record(container_id)
+        status = self.read_exit(container_id)
+        phase = "running" if record["started_at"] else "created"
+        if status is not None:
+            phase = "exited"
+        return ContainerState(
+            container_id,
+            phase,
+            int(record.get("pid", 0)),
+            int(record["created_at"]),
+            int(record["started_at"]),
+            status,
+            dict(record.get("notes", {})),
+        )
+
+    def list_ids(self) -> list[str]:
+        return sorted(p.parent.name for p in self.containers_dir.glob(f"*/{RECORD}"))
+
+    # -- exec, attach --------------------------------------------------------------
+
+    def _exec_process(self, container_id: str, args: list[str]) -> dict[str, Any]:
+        """The container's own process (user, env, cwd, capabilities) with other args,
+        as containerd's exec does."""
+        if not args:
+            raise InvalidArgument("exec: the command is empty")
+        spec = json.loads((self.dir(container_id) / "config.json").read_text())
+        process: dict[str, Any] = dict(spec["process"])
+        process["args"] = list(args)
+        process.pop("oomScoreAdj", None)
+        return process
+
+    async def _running(self, container_id: str) -> Path:
+        record = self.record(container_id)
+        if not record["started_at"] or self.read_exit(container_id) is not None:
+            raise FailedPrecondition(f"container {container_id!r} is not running")
+        return self.dir(container_id)
+
+    @step("runtime_exec")
+    async def exec(
+        self,
+        container_id: str,
+        args: list[str],
+        *,
+        tty: bool = False,
+        stdin: bool = False,
+        width: int = 0,
+        height: int = 0,
+    ) -> ProcessStream:
+        d = await self._running(container_id)
+        hello: dict[str, Any] = {
+            "op": "exec",
+            "process": self._exec_process(container_id, args),
+            "tty": tty,
+            "stdin": stdin,
+        }
+        if tty and width and height:
+            hello |= {"width": width, "height": height}
+        return await ProcessStream.open(d, hello)
+
+    async def exec_sync(self, container_id: str, args: list[str], timeout: float) -> ExecResult:
+        """Run to completion, keep at most 16 MiB of each stream. On timeout the
+        connection is closed, and the shim SIGKILLs the process: nothing is left."""
+        stream = await self.exec(container_id, args)
+        kept = {"stdout": bytearray(), "stderr": bytearray()}
+
+        async def collect() -> None:
+            async for name, data in stream.output():
+                buf = kept[name]
+                buf += data[: max(0, MAX_EXEC_OUTPUT - len(buf))]
+
+        try:
+            if timeout > 0:
+                await asyncio.wait_for(collect(), timeout)
+            else:
+                await collect()
+        except TimeoutError:
+            await self.kill_exec(stream)
+            raise DeadlineExceeded(
+                f"exec {args[0]!r} in {container_id!r} timed out after {timeout:g} s; killed"
+            ) from None
+        finally:
+            await stream.close()
+        if stream.exit is None:
+            raise FailedPrecondition(stream.error or "exec: the shim went away")
+        code = int(stream.exit["exit_code"])
+        return ExecResult(code, bytes(kept["stdout"]), bytes(kept["stderr"]))
+
+    @step("kill_exec_process")
+    async def kill_exec(self, stream: ProcessStream) -> None:
+        """SIGKILL the exec'd process and wait for its reaping, so that when the
+        caller hears of the timeout the process is already gone."""
+        with contextlib.suppress(ConnectionError, OSError):
+            await stream.signal(signal.SIGKILL)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(_drain(stream), KILL_WAIT)
+
+    @step("runtime_attach")
+    async def attach(
+        self, container_id: str, *, stdin: bool, stdout: bool, stderr: bool
+    ) -> ProcessStream:
+        d = await self._running(container_id)
+        return await ProcessStream.open(
+            d, {"op": "attach", "stdin": stdin, "stdout": stdout, "stderr": stderr}
+        )
+
+    async def resize(self, container_id: str, width: int, height: int) -> None:
+        d = await self._running(container_id)
+        if not self.record(container_id)["tty"]:
+            raise FailedPrecondition(f"container {container_id!r} has no terminal to resize")
+        await request(d, "resize", width=width, height=height)
+
+    @step("reopen_container_log")
+    async def reopen_log(self, container_id: str) -> None:
+        d = await self._running(container_id)
+        await request(d, "reopen_log")
+
+    # -- resources -------------------------------------------------------------------
+
+    @step("runtime_update")
+    async def update(self, container_id: str, resources: dict[str, Any]) -> dict[str, str]:
+        """``runc update`` with runtime-spec LinuxResources; recorded either way so
+        the status can show it. Rootless: recorded, not enforced (no cgroups)."""
+        record = self.record(container_id)
+        if self.read_exit(container_id) is not None:
+            raise FailedPrecondition(f"container {container_id!r} has exited")
+        record["resources"] = {**record.get("resources", {}), **resources}
+        notes: dict[str, str] = {}
+        if self.rootless:
+            notes["resources"] = "recorded, not enforced (rootless: no cgroups)"
+        else:
+            await self._runc(
+                "update", "--resources", "-", container_id, stdin=json.dumps(resources).encode()
+            )
+        record["notes"] = {**record.get("notes", {}), **notes}
+        self._save(container_id, record)
+        return notes
+
+    async def stats(self, container_id: str) -> cgroups.CgroupStats:
+        record = self.record(container_id)
+        path = record.get("cgroups_path") or ""
+        if path and cgroups.exists(path):
+            return cgroups.read_stats(path)
+        return proc_stats(int(record.get("pid", 0)))
+
+    # -- after a restart -------------------------------------------------------------
+
+    @step("recover_containers")
+    async def recover(self) -> list[ContainerState]:
+        """Rebuild the view from disk: every container dir with a record is ours.
+        A shim still serving gets a new ``wait``; one gone without an exit record
+        means the container is lost (exit 255)."""
+        states = []
+        for container_id in self.list_ids():
+            if self.read_exit(container_id) is None:
+                self._watch(container_id)
+            states.append(await self.state(container_id))
+        annotate(containers=str(len(states)))
+        return states
+
+    async def close(self) -> None:
+        """Stop watching (the shims and containers go on)."""
+        for task in list(self._watchers.values()):
+            task.cancel()
+        for task in list(self._watchers.values()):
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._watchers.clear()
+
+
+async def _drain(stream: ProcessStream) -> None:
+    async for _ in stream.output():
+        pass
+
+
+def proc_stats(pid: int) -> cgroups.CgroupStats:
+    """Without a cgroup: the init's own CPU time and resident memory from /proc
+    (its children are not counted; the unprivileged tier says so)."""
+    now = time.time_ns()
+    cpu = rss = 0
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        ticks = os.sysconf("SC_CLK_TCK")
+        cpu = (int(fields[11]) + int(fields[12])) * 1_000_000_000 // ticks
+        rss = int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    return cgroups.CgroupStats(now, cpu, rss, rss, None, 1 if cpu or rss else 0, 0)

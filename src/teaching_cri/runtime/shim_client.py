@@ -1,0 +1,191 @@
+"""The server's side of the shim: spawn one, and talk to it over ``shim.sock``.
+
+:func:`spawn_shim` starts :mod:`.shim` with the interpreter that runs the
+server (``sys.executable``, never a PATH lookup: the shim must be the code
+this server was installed with), isolated (``-I -S``: no site-packages scan,
+no environment, it imports only the standard library and two of our modules),
+and waits for the one line it prints: the container's init pid, or why
+``runc create`` failed.
+
+:class:`ProcessStream` is a connection to a process's stdio, the init's
+(attach) or an exec's, in terms that do not depend on how the bytes reach the
+user: the websocket and SPDY streaming servers sit on top of it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import sys
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import FailedPrecondition, Internal, NotFound
+from . import frames, shim
+
+SPAWN_TIMEOUT = 60.0
+_BOOT = "import sys; sys.path.insert(0, sys.argv[1]); from teaching_cri.runtime.shim import main; main(sys.argv[2:])"  # noqa: E501
+
+
+def package_root() -> str:
+    """The directory that holds the ``teaching_cri`` package, for the shim's sys.path."""
+    return str(Path(__file__).resolve().parents[2])
+
+
+@dataclass(frozen=True)
+class Spawned:
+    pid: int  # the container's init
+    shim_pid: int
+
+
+async def spawn_shim(state_dir: Path, config: dict[str, Any]) -> Spawned:
+    """Write ``shim.json`` and start the shim; it runs ``runc create``."""
+    (state_dir / shim.CONFIG).write_text(json.dumps(config))
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-I",
+        "-S",
+        "-c",
+        _BOOT,
+        package_root(),
+        str(state_dir),
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        start_new_session=True,  # its own session: the server's signals do not reach it
+    )
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), SPAWN_TIMEOUT)
+    except TimeoutError:
+        raise Internal(f"the shim did not report within {SPAWN_TIMEOUT:.0f} s") from None
+    line = out.decode(errors="replace").strip().splitlines()
+    if not line:
+        detail = err.decode(errors="replace").strip().splitlines()
+        raise Internal(f"the shim died before reporting: {detail[-1] if detail else 'no output'}")
+    report = json.loads(line[-1])
+    if "error" in report:
+        raise FailedPrecondition(f"runtime create failed: {report['error']}")
+    return Spawned(int(report["pid"]), int(report["shim_pid"]))
+
+
+class Channel:
+    """One connection to ``shim.sock``: frames in, frames out."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+        self._decoder = frames.FrameDecoder()
+        self._ready: list[tuple[int, bytes]] = []
+
+    @classmethod
+    async def open(cls, state_dir: Path, hello: dict[str, Any]) -> tuple[Channel, dict[str, Any]]:
+        """Connect, send HELLO, read the answer: OK's payload, or ``{"exit": ...}``
+        when a wait arrives as the container exits; the shim's ERROR is raised."""
+        try:
+            dir_fd = os.open(state_dir, os.O_RDONLY | os.O_DIRECTORY)
+        except FileNotFoundError:
+            raise NotFound(f"no shim state at {state_dir}") from None
+        try:
+            reader, writer = await asyncio.open_unix_connection(shim.socket_path("", dir_fd))
+        except (ConnectionRefusedError, FileNotFoundError) as exc:
+            raise FailedPrecondition(
+                f"the container's shim is not running ({exc.strerror})"
+            ) from None
+        finally:
+            os.close(dir_fd)
+        channel = cls(reader, writer)
+        await channel.send(frames.encode_json(frames.HELLO, hello))
+        answer = await channel.next_frame()
+        if answer is None:
+            await channel.close()
+            raise FailedPrecondition("the shim closed the connection (the container has exited)")
+        kind, payload = answer
+        if kind == frames.ERROR:
+            await channel.close()
+            raise FailedPrecondition(frames.decode_json(payload).get("message", "shim error"))
+        if kind == frames.EXIT:
+            return channel, {"exit": frames.decode_json(payload)}
+        return channel, frames.decode_json(payload)
+
+    async def next_frame(self) -> tuple[int, bytes] | None:
+        while not self._ready:
+            try:
+                data = await self.reader.read(65536)
+            except (ConnectionError, OSError):
+                data = b""
+            if not data:
+                return None
+            self._ready = self._decoder.feed(data)
+        return self._ready.pop(0)
+
+    async def send(self, data: bytes) -> None:
+        self.writer.write(data)
+        await self.writer.drain()
+
+    async def close(self) -> None:
+        self.writer.close()
+        with contextlib.suppress(ConnectionError, OSError):
+            await self.writer.wait_closed()
+
+
+class ProcessStream:
+    """A live connection to one process's stdio (attach or exec), protocol-neutral.
+
+    ``output()`` yields ``("stdout" | "stderr", bytes)`` until the process
+    exits; then ``exit`` holds its status. Closing the stream before that
+    kills an exec'd process (the shim does it), which is how a timed-out
+    ExecSync leaves nothing behind."""
+
+    def __init__(self, channel: Channel, hello: dict[str, Any]) -> None:
+        self._channel = channel
+        self.pid = int(hello.get("pid", 0))
+        self.tty = bool(hello.get("tty"))
+        self.exit: dict[str, Any] | None = hello.get("exit")
+        self.error = ""
+
+    @classmethod
+    async def open(cls, state_dir: Path, hello: dict[str, Any]) -> ProcessStream:
+        return cls(*await Channel.open(state_dir, hello))
+
+    async def output(self) -> AsyncIterator[tuple[str, bytes]]:
+        while self.exit is None:
+            frame = await self._channel.next_frame()
+            if frame is None:
+                return
+            kind, payload = frame
+            if kind == frames.STDOUT:
+                yield "stdout", payload
+            elif kind == frames.STDERR:
+                yield "stderr", payload
+            elif kind == frames.EXIT:
+                self.exit = frames.decode_json(payload)
+            elif kind == frames.ERROR:
+                self.error = str(frames.decode_json(payload).get("message", ""))
+                return
+
+    async def write_stdin(self, data: bytes) -> None:
+        await self._channel.send(frames.encode_stream(frames.STDIN, data))
+
+    async def close_stdin(self) -> None:
+        await self._channel.send(frames.encode(frames.STDIN_CLOSE))
+
+    async def resize(self, width: int, height: int) -> None:
+        await self._channel.send(
+            frames.encode_json(frames.RESIZE, {"width": width, "height": height})
+        )
+
+    async def signal(self, signum: int) -> None:
+        await self._channel.send(frames.encode_json(frames.SIGNAL, {"signal": signum}))
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+
+async def request(state_dir: Path, op: str, **fields: Any) -> None:
+    """A one-shot request (reopen_log, resize, close_stdin): HELLO, OK, done."""
+    channel, _answer = await Channel.open(state_dir, {"op": op, **fields})
+    await channel.close()
