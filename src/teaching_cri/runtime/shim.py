@@ -446,20 +446,20 @@ class Shim:
         tty = bool(hello.get("tty"))
         process_spec = dict(hello["process"])
         process_spec["terminal"] = tty
+        if tty and "width" in hello:  # the size the process sees from its first instruction
+            process_spec["consoleSize"] = {"width": hello["width"], "height": hello["height"]}
         try:
             with open(spec_path, "w", encoding="utf-8") as f:
                 json.dump(process_spec, f)
             args = ["exec", "-d", "--process", spec_path, "--pid-file", pid_path, self.id]
             process = self.start_process(args, bool(hello.get("stdin")), tty, pid_path)
         except (OSError, RuntimeError, ValueError) as exc:
-            self.finish_client(client, frames.ERROR, {"message": f"exec failed: {exc}"})
+            self.finish_client(client, frames.ERROR, {"message": f"runtime exec: {exc}"})
             return
         finally:
             for p in (spec_path, pid_path):
                 with contextlib.suppress(OSError):
                     os.unlink(p)
-        if tty and "width" in hello:
-            self.resize(process, hello)
         process.client = client
         client.process = process
         client.stdin = process.stdin is not None

@@ -1,0 +1,470 @@
+"""The runtime backend with real containers: runc as root, rootless runc otherwise.
+
+As root these run Debian's runc with cgroups; as any other user the same
+tests run the unprivileged tier. CI runs as root, so
+``test_the_unprivileged_tier_passes_these_tests_too`` runs this very file
+again as user nobody: both tiers are exercised on every run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from teaching_cri.api import api_pb2
+from teaching_cri.errors import (
+    AlreadyExists,
+    DeadlineExceeded,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+)
+from teaching_cri.image.build import BusyboxUnavailable, build_busybox_image
+from teaching_cri.image.manager import ImageManager
+from teaching_cri.image.store import ImageRecord
+from teaching_cri.runtime import cgroups
+from teaching_cri.runtime.backend import CreateRequest
+from teaching_cri.runtime.backends import user_namespaces_allowed
+from teaching_cri.runtime.runc import RuncBackend
+from teaching_cri.runtime.shim_client import ProcessStream
+from teaching_cri.runtime.spec import ImageRunConfig, generate_spec
+
+from conftest import IS_ROOT
+
+RECORD = re.compile(rb"^(\S+) (stdout|stderr) ([PF]) (.*)$")
+
+
+def _tier_unavailable() -> str:
+    if shutil.which("runc") is None:
+        return "runc is not installed (apt-get install runc)"
+    if not IS_ROOT and not user_namespaces_allowed():
+        return "rootless runc needs unprivileged user namespaces, disabled here"
+    return ""
+
+
+pytestmark = pytest.mark.skipif(bool(_tier_unavailable()), reason=_tier_unavailable())
+
+
+@pytest.fixture(scope="module")
+def image(tmp_path_factory: pytest.TempPathFactory) -> tuple[ImageManager, ImageRecord]:
+    base = tmp_path_factory.mktemp("image")
+    try:
+        build_busybox_image(base / "layout", ref_name=None)
+    except BusyboxUnavailable as exc:
+        pytest.skip(str(exc))
+    manager = ImageManager(base / "images", snapshot_mode="copy")
+    record = asyncio.run(manager.import_layout(base / "layout", None))
+    return manager, record
+
+
+@dataclass
+class Env:
+    """A backend plus the means to make busybox containers for it."""
+
+    backend: RuncBackend
+    manager: ImageManager
+    image: ImageRecord
+    logs: Path
+    made: list[str] = field(default_factory=list)
+
+    async def create(
+        self, name: str, *command: str, stdin: bool = False, tty: bool = False, **kw: object
+    ) -> str:
+        rootfs = self.manager.snapshots.mount_view([x.chain_id for x in self.image.layers], name)
+        config = api_pb2.ContainerConfig(
+            command=list(command),
+            stdin=stdin,
+            tty=tty,
+            **kw,  # type: ignore[arg-type]
+        )
+        spec, _notes = generate_spec(config, ImageRunConfig.from_config(self.image.config), rootfs)
+        self.made.append(name)
+        await self.backend.create(
+            CreateRequest(
+                name, spec, log_path=str(self.log(name)), stdin=stdin, tty=tty, pod_id="pod"
+            )
+        )
+        return name
+
+    async def run(self, name: str, *command: str, **kw: object) -> str:
+        await self.create(name, *command, **kw)
+        await self.backend.start(name)
+        return name
+
+    def log(self, name: str) -> Path:
+        return self.logs / f"{name}.log"
+
+    def records(self, name: str) -> list[tuple[str, str, bytes]]:
+        out = []
+        for line in self.log(name).read_bytes().splitlines():
+            m = RECORD.match(line)
+            assert m, f"not a CRI log record: {line[:80]!r}"
+            out.append((m[2].decode(), m[3].decode(), m[4]))
+        return out
+
+
+@pytest.fixture
+async def env(image: tuple[ImageManager, ImageRecord]) -> AsyncIterator[Env]:
+    manager, record = image
+    with tempfile.TemporaryDirectory(prefix="tcri-rt-") as d:
+        base = Path(d)
+        e = Env(RuncBackend(base / "state"), manager, record, base / "logs")
+        try:
+            yield e
+        finally:
+            for name in e.made:
+                if name in e.backend.list_ids():
+                    await e.backend.stop(name, 0)
+                    await e.backend.delete(name)
+                manager.snapshots.remove_view(name)
+            await e.backend.close()
+            if IS_ROOT:
+                cgroups.remove(cgroups.pod_parent("pod"))
+
+
+async def output_of(stream: ProcessStream) -> bytes:
+    return b"".join([data async for _name, data in stream.output()])
+
+
+# -- logs ------------------------------------------------------------------------
+
+
+async def test_a_container_logs_in_cri_format_and_long_lines_are_split(env: Env) -> None:
+    await env.run(
+        "logs",
+        "sh",
+        "-c",
+        "echo hello; echo oops >&2; head -c 40960 /dev/zero | tr '\\0' x; echo; printf tail",
+    )
+    status = await env.backend.wait("logs")
+    assert status.exit_code == 0 and status.reason == "Completed"
+    records = env.records("logs")
+    assert ("stdout", "F", b"hello") in records
+    assert ("stderr", "F", b"oops") in records
+    long = [r for r in records if r[2].startswith(b"x")]
+    assert [(tag, len(content)) for _s, tag, content in long] == [
+        ("P", 16384),
+        ("P", 16384),
+        ("F", 40960 - 2 * 16384),
+    ]
+    assert records[-1] == ("stdout", "P", b"tail"), "an unterminated last line is partial"
+    stamp = env.log("logs").read_bytes().split(b" ", 1)[0].decode()
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,9})?Z", stamp)
+
+
+async def test_reopening_the_log_starts_a_fresh_file_and_loses_nothing(env: Env) -> None:
+    await env.run(
+        "rotate",
+        "sh",
+        "-c",
+        "i=0; while [ $i -lt 40 ]; do echo line $i; i=$((i+1)); sleep 0.05; done",
+    )
+    await asyncio.sleep(0.6)
+    rotated = env.log("rotate").with_suffix(".1")
+    env.log("rotate").rename(rotated)  # what the kubelet's log rotation does
+    await env.backend.reopen_log("rotate")
+    await env.backend.wait("rotate")
+    before = [c for _s, _t, c in env.records("rotate")]
+    env.log("rotate").rename(env.log("rotate").with_suffix(".2"))
+    env.log("rotate").symlink_to(rotated)
+    after = [c for _s, _t, c in env.records("rotate")]
+    assert after and before
+    assert after + before == [f"line {i}".encode() for i in range(40)]
+
+
+# -- exit codes, stop ---------------------------------------------------------------
+
+
+async def test_exit_code_and_finish_time_are_recorded(env: Env) -> None:
+    started = time.time_ns()
+    await env.run("seven", "sh", "-c", "exit 7")
+    status = await env.backend.wait("seven")
+    assert (status.exit_code, status.reason) == (7, "Error")
+    assert started < status.finished_at <= time.time_ns()
+    state = await env.backend.state("seven")
+    assert state.status == "exited" and state.exit == status
+
+
+async def test_stop_signal_is_honoured_by_a_process_that_handles_it(env: Env) -> None:
+    await env.run("trap", "sh", "-c", "trap 'exit 42' TERM; while :; do sleep 0.1; done")
+    await asyncio.sleep(0.3)
+    t = time.monotonic()
+    status = await env.backend.stop("trap", 10)
+    assert status.exit_code == 42
+    assert time.monotonic() - t < 5
+
+
+async def test_an_init_that_ignores_sigterm_is_killed_after_the_grace_period(env: Env) -> None:
+    await env.run("sleeper", "sleep", "1000")  # PID 1 without a handler ignores SIGTERM
+    t = time.monotonic()
+    status = await env.backend.stop("sleeper", 1)
+    elapsed = time.monotonic() - t
+    assert (status.exit_code, status.signal) == (128 + signal.SIGKILL, signal.SIGKILL)
+    assert 1 <= elapsed < 5
+
+
+# -- exec, attach ------------------------------------------------------------------
+
+
+async def test_exec_sync_returns_output_and_exit_code(env: Env) -> None:
+    await env.run("ex", "sleep", "1000")
+    result = await env.backend.exec_sync("ex", ["sh", "-c", "echo out; echo err >&2; exit 3"], 10)
+    assert (result.exit_code, result.stdout, result.stderr) == (3, b"out\n", b"err\n")
+
+
+async def test_a_timed_out_exec_sync_leaves_no_process_behind(env: Env) -> None:
+    await env.run("timeout", "sleep", "1000")
+    with pytest.raises(DeadlineExceeded, match="timed out"):
+        await env.backend.exec_sync("timeout", ["sleep", "777"], 0.5)
+    ps = await env.backend.exec_sync("timeout", ["ps", "-o", "args"], 10)
+    assert b"sleep 1000" in ps.stdout
+    assert b"sleep 777" not in ps.stdout
+
+
+async def test_tty_exec_sees_the_new_size_after_a_resize(env: Env) -> None:
+    await env.run("tty", "sleep", "1000")
+    stream = await env.backend.exec(
+        "tty", ["sh", "-c", "stty size; sleep 1; stty size"], tty=True, width=80, height=24
+    )
+    await asyncio.sleep(0.5)
+    await stream.resize(132, 43)
+    out = await output_of(stream)
+    await stream.close()
+    assert stream.exit is not None and stream.exit["exit_code"] == 0
+    assert out.split() == [b"24", b"80", b"43", b"132"]
+
+
+async def test_exec_with_stdin(env: Env) -> None:
+    await env.run("cat", "sleep", "1000")
+    stream = await env.backend.exec("cat", ["sh", "-c", "tr a-z A-Z"], stdin=True)
+    await stream.write_stdin(b"shout\n")
+    await stream.close_stdin()
+    out = await output_of(stream)
+    await stream.close()
+    assert out == b"SHOUT\n"
+    assert stream.exit is not None and stream.exit["exit_code"] == 0
+
+
+async def test_attach_reaches_the_init_and_its_output_is_logged_too(env: Env) -> None:
+    await env.run("echo", "sh", "-c", "while read l; do echo got $l; done; echo bye", stdin=True)
+    stream = await env.backend.attach("echo", stdin=True, stdout=True, stderr=True)
+    await stream.write_stdin(b"one\n")
+    await stream.close_stdin()
+    out = await output_of(stream)
+    await stream.close()
+    assert out == b"got one\nbye\n"
+    assert stream.exit is not None and stream.exit["exit_code"] == 0
+    assert [c for _s, _t, c in env.records("echo")] == [b"got one", b"bye"]
+
+
+async def test_a_tty_container_logs_only_stdout(env: Env) -> None:
+    await env.run("ttyinit", "sh", "-c", "echo to-out; echo to-err >&2", tty=True)
+    await env.backend.wait("ttyinit")
+    records = env.records("ttyinit")
+    assert {s for s, _t, _c in records} == {"stdout"}
+    assert [c.rstrip(b"\r") for _s, _t, c in records] == [b"to-out", b"to-err"]
+
+
+# -- errors ------------------------------------------------------------------------
+
+
+async def test_bad_requests_get_clear_errors_and_leave_nothing(env: Env) -> None:
+    with pytest.raises(InvalidArgument, match="container id"):
+        await env.backend.create(CreateRequest("../escape", {}))
+    with pytest.raises(NotFound, match="nope"):
+        await env.backend.start("nope")
+    await env.create("twice", "sleep", "1000")
+    with pytest.raises(AlreadyExists):
+        await env.backend.create(CreateRequest("twice", {}))
+    with pytest.raises(FailedPrecondition, match="not running"):
+        await env.backend.exec_sync("twice", ["true"], 5)
+    await env.backend.start("twice")
+    with pytest.raises(FailedPrecondition, match="started already"):
+        await env.backend.start("twice")
+    with pytest.raises(FailedPrecondition, match="stop it"):
+        await env.backend.delete("twice")
+    with pytest.raises(FailedPrecondition, match="exec failed"):
+        await env.backend.exec_sync("twice", ["/no/such/program"], 5)
+
+
+async def test_a_failing_runc_create_says_why_and_leaves_no_state(env: Env) -> None:
+    with pytest.raises(FailedPrecondition, match="runtime create failed"):
+        await env.create("broken", "/no/such/program")
+    assert "broken" not in env.backend.list_ids()
+    assert not env.backend.dir("broken").exists()
+
+
+# -- stats and resources ---------------------------------------------------------------
+
+
+async def test_stats_count_cpu_and_memory(env: Env) -> None:
+    spin = "i=0; while [ $i -lt 20000 ]; do i=$((i+1)); done; sleep 1000"
+    await env.run("busy", "sh", "-c", spin)
+    await asyncio.sleep(1.0)
+    stats = await env.backend.stats("busy")
+    assert stats.cpu_usage_ns > 0
+    assert stats.memory_working_set > 0
+    assert stats.pids >= 1
+
+
+@pytest.mark.skipif(not IS_ROOT, reason="memory limits need cgroups, which need root here")
+async def test_a_memory_update_is_visible_and_enforced_oom_is_137(env: Env) -> None:
+    await env.run(
+        "oom",
+        "sh",
+        "-c",
+        "while [ ! -e /tmp/go ]; do sleep 0.1; done; x=$(head -c 200000000 /dev/zero | tr '\\0' a)",
+    )
+    limit = 32 << 20
+    await env.backend.update("oom", {"memory": {"limit": limit, "swap": limit}})
+    assert (await env.backend.stats("oom")).memory_limit == limit
+    await env.backend.exec_sync("oom", ["sh", "-c", ": > /tmp/go"], 10)
+    status = await asyncio.wait_for(env.backend.wait("oom"), 60)
+    assert status.exit_code == 137
+    assert status.oom_killed and status.reason == "OOMKilled"
+
+
+@pytest.mark.skipif(IS_ROOT, reason="the unprivileged tier's behaviour")
+async def test_without_cgroups_an_update_is_recorded_and_said_to_be_unenforced(env: Env) -> None:
+    await env.run("noenforce", "sleep", "1000")
+    notes = await env.backend.update("noenforce", {"memory": {"limit": 32 << 20}})
+    assert "not enforced" in notes["resources"]
+    state = await env.backend.state("noenforce")
+    assert "not enforced" in state.notes["resources"]
+
+
+# -- the server goes away ----------------------------------------------------------------
+
+DRIVER = """
+import asyncio, json, sys
+from pathlib import Path
+from teaching_cri.runtime.backend import CreateRequest
+from teaching_cri.runtime.runc import RuncBackend
+
+async def main():
+    backend = RuncBackend(Path(sys.argv[1]))
+    request = CreateRequest("survivor", json.loads(sys.argv[2]), log_path=sys.argv[3])
+    await backend.create(request)
+    await backend.start("survivor")
+    print("started", flush=True)
+    await asyncio.sleep(3600)
+
+asyncio.run(main())
+"""
+
+
+async def test_a_container_outlives_a_sigkilled_server_and_its_exit_is_recorded(
+    env: Env, image: tuple[ImageManager, ImageRecord]
+) -> None:
+    manager, record = image
+    rootfs = manager.snapshots.mount_view([x.chain_id for x in record.layers], "survivor")
+    env.made.append("survivor")
+    script = "i=0; while [ $i -lt 30 ]; do echo line $i; i=$((i+1)); sleep 0.1; done; exit 3"
+    spec, _ = generate_spec(
+        api_pb2.ContainerConfig(command=["sh", "-c", script]),
+        ImageRunConfig.from_config(record.config),
+        rootfs,
+    )
+    state_dir = env.backend.containers_dir.parent
+    server = subprocess.Popen(
+        [sys.executable, "-c", DRIVER, str(state_dir), json.dumps(spec), str(env.log("survivor"))],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert server.stdout is not None
+    assert server.stdout.readline().strip() == "started"
+    await asyncio.sleep(0.5)
+    server.send_signal(signal.SIGKILL)  # the server dies mid-run
+    server.wait()
+    pid = json.loads((env.backend.dir("survivor") / "container.json").read_text())["pid"]
+    os.kill(pid, 0)  # still running
+    recovered = {s.id: s for s in await env.backend.recover()}  # a new server's view
+    assert recovered["survivor"].status == "running"
+    status = await asyncio.wait_for(env.backend.wait("survivor"), 30)
+    assert status.exit_code == 3
+    assert status.finished_at > 0
+    assert [c for _s, _t, c in env.records("survivor")] == [
+        f"line {i}".encode() for i in range(30)
+    ], "no gap in the log"
+
+
+# -- the other tier ------------------------------------------------------------------------
+
+
+def _nobody_can_run_this_file() -> str:
+    from test_cli import _nobody_probe
+
+    reason = _nobody_probe()
+    if reason:
+        return reason
+    if not user_namespaces_allowed():
+        return "unprivileged user namespaces are disabled"
+    probe = subprocess.run(
+        ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", "--", "cat", __file__],
+        capture_output=True,
+    )
+    if probe.returncode != 0:
+        return f"user nobody cannot read {__file__}"
+    return ""
+
+
+@pytest.fixture
+def nobody_tmp() -> Iterator[Path]:
+    import pwd
+
+    nobody = pwd.getpwnam("nobody")
+    with tempfile.TemporaryDirectory(prefix="tcri-nobody-") as d:
+        os.chown(d, nobody.pw_uid, nobody.pw_gid)
+        yield Path(d)
+
+
+@pytest.mark.skipif(not IS_ROOT, reason="runs this file as user nobody, which needs root")
+def test_the_unprivileged_tier_passes_these_tests_too(nobody_tmp: Path) -> None:
+    reason = _nobody_can_run_this_file()
+    if reason:
+        pytest.skip(reason)
+    tests = Path(__file__).parent
+    proc = subprocess.run(
+        [
+            "setpriv",
+            "--reuid=nobody",
+            "--regid=nogroup",
+            "--clear-groups",
+            "--",
+            "env",
+            f"HOME={nobody_tmp}",
+            f"TMPDIR={nobody_tmp}",
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "--rootdir",
+            str(tests.parent),
+            "--basetemp",
+            str(nobody_tmp / "pytest"),
+            str(Path(__file__)),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=nobody_tmp,
+    )
+    summary = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else proc.stderr
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    passed = int(re.search(r"(\d+) passed", summary)[1])  # type: ignore[index]
+    assert passed >= 15, summary
