@@ -40,7 +40,7 @@ from teaching_cri.runtime.backend import CreateRequest
 from teaching_cri.runtime.backends import user_namespaces_allowed
 from teaching_cri.runtime.runc import RuncBackend
 from teaching_cri.runtime.shim_client import ProcessStream
-from teaching_cri.runtime.spec import ImageRunConfig, generate_spec
+from teaching_cri.runtime.spec import ImageRunConfig, SandboxContext, generate_spec
 
 from conftest import IS_ROOT
 
@@ -81,7 +81,13 @@ class Env:
     made: list[str] = field(default_factory=list)
 
     async def create(
-        self, name: str, *command: str, stdin: bool = False, tty: bool = False, **kw: object
+        self,
+        name: str,
+        *command: str,
+        stdin: bool = False,
+        tty: bool = False,
+        sandbox: SandboxContext | None = None,
+        **kw: object,
     ) -> str:
         rootfs = self.manager.snapshots.mount_view([x.chain_id for x in self.image.layers], name)
         config = api_pb2.ContainerConfig(
@@ -90,7 +96,8 @@ class Env:
             tty=tty,
             **kw,  # type: ignore[arg-type]
         )
-        spec, _notes = generate_spec(config, ImageRunConfig.from_config(self.image.config), rootfs)
+        image = ImageRunConfig.from_config(self.image.config)
+        spec, _notes = generate_spec(config, image, rootfs, sandbox=sandbox)
         self.made.append(name)
         await self.backend.create(
             CreateRequest(
@@ -276,6 +283,34 @@ async def test_a_tty_container_logs_only_stdout(env: Env) -> None:
     records = env.records("ttyinit")
     assert {s for s, _t, _c in records} == {"stdout"}
     assert [c.rstrip(b"\r") for _s, _t, c in records] == [b"to-out", b"to-err"]
+
+
+async def test_the_pods_files_and_a_device_are_there_inside(env: Env, tmp_path: Path) -> None:
+    pod = tmp_path / "pod"
+    (pod / "shm").mkdir(parents=True)
+    (pod / "hosts").write_text("127.0.0.1 localhost\n10.1.2.3 pod-a\n")
+    (pod / "resolv.conf").write_text("nameserver 10.96.0.10\nsearch default.svc\n")
+    (pod / "shm" / "from-the-pod").write_text("shared")
+    for path in (tmp_path, pod, pod / "shm", pod / "hosts", pod / "resolv.conf"):
+        path.chmod(0o777 if path.is_dir() else 0o644)
+    sandbox = SandboxContext(
+        hostname="pod-a",
+        hosts=str(pod / "hosts"),
+        resolv_conf=str(pod / "resolv.conf"),
+        shm=str(pod / "shm"),
+    )
+    null = api_pb2.Device(host_path="/dev/null", container_path="/dev/xnull")
+    await env.create("podfiles", "sleep", "1000", sandbox=sandbox, devices=[null])
+    await env.backend.start("podfiles")
+    script = (
+        "hostname; cat /etc/hosts /etc/resolv.conf /dev/shm/from-the-pod; echo; echo x > /dev/xnull"
+    )
+    result = await env.backend.exec_sync("podfiles", ["sh", "-c", script], 10)
+    assert result.exit_code == 0, result.stderr
+    lines = result.stdout.decode().splitlines()
+    assert lines[0] == "pod-a"
+    assert "10.1.2.3 pod-a" in lines and "nameserver 10.96.0.10" in lines
+    assert "shared" in lines
 
 
 # -- errors ------------------------------------------------------------------------

@@ -19,8 +19,10 @@ from teaching_cri.image.manager import ImageManager
 from teaching_cri.runtime.spec import (
     DEFAULT_CAPABILITIES,
     ImageRunConfig,
+    SandboxContext,
     capabilities,
     generate_spec,
+    namespaces,
     process_args,
     process_env,
     resolve_user,
@@ -207,3 +209,73 @@ def test_runc_runs_a_container_from_our_spec_and_snapshot(tmp_path: Path) -> Non
     assert lines[0] == "hello from teaching"
     assert lines[1] == "65534", "run_as_username=nobody resolved in the image's passwd"
     assert lines[2].split()[1] != "0000003fffffffff", "not every capability"
+
+
+def test_namespace_modes_join_the_pods_create_new_or_use_the_hosts() -> None:
+    join = {"network": "/proc/9/ns/net", "ipc": "/proc/9/ns/ipc", "uts": "/proc/9/ns/uts"}
+    join["pid"] = "/proc/9/ns/pid"
+    options = api_pb2.NamespaceOption(network=api_pb2.NODE, pid=api_pb2.CONTAINER, ipc=api_pb2.POD)
+    config = cfg(
+        linux=api_pb2.LinuxContainerConfig(
+            security_context=api_pb2.LinuxContainerSecurityContext(namespace_options=options)
+        )
+    )
+    got = {n["type"]: n.get("path", "new") for n in namespaces(config, join)}
+    assert got == {
+        "pid": "new",  # CONTAINER: its own
+        "ipc": "/proc/9/ns/ipc",  # POD: the sandbox's
+        "uts": "/proc/9/ns/uts",
+        "mount": "new",  # never shared
+    }, "network NODE: no entry, the host's"
+    shared = cfg()  # CRI's zero value is POD
+    assert {n["type"]: n.get("path") for n in namespaces(shared, join)}["pid"] == join["pid"]
+    target = cfg(
+        linux=api_pb2.LinuxContainerConfig(
+            security_context=api_pb2.LinuxContainerSecurityContext(
+                namespace_options=api_pb2.NamespaceOption(pid=api_pb2.TARGET)
+            )
+        )
+    )
+    with pytest.raises(InvalidArgument, match="target_id"):
+        namespaces(target, join)
+
+
+def test_devices_become_nodes_and_cgroup_rules(tmp_path: Path) -> None:
+    null = api_pb2.Device(host_path="/dev/null", container_path="/dev/xnull", permissions="rw")
+    config = cfg(devices=[null])
+    spec, _ = generate_spec(config, IMAGE, tmp_path)
+    st = os.stat("/dev/null")
+    node = spec["linux"]["devices"][0]
+    assert (node["path"], node["type"]) == ("/dev/xnull", "c")
+    assert (node["major"], node["minor"]) == (os.major(st.st_rdev), os.minor(st.st_rdev))
+    assert spec["linux"]["resources"]["devices"][-1] == {
+        "allow": True,
+        "type": "c",
+        "major": node["major"],
+        "minor": node["minor"],
+        "access": "rw",
+    }
+    (tmp_path / "plain").write_text("")
+    for bad, message in (
+        (api_pb2.Device(host_path=str(tmp_path / "plain"), container_path="/dev/x"), "not a"),
+        (api_pb2.Device(host_path="/no/such", container_path="/dev/x"), "No such file"),
+        (api_pb2.Device(host_path="/dev/null", container_path="/dev/x", permissions="rwx"), "rwm"),
+        (api_pb2.Device(host_path="/dev/null"), "required"),
+    ):
+        with pytest.raises(InvalidArgument, match=message):
+            generate_spec(cfg(devices=[bad]), IMAGE, tmp_path)
+
+
+def test_the_sandboxs_hosts_resolv_conf_and_shm_are_bound_in(tmp_path: Path) -> None:
+    sandbox = SandboxContext(
+        hostname="pod-a", hosts="/pod/hosts", resolv_conf="/pod/resolv.conf", shm="/pod/shm"
+    )
+    spec, _ = generate_spec(cfg(), IMAGE, tmp_path, sandbox=sandbox)
+    assert spec["hostname"] == "pod-a"
+    by_destination = {m["destination"]: m for m in spec["mounts"]}
+    assert by_destination["/etc/hosts"]["source"] == "/pod/hosts"
+    assert by_destination["/etc/resolv.conf"]["source"] == "/pod/resolv.conf"
+    assert by_destination["/dev/shm"]["source"] == "/pod/shm", "the pod's shm, not a tmpfs"
+    assert [m["destination"] for m in spec["mounts"]].count("/dev/shm") == 1
+    alone, _ = generate_spec(cfg(), IMAGE, tmp_path)
+    assert {m["destination"]: m["type"] for m in alone["mounts"]}["/dev/shm"] == "tmpfs"

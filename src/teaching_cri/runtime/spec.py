@@ -12,6 +12,7 @@ here, named after what it decides, with containerd's defaults
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -330,17 +331,99 @@ def oom_score_adj(config: api_pb2.ContainerConfig, notes: SpecNotes) -> int:
     return wanted
 
 
-def namespaces(join: Mapping[str, str] | None = None) -> list[dict[str, str]]:
-    """New pid, ipc, uts, mount and network namespaces, or the sandbox's to join
-    (``join``: type → /proc/<pid>/ns/... path) once pods exist."""
+@dataclass(frozen=True)
+class SandboxContext:
+    """What a container takes from its pod sandbox (issue 5 fills it in): the
+    namespaces to join (type → ``/proc/<pid>/ns/...`` path), and the files the
+    sandbox keeps for all its containers, bound into each at the same place."""
+
+    hostname: str = ""
+    namespaces: Mapping[str, str] = field(default_factory=dict)
+    hosts: str = ""  # the pod's /etc/hosts
+    resolv_conf: str = ""  # the pod's /etc/resolv.conf, from its DNSConfig
+    shm: str = ""  # the pod's /dev/shm, shared by its containers (IPC)
+
+
+def namespaces(
+    config: api_pb2.ContainerConfig, join: Mapping[str, str] | None = None
+) -> list[dict[str, str]]:
+    """The namespaces the container gets: new ones, the sandbox's to join, or
+    none (the host's) for NamespaceMode NODE. CRI's zero value is POD; the
+    kubelet asks for pid CONTAINER (a namespace of the container's own) unless
+    the pod sets shareProcessNamespace."""
     join = join or {}
+    options = config.linux.security_context.namespace_options
+    modes = {"network": options.network, "pid": options.pid, "ipc": options.ipc}
     out = []
     for ns in ("pid", "ipc", "uts", "mount", "network"):
+        mode = modes.get(ns, api_pb2.POD)
+        if mode == api_pb2.NODE:
+            continue  # the host's
+        if ns == "pid" and mode == api_pb2.TARGET and not options.target_id:
+            raise InvalidArgument("namespace_options: pid TARGET without a target_id")
         entry = {"type": ns}
-        if ns in join:
+        # POD: the sandbox's; TARGET: the target container's, which the caller
+        # puts in ``join``; CONTAINER: a new one. uts is always the pod's.
+        if ns != "mount" and mode in (api_pb2.POD, api_pb2.TARGET) and ns in join:
             entry["path"] = join[ns]
         out.append(entry)
     return out
+
+
+def devices(config: api_pb2.ContainerConfig) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """CRI Devices: the device node to create in the container, and the cgroup
+    rule that lets it be opened with the permissions asked (``rwm`` by default)."""
+    nodes: list[dict[str, Any]] = []
+    rules: list[dict[str, Any]] = []
+    for d in config.devices:
+        if not d.host_path or not d.container_path:
+            raise InvalidArgument("devices: host_path and container_path are both required")
+        try:
+            st = os.stat(d.host_path)
+        except OSError as exc:
+            raise InvalidArgument(f"device {d.host_path!r}: {exc.strerror}") from None
+        if stat.S_ISCHR(st.st_mode):
+            kind = "c"
+        elif stat.S_ISBLK(st.st_mode):
+            kind = "b"
+        else:
+            raise InvalidArgument(f"device {d.host_path!r} is not a character or block device")
+        access = d.permissions or "rwm"
+        if set(access) - set("rwm"):
+            raise InvalidArgument(f"device {d.host_path!r}: permissions {access!r} not in 'rwm'")
+        major, minor = os.major(st.st_rdev), os.minor(st.st_rdev)
+        nodes.append(
+            {
+                "path": d.container_path,
+                "type": kind,
+                "major": major,
+                "minor": minor,
+                "fileMode": stat.S_IMODE(st.st_mode),
+                "uid": 0,
+                "gid": 0,
+            }
+        )
+        rules.append(
+            {"allow": True, "type": kind, "major": major, "minor": minor, "access": access}
+        )
+    return nodes, rules
+
+
+def sandbox_mounts(
+    sandbox: SandboxContext, readonly_rootfs: bool
+) -> tuple[list[dict[str, Any]], bool]:
+    """Binds of the pod's hosts, resolv.conf and shm; and whether shm replaced ours."""
+    mounts = []
+    mode = "ro" if readonly_rootfs else "rw"
+    for destination, source in (
+        ("/etc/hosts", sandbox.hosts),
+        ("/etc/resolv.conf", sandbox.resolv_conf),
+    ):
+        if source:
+            mounts.append(_mount(destination, "bind", source, ["rbind", "rprivate", mode]))
+    if sandbox.shm:
+        mounts.append(_mount("/dev/shm", "bind", sandbox.shm, ["rbind", "rprivate", "rw"]))
+    return mounts, bool(sandbox.shm)
 
 
 def generate_spec(
@@ -348,17 +431,24 @@ def generate_spec(
     image: ImageRunConfig,
     rootfs: Path,
     *,
+    sandbox: SandboxContext | None = None,
     hostname: str = "",
-    join_namespaces: Mapping[str, str] | None = None,
     cgroups_path: str = "",
     annotations: Mapping[str, str] | None = None,
     extra_mounts: Sequence[Mapping[str, Any]] = (),
 ) -> tuple[dict[str, Any], SpecNotes]:
     """The whole ``config.json`` (and what had to be adjusted)."""
     notes = SpecNotes()
+    sandbox = sandbox or SandboxContext(hostname=hostname)
     sc = config.linux.security_context
     caps = capabilities(config)
     mounts = default_mounts()
+    pod_mounts, shared_shm = sandbox_mounts(sandbox, sc.readonly_rootfs)
+    if shared_shm:
+        mounts = [m for m in mounts if m["destination"] != "/dev/shm"]
+    device_nodes, device_rules = devices(config)
+    limits = resources(config)
+    limits["devices"] = [*limits["devices"], *device_rules]
     if sc.privileged:  # a privileged container sees the host's /sys read-write
         mounts = [
             {**m, "options": [o for o in m["options"] if o != "ro"]}
@@ -382,12 +472,13 @@ def generate_spec(
             "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024}],  # containerd's
         },
         "root": {"path": str(rootfs), "readonly": bool(sc.readonly_rootfs)},
-        "hostname": hostname,
-        "mounts": [*mounts, *extra_mounts, *config_mounts(config)],
+        "hostname": sandbox.hostname or hostname,
+        "mounts": [*mounts, *pod_mounts, *extra_mounts, *config_mounts(config)],
         "annotations": dict(annotations or {}) | dict(config.annotations),
         "linux": {
-            "resources": resources(config),
-            "namespaces": namespaces(join_namespaces),
+            "resources": limits,
+            "namespaces": namespaces(config, sandbox.namespaces),
+            "devices": device_nodes,
             "maskedPaths": [] if sc.privileged else list(MASKED_PATHS),
             "readonlyPaths": [] if sc.privileged else list(READONLY_PATHS),
         },
