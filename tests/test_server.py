@@ -93,6 +93,12 @@ def test_status_conditions_and_verbose_info(client: Client) -> None:
     info = {k: json.loads(v) for k, v in verbose.info.items()}  # every value is JSON
     assert {"runtime", "config", "backend", "network", "trace"} <= set(info)
     assert info["backend"]["name"] in ("runc", "unprivileged")
+    if info["backend"]["available"]:
+        tier = info["backend"]["details"]["tier"]
+        assert tier == ("runc" if os.geteuid() == 0 else "rootless-runc")
+        assert info["containers"]["backend"] == ("runc" if tier == "runc" else "rootless-runc")
+        if tier == "rootless-runc":  # honest about what it does not do
+            assert any("not enforced" in c for c in info["backend"]["not_isolated"])
     assert info["trace"]["emitted"] > 0
     assert [h.name for h in verbose.runtime_handlers] == [""]
 

@@ -67,6 +67,7 @@ class Config:
     log_level: str
     trace_file: Path | None
     trace: bool = True
+    runc: str = "runc"  # the OCI runtime binary: a path, or a name looked up on PATH (crun works)
     registry: RegistryConfig = field(default_factory=RegistryConfig)
     # The default socket's directory is ours to create; a socket path the user
     # names must be in a directory that already exists.
@@ -84,6 +85,7 @@ class Config:
             "state": str(self.state),
             "stream-address": self.stream_address,
             "runtime": self.runtime,
+            "runc": self.runc,
             "log-level": self.log_level,
             "trace-file": str(self.trace_file) if self.trace_file else "",
             "trace": "on" if self.trace else "off",
@@ -101,6 +103,7 @@ KEYS = (
     "state",
     "stream-address",
     "runtime",
+    "runc",
     "log-level",
     "trace-file",
     "trace",
@@ -206,6 +209,7 @@ def resolve(values: Mapping[str, str | None], config_file: Path | None = None) -
     state = Path(merged.get("state") or default_state_dir()).absolute()
     stream = merged.get("stream-address", DEFAULT_STREAM_ADDRESS)
     runtime = merged.get("runtime", "auto")
+    runc = merged.get("runc", "runc")
     level = merged.get("log-level", "info").lower()
     trace_path = merged.get("trace-file")
     # Off unless asked for: serialising every event costs about as much CPU as
@@ -248,6 +252,7 @@ def resolve(values: Mapping[str, str | None], config_file: Path | None = None) -
         state=state,
         stream_address=stream,
         runtime=runtime,
+        runc=runc,
         log_level=level,
         trace_file=trace_file,
         trace=trace == "on",

@@ -32,7 +32,8 @@ from .cri.image_service import ImageService
 from .cri.runtime_service import RuntimeService
 from .image.manager import ImageManager
 from .manager.runtime_manager import RuntimeManager
-from .runtime.backends import probe
+from .runtime.backend import Backend
+from .runtime.backends import BackendProbe, open_backend, probe
 from .trace.charts import ChartSet
 from .trace.service import TraceService
 from .trace.sinks import FanOutSink, JsonlFileSink, RingBufferSink
@@ -135,6 +136,7 @@ class Daemon:
         self._lock = SocketLock(config.socket)
         self._socket_inode = 0
         self.tracer: Tracer | None = None
+        self.backend: Backend | None = None
 
     async def start(self) -> None:
         """Everything that can fail on bad input or a busy socket is checked
@@ -152,11 +154,12 @@ class Daemon:
     async def _start(self) -> None:
         cfg = self.config
         check_socket_path(cfg.socket)
-        backend = probe(cfg.runtime)
+        backend = probe(cfg.runtime, cfg.runc)
         self.runtime = RuntimeManager(cfg)  # reads persisted state: fails before any mkdir
         for directory in (cfg.root, cfg.state):
             directory.mkdir(parents=True, exist_ok=True, mode=0o711)
         self.images = ImageManager(cfg.root / "images", cfg.registry)
+        await self._open_backend(backend)
 
         self.ring = RingBufferSink()
         self.fanout = FanOutSink()
@@ -225,6 +228,19 @@ class Daemon:
         else:
             log.warning("tracing is off (--trace off): no events, charts stay empty")
 
+    async def _open_backend(self, found: BackendProbe) -> None:
+        """Open the backend and rebuild the view of the containers that ran
+        under an earlier server (their shims kept them running)."""
+        if not found.available:
+            return  # Status says why (RuntimeReady false); images still work
+        self.backend = open_backend(found, self.config.state, self.config.runc)
+        recovered = await self.backend.recover()
+        self.runtime.backend = self.backend
+        self.images.in_use = self.backend.uses_image
+        if recovered:
+            running = sum(1 for s in recovered if s.status == "running")
+            log.info("recovered %d containers (%d running)", len(recovered), running)
+
     async def stop(self, grace: float = SHUTDOWN_GRACE_SECONDS) -> None:
         """Drain in-flight RPCs, close the listener, flush the traces."""
         if self.server is None:
@@ -240,6 +256,9 @@ class Daemon:
         if self.server is not None:
             await self.server.stop(grace)
             self.server = None
+        if self.backend is not None:
+            await self.backend.close()  # stop watching; the containers run on
+            self.backend = None
         if self.tracer is not None:
             await asyncio.to_thread(self.tracer.close)
             self.tracer = None

@@ -20,6 +20,7 @@ from .. import __version__
 from ..config import Config
 from ..errors import InvalidArgument
 from ..fsutil import atomic_write_json
+from ..runtime.backend import Backend
 from ..runtime.backends import BackendProbe, probe
 from ..trace.tracer import clip, step
 from .network import DEFAULT_CNI_CONF_DIR, NetworkStatus, cni_status
@@ -49,6 +50,7 @@ class RuntimeManager:
         self.started_at = time.time_ns()
         self._config_file = config.root / "runtime-config.json"
         self.pod_cidrs: tuple[str, ...] = self._load_pod_cidrs()
+        self.backend: Backend | None = None  # set by the daemon once it is open
 
     def _load_pod_cidrs(self) -> tuple[str, ...]:
         try:
@@ -68,7 +70,7 @@ class RuntimeManager:
 
     @step("probe_runtime_backend")
     def probe_backend(self) -> BackendProbe:
-        return probe(self.config.runtime)
+        return probe(self.config.runtime, self.config.runc)
 
     @step("m_plugin_manager_status")
     def network_status(self) -> NetworkStatus:
@@ -121,4 +123,8 @@ class RuntimeManager:
             },
             "config": self.config.as_dict() | {"cni-conf-dir": str(self.cni_conf_dir)},
             "network": {"pod_cidrs": list(self.pod_cidrs)},
+            "containers": {
+                "backend": self.backend.name if self.backend else "none",
+                "count": len(self.backend.list_ids()) if self.backend else 0,
+            },
         }

@@ -34,6 +34,7 @@ class CreateRequest:
     stdin_once: bool = False
     tty: bool = False
     stop_signal: str = ""  # from the image (StopSignal) or the config; "" is SIGTERM
+    image_id: str = ""  # so RemoveImage can refuse an image a container uses
 
 
 @dataclass(frozen=True)
@@ -150,3 +151,9 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     def list_ids(self) -> list[str]: ...
+
+    @abc.abstractmethod
+    def uses_image(self, image_id: str) -> bool: ...
+
+    @abc.abstractmethod
+    async def close(self) -> None: ...

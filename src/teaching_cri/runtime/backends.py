@@ -2,8 +2,9 @@
 
 ``--runtime`` names one of :data:`BACKEND_NAMES`. ``auto`` picks runc when the
 server runs as root and Debian's runc is installed, and the unprivileged
-backend otherwise. The probe is what Status's RuntimeReady condition and its
-verbose info report, including, honestly, what a backend does not isolate.
+backend otherwise, whose best tier here is rootless runc (:mod:`.rootless`).
+The probe is what Status's RuntimeReady condition and its verbose info
+report, including, honestly, what a backend does not isolate.
 """
 
 from __future__ import annotations
@@ -14,6 +15,11 @@ import subprocess
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
+
+from ..errors import FailedPrecondition
+from . import cgroups
+from .rootless import NOT_ISOLATED
+from .runc import RuncBackend
 
 BACKEND_NAMES = ("auto", "runc", "unprivileged")
 
@@ -80,20 +86,42 @@ def probe(requested: str, runc: str = "runc") -> BackendProbe:
             details={
                 "runc": runc_path,
                 "runc_version": _runc_version(runc_path),
+                "tier": "runc",
                 "cgroup_driver": "cgroupfs",
+                "cgroup_version": str(cgroups.version()),
             },
         )
+    # Without root: rootless runc, when runc is here and user namespaces are allowed.
     userns = user_namespaces_allowed()
+    details = {"user_namespaces": "allowed" if userns else "not allowed"}
+    if runc_path is None or not userns:
+        missing = f"{runc!r} is not installed" if runc_path is None else "user namespaces are off"
+        return BackendProbe(
+            requested,
+            "unprivileged",
+            False,
+            "NoUnprivilegedTier",
+            f"rootless runc cannot run here ({missing}); "
+            "a plain-process tier for such machines is not built yet",
+            details=details,
+        )
     return BackendProbe(
         requested,
         "unprivileged",
         True,
-        details={
-            "user_namespaces": "allowed" if userns else "not allowed",
-            "cgroup_driver": "cgroupfs",
+        details=details
+        | {
+            "tier": "rootless-runc",
+            "runc": runc_path,
+            "runc_version": _runc_version(runc_path),
+            "cgroup_driver": "none (rootless)",
         },
-        not_isolated=(
-            ("resource limits are recorded but not enforced (no cgroup delegation)",)
-            + (() if userns else ("no namespaces: containers are plain processes of this user",))
-        ),
+        not_isolated=NOT_ISOLATED,
     )
+
+
+def open_backend(found: BackendProbe, state: Path, runc: str = "runc") -> RuncBackend:
+    """The backend a probe found: runc as root, or rootless runc."""
+    if not found.available:
+        raise FailedPrecondition(found.message)
+    return RuncBackend(state, runc, rootless=found.name != "runc")

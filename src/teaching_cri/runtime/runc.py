@@ -79,6 +79,7 @@ class RuncBackend(Backend):
         self.runc_root.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._exits: dict[str, asyncio.Future[ExitStatus]] = {}
         self._watchers: dict[str, asyncio.Task[None]] = {}
+        self._images: dict[str, str] = {}  # container id → image id
         self.on_exit: list[ExitCallback] = []
 
     # -- helpers -------------------------------------------------------------------
@@ -147,6 +148,7 @@ class RuncBackend(Backend):
             with contextlib.suppress(Exception):
                 await self._runc("delete", "--force", request.id)
             shutil.rmtree(d, ignore_errors=True)
+            self._images.pop(request.id, None)
             raise
 
     async def _create(self, request: CreateRequest, d: Path) -> ContainerState:
@@ -172,12 +174,14 @@ class RuncBackend(Backend):
             "stdin": request.stdin,
             "stdin_once": request.stdin_once,
             "stop_signal": stop.name,
+            "image_id": request.image_id,
             "created_at": time.time_ns(),
             "started_at": 0,
             "notes": notes,
             "resources": spec.get("linux", {}).get("resources", {}),
         }
         self._save(request.id, record)
+        self._images[request.id] = request.image_id
         spawned = await self.spawn(d, request, cgroups_path)
         record["pid"] = spawned.pid
         self._save(request.id, record)
@@ -345,6 +349,7 @@ class RuncBackend(Backend):
         if task is not None:
             task.cancel()
         self._exits.pop(container_id, None)
+        self._images.pop(container_id, None)
         shutil.rmtree(self.dir(container_id), ignore_errors=True)
 
     # -- state -------------------------------------------------------------------------
@@ -367,6 +372,9 @@ class RuncBackend(Backend):
 
     def list_ids(self) -> list[str]:
         return sorted(p.parent.name for p in self.containers_dir.glob(f"*/{RECORD}"))
+
+    def uses_image(self, image_id: str) -> bool:
+        return image_id in self._images.values()
 
     # -- exec, attach --------------------------------------------------------------
 
@@ -503,6 +511,7 @@ class RuncBackend(Backend):
         means the container is lost (exit 255)."""
         states = []
         for container_id in self.list_ids():
+            self._images[container_id] = str(self.record(container_id).get("image_id", ""))
             if self.read_exit(container_id) is None:
                 self._watch(container_id)
             states.append(await self.state(container_id))
