@@ -15,7 +15,10 @@ a pivot_root into the image), but not everything a root runtime does:
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import os
+import stat
 from typing import Any
 
 NOT_ISOLATED = (
@@ -58,5 +61,35 @@ def make_rootless(
         elif m.get("type") == "devpts":
             m = {**m, "options": [o for o in m.get("options", []) if not o.startswith("gid=")]}
         mounts.append(m)
-    out["mounts"] = mounts
+    out["mounts"] = mounts + device_binds(linux.pop("devices", []), notes)
     return out
+
+
+def device_binds(devices: list[dict[str, Any]], notes: dict[str, str]) -> list[dict[str, Any]]:
+    """A user namespace may not mknod; bind the host's node instead (runc 1.1
+    fails to do it itself for a node on the container's /dev tmpfs)."""
+    if not devices:
+        return []
+    by_number: dict[tuple[str, int], str] = {}
+    with os.scandir("/dev") as entries:
+        for entry in entries:
+            with contextlib.suppress(OSError):
+                st = entry.stat(follow_symlinks=False)
+                kind = "c" if stat.S_ISCHR(st.st_mode) else "b" if stat.S_ISBLK(st.st_mode) else ""
+                if kind:
+                    by_number.setdefault((kind, st.st_rdev), entry.path)
+    binds = []
+    for d in devices:
+        source = by_number.get((d["type"], os.makedev(d["major"], d["minor"])))
+        if source is None:
+            notes[f"device {d['path']}"] = "left out: no such node in the host's /dev to bind"
+            continue
+        binds.append(
+            {
+                "destination": d["path"],
+                "type": "bind",
+                "source": source,
+                "options": ["bind", "rprivate", "nosuid", "noexec"],
+            }
+        )
+    return binds

@@ -53,7 +53,7 @@ from .backend import (
     parse_signal,
 )
 from .rootless import make_rootless
-from .shim_client import Channel, ProcessStream, Spawned, request, spawn_shim
+from .shim_client import Channel, ProcessStream, ShimLauncher, Spawned, request
 
 RECORD = "container.json"
 ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
@@ -81,6 +81,7 @@ class RuncBackend(Backend):
         self._watchers: dict[str, asyncio.Task[None]] = {}
         self._images: dict[str, str] = {}  # container id → image id
         self.on_exit: list[ExitCallback] = []
+        self.launcher = ShimLauncher()
 
     # -- helpers -------------------------------------------------------------------
 
@@ -110,7 +111,13 @@ class RuncBackend(Backend):
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
         )
-        out, err = await proc.communicate(stdin)
+        try:
+            out, err = await proc.communicate(stdin)
+        except asyncio.CancelledError:  # the caller gave up: leave no runc behind
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            await asyncio.shield(proc.wait())
+            raise
         if proc.returncode != 0:
             message = err.decode(errors="replace").strip() or f"exit {proc.returncode}"
             if "does not exist" in message:
@@ -195,7 +202,7 @@ class RuncBackend(Backend):
 
     @step("spawn_shim")
     async def spawn(self, d: Path, request: CreateRequest, cgroups_path: str) -> Spawned:
-        spawned = await spawn_shim(
+        spawned = await self.launcher.launch(
             d,
             {
                 "id": request.id,
@@ -526,6 +533,7 @@ class RuncBackend(Backend):
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._watchers.clear()
+        await self.launcher.close()
 
 
 async def _drain(stream: ProcessStream) -> None:

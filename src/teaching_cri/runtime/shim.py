@@ -678,11 +678,17 @@ def detach() -> None:
 
 
 def main(argv: list[str]) -> None:
-    state_dir = argv[0]
+    """Spawned by the server (``shim_client.spawn_shim``): detach, then run."""
+    detach()
+    run(argv[0], report_fd=1)
+
+
+def run(state_dir: str, report_fd: int) -> None:
+    """The shim proper, already detached: create the container, say so on
+    ``report_fd`` (one JSON line), serve until the init exits. Never returns."""
     with open(os.path.join(state_dir, CONFIG), encoding="utf-8") as f:
         config = json.load(f)
     config["state_dir"] = state_dir
-    detach()
     # 1. a subreaper, deaf to the terminal's signals; SIGCHLD wakes the loop
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
@@ -693,7 +699,6 @@ def main(argv: list[str]) -> None:
     os.set_blocking(wake_w, False)
     signal.signal(signal.SIGCHLD, lambda _s, _f: None)
     signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
-    report = os.fdopen(1, "w", closefd=False)
     shim = Shim(config)
     try:
         with open(os.path.join(state_dir, SHIM_PID), "w", encoding="ascii") as f:
@@ -702,15 +707,16 @@ def main(argv: list[str]) -> None:
         shim.listen()
         shim.init = shim.create()
     except (OSError, RuntimeError, ValueError, KeyError) as exc:
-        report.write(json.dumps({"error": str(exc)}) + "\n")
-        report.flush()
+        os.write(report_fd, (json.dumps({"error": str(exc)}) + "\n").encode())
         os._exit(1)
-    report.write(json.dumps({"pid": shim.init.pid, "shim_pid": os.getpid()}) + "\n")
-    report.flush()
+    report = {"pid": shim.init.pid, "shim_pid": os.getpid()}
+    os.write(report_fd, (json.dumps(report) + "\n").encode())
     null = os.open(os.devnull, os.O_RDWR)
     for fd in (0, 1, 2):
         os.dup2(null, fd)
     os.close(null)
+    if report_fd > 2:
+        os.close(report_fd)
     shim.serve(wake_r)
     os._exit(0)
 
