@@ -372,3 +372,16 @@ def test_runtime_not_ready_when_the_backend_cannot_run(short_tmp: Path) -> None:
         assert "runc" in ready.message
     finally:
         srv.stop()
+
+
+def test_the_plain_process_tier_says_it_isolates_nothing(short_tmp: Path) -> None:
+    srv = start_server(short_tmp / "plain", "--runtime", "processes")
+    try:
+        info = srv.client().runtime.Status(api_pb2.StatusRequest(verbose=True)).info
+        backend = json.loads(info["backend"])
+        assert backend["available"] and backend["details"]["tier"] == "processes"
+        assert any("no isolation" in c for c in backend["not_isolated"])
+        assert json.loads(info["containers"])["backend"] == "processes"
+    finally:
+        srv.stop()
+    assert "not isolated: no isolation at all" in srv.output()

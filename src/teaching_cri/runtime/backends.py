@@ -18,10 +18,11 @@ from pathlib import Path
 
 from ..errors import FailedPrecondition
 from . import cgroups
+from .plainrun import NOT_ISOLATED as PLAIN_NOT_ISOLATED
 from .rootless import NOT_ISOLATED
 from .runc import RuncBackend
 
-BACKEND_NAMES = ("auto", "runc", "unprivileged")
+BACKEND_NAMES = ("auto", "runc", "unprivileged", "processes")
 
 
 @dataclass(frozen=True)
@@ -91,19 +92,22 @@ def probe(requested: str, runc: str = "runc") -> BackendProbe:
                 "cgroup_version": str(cgroups.version()),
             },
         )
-    # Without root: rootless runc, when runc is here and user namespaces are allowed.
+    # Without root: rootless runc, when runc is here and user namespaces are
+    # allowed; else (or when asked for) plain processes.
     userns = user_namespaces_allowed()
     details = {"user_namespaces": "allowed" if userns else "not allowed"}
-    if runc_path is None or not userns:
-        missing = f"{runc!r} is not installed" if runc_path is None else "user namespaces are off"
+    if name == "processes" or runc_path is None or not userns:
+        why = (
+            "asked for"
+            if name == "processes"
+            else (f"{runc!r} is not installed" if runc_path is None else "user namespaces are off")
+        )
         return BackendProbe(
             requested,
-            "unprivileged",
-            False,
-            "NoUnprivilegedTier",
-            f"rootless runc cannot run here ({missing}); "
-            "a plain-process tier for such machines is not built yet",
-            details=details,
+            name,
+            True,
+            details=details | {"tier": "processes", "why": why, "cgroup_driver": "none"},
+            not_isolated=PLAIN_NOT_ISOLATED,
         )
     return BackendProbe(
         requested,
@@ -121,7 +125,7 @@ def probe(requested: str, runc: str = "runc") -> BackendProbe:
 
 
 def open_backend(found: BackendProbe, state: Path, runc: str = "runc") -> RuncBackend:
-    """The backend a probe found: runc as root, or rootless runc."""
+    """The backend a probe found: runc as root, rootless runc, or plain processes."""
     if not found.available:
         raise FailedPrecondition(found.message)
-    return RuncBackend(state, runc, rootless=found.name != "runc")
+    return RuncBackend(state, runc, tier=found.details.get("tier", ""))

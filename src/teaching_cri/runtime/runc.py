@@ -28,6 +28,7 @@ import os
 import re
 import shutil
 import signal
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -53,26 +54,44 @@ from .backend import (
     parse_signal,
 )
 from .rootless import make_rootless
-from .shim_client import Channel, ProcessStream, ShimLauncher, Spawned, request
+from .shim_client import (
+    Channel,
+    ProcessStream,
+    ShimLauncher,
+    Spawned,
+    package_root,
+    request,
+)
 
 RECORD = "container.json"
 ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 KILL_WAIT = 10.0  # after SIGKILL, how long a container may take to be reaped
+TIERS = ("runc", "rootless-runc", "processes")
+
+
+def plainrun_argv() -> list[str]:
+    """:mod:`.plainrun` as a command, run like runc by the shim and by us."""
+    boot = "import sys; sys.path.insert(0, sys.argv[1]); from teaching_cri.runtime.plainrun import main; main(sys.argv[2:])"  # noqa: E501
+    return [sys.executable, "-I", "-S", "-c", boot, package_root()]
 
 
 class RuncBackend(Backend):
     name = "runc"
 
-    def __init__(
-        self, state_root: Path, runc: str = "runc", *, rootless: bool | None = None
-    ) -> None:
-        found = shutil.which(runc)
-        if found is None:
-            raise FailedPrecondition(f"{runc!r} not found (apt-get install runc)")
-        self.runc = found
-        self.rootless = os.geteuid() != 0 if rootless is None else rootless
-        if self.rootless:
-            self.name = "rootless-runc"
+    def __init__(self, state_root: Path, runc: str = "runc", *, tier: str = "") -> None:
+        """``tier``: ``runc`` (root), ``rootless-runc``, or ``processes`` (plainrun,
+        our runc stand-in that isolates nothing); by default the first two by euid."""
+        self.name = tier or ("runc" if os.geteuid() == 0 else "rootless-runc")
+        if self.name not in TIERS:
+            raise InvalidArgument(f"tier {tier!r}: one of {', '.join(TIERS)}")
+        self.rootless = self.name != "runc"
+        if self.name == "processes":
+            self.runtime = plainrun_argv()
+        else:
+            found = shutil.which(runc)
+            if found is None:
+                raise FailedPrecondition(f"{runc!r} not found (apt-get install runc)")
+            self.runtime = [found]
         self.containers_dir = state_root / "containers"
         self.runc_root = state_root / "runc"
         self.containers_dir.mkdir(parents=True, exist_ok=True, mode=0o711)
@@ -103,7 +122,7 @@ class RuncBackend(Backend):
 
     async def _runc(self, *args: str, stdin: bytes | None = None) -> str:
         proc = await asyncio.create_subprocess_exec(
-            self.runc,
+            *self.runtime,
             "--root",
             str(self.runc_root),
             *args,
@@ -162,8 +181,10 @@ class RuncBackend(Backend):
         notes: dict[str, str] = {}
         spec = dict(request.spec)
         cgroups_path = ""
-        if self.rootless:
+        if self.name == "rootless-runc":
             spec = make_rootless(spec, os.geteuid(), os.getegid(), notes)
+        elif self.name == "processes":
+            notes["isolation"] = "none: a plain process of the server's user (plainrun)"
         else:
             cgroups_path = cgroups.container_path(request.pod_id, request.id)
             spec["linux"] = {**spec.get("linux", {}), "cgroupsPath": cgroups_path}
@@ -207,7 +228,7 @@ class RuncBackend(Backend):
             {
                 "id": request.id,
                 "bundle": str(d),
-                "runtime": [self.runc, "--root", str(self.runc_root)],
+                "runtime": [*self.runtime, "--root", str(self.runc_root)],
                 "log_path": request.log_path,
                 "tty": request.tty,
                 "stdin": request.stdin,
@@ -493,7 +514,7 @@ class RuncBackend(Backend):
         record["resources"] = {**record.get("resources", {}), **resources}
         notes: dict[str, str] = {}
         if self.rootless:
-            notes["resources"] = "recorded, not enforced (rootless: no cgroups)"
+            notes["resources"] = f"recorded, not enforced ({self.name}: no cgroups)"
         else:
             await self._runc(
                 "update", "--resources", "-", container_id, stdin=json.dumps(resources).encode()
