@@ -247,6 +247,23 @@ async def test_a_timed_out_exec_sync_leaves_no_process_behind(env: Env) -> None:
     assert b"sleep 777" not in ps.stdout
 
 
+async def test_exec_sync_keeps_at_most_16_mib_of_output(env: Env) -> None:
+    await env.run("big", "sleep", "1000")
+    result = await env.backend.exec_sync("big", ["head", "-c", "20000000", "/dev/zero"], 60)
+    assert result.exit_code == 0
+    assert len(result.stdout) == 16 << 20
+
+
+async def test_recovery_deletes_what_only_runc_knows(env: Env) -> None:
+    await env.create("known", "sleep", "1000")
+    shutil.rmtree(env.backend.dir("known"))  # as if the server died mid-create
+    env.made.remove("known")
+    env.manager.snapshots.remove_view("known")
+    assert "known" in await env.backend.runtime_list()
+    await env.backend.recover()
+    assert "known" not in await env.backend.runtime_list()
+
+
 async def test_tty_exec_sees_the_new_size_after_a_resize(env: Env) -> None:
     await env.run("tty", "sleep", "1000")
     stream = await env.backend.exec(

@@ -15,7 +15,7 @@ says plainly what it is not:
 
 It speaks the subset of runc's command line that the shim and
 :class:`~.runc.RuncBackend` use (``create``, ``start``, ``kill``, ``delete``,
-``state``, ``exec -d``, ``update``), with runc's semantics: ``create`` leaves
+``state``, ``list``, ``exec -d``, ``update``), with runc's semantics: ``create`` leaves
 the process waiting on a fifo that ``start`` opens, so everything above it
 works unchanged. Standard library only; the shim runs it like runc.
 """
@@ -231,6 +231,12 @@ def exec_cmd(args: argparse.Namespace) -> None:
     Path(args.pid_file).write_text(str(pid))
 
 
+def list_cmd(args: argparse.Namespace) -> None:
+    root = Path(args.root)
+    states = [json.loads(f.read_text()) for f in sorted(root.glob("*/state.json"))]
+    print(json.dumps(states or None))
+
+
 def update(args: argparse.Namespace) -> None:
     _read_state(args.root, args.id)
     sys.stdin.read()  # recorded by the backend; nothing here can enforce it
@@ -267,6 +273,9 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--console-socket", default="")
     e.add_argument("id")
     e.set_defaults(run=exec_cmd)
+    ls = sub.add_parser("list")
+    ls.add_argument("--format", "-f", default="json")
+    ls.set_defaults(run=list_cmd)
     u = sub.add_parser("update")
     u.add_argument("--resources", "-r", default="-")
     u.add_argument("id")

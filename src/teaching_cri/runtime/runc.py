@@ -536,15 +536,33 @@ class RuncBackend(Backend):
     async def recover(self) -> list[ContainerState]:
         """Rebuild the view from disk: every container dir with a record is ours.
         A shim still serving gets a new ``wait``; one gone without an exit record
-        means the container is lost (exit 255)."""
+        means the container is lost (exit 255). What ``runc list`` knows that we
+        do not (a create cut short by the server's death) is deleted."""
+        ours = set(self.list_ids())
+        for orphan in sorted(set(await self.runtime_list()) - ours):
+            await self.delete_orphan(orphan)
         states = []
-        for container_id in self.list_ids():
+        for container_id in sorted(ours):
             self._images[container_id] = str(self.record(container_id).get("image_id", ""))
             if self.read_exit(container_id) is None:
                 self._watch(container_id)
             states.append(await self.state(container_id))
         annotate(containers=str(len(states)))
         return states
+
+    async def runtime_list(self) -> list[str]:
+        """The containers runc (or plainrun) has state for under our --root."""
+        try:
+            listed = json.loads(await self._runc("list", "--format", "json") or "null")
+        except (FailedPrecondition, NotFound, ValueError):
+            return []
+        return [str(c["id"]) for c in listed or []]
+
+    @step("delete_orphan")
+    async def delete_orphan(self, container_id: str) -> None:
+        annotate(container_id=container_id)
+        with contextlib.suppress(FailedPrecondition, NotFound):
+            await self._runc("delete", "--force", container_id)
 
     async def close(self) -> None:
         """Stop watching (the shims and containers go on)."""

@@ -617,7 +617,8 @@ class Shim:
             "finished_at": init.finished_at,
             "oom_killed": self.oom_killed(),
         }
-        write_json_atomically(self.path(EXIT), result)
+        with contextlib.suppress(OSError):  # the state dir removed under us: tell clients anyway
+            write_json_atomically(self.path(EXIT), result)
         for client in list(self.clients.values()):
             if client.process is None:
                 self.finish_client(client, frames.EXIT, result)
