@@ -106,7 +106,13 @@ class Env:
         self.made.append(name)
         await self.backend.create(
             CreateRequest(
-                name, spec, log_path=str(self.log(name)), stdin=stdin, tty=tty, pod_id="pod"
+                name,
+                spec,
+                log_path=str(self.log(name)),
+                stdin=stdin,
+                stdin_once=bool(kw.get("stdin_once")),
+                tty=tty,
+                pod_id="pod",
             )
         )
         return name
@@ -298,6 +304,53 @@ async def test_attach_reaches_the_init_and_its_output_is_logged_too(env: Env) ->
     assert out == b"got one\nbye\n"
     assert stream.exit is not None and stream.exit["exit_code"] == 0
     assert [c for _s, _t, c in env.records("echo")] == [b"got one", b"bye"]
+
+
+async def test_a_megabyte_of_stdin_arrives_whole_before_its_eof(env: Env) -> None:
+    await env.run("bigin", "sleep", "1000")
+    stream = await env.backend.exec("bigin", ["sh", "-c", "sleep 1; wc -c"], stdin=True)
+    await stream.write_stdin(b"x" * 1_000_000)
+    await stream.close_stdin()
+    out = await output_of(stream)
+    await stream.close()
+    assert out.strip() == b"1000000"
+
+
+async def test_stdin_once_closes_stdin_when_the_attach_ends(env: Env) -> None:
+    await env.run("once", "sh", "-c", "cat; echo stdin-closed", stdin=True, stdin_once=True)
+    stream = await env.backend.attach("once", stdin=True, stdout=True, stderr=True)
+    await stream.write_stdin(b"hello\n")
+    await asyncio.sleep(0.3)
+    await stream.close()  # no STDIN_CLOSE: the attach just ends
+    status = await asyncio.wait_for(env.backend.wait("once"), 10)
+    assert status.exit_code == 0
+    assert [c for _s, _t, c in env.records("once")] == [b"hello", b"stdin-closed"]
+
+
+async def test_a_timed_out_exec_takes_its_background_children_along(env: Env) -> None:
+    await env.run("bg", "sleep", "1000")
+    t = time.monotonic()
+    with pytest.raises(DeadlineExceeded):
+        await env.backend.exec_sync("bg", ["sh", "-c", "sleep 777 & sleep 778"], 0.5)
+    assert time.monotonic() - t < 5
+    ps = await env.backend.exec_sync("bg", ["ps", "-o", "args"], 10)
+    assert b"sleep 777" not in ps.stdout and b"sleep 778" not in ps.stdout
+
+
+async def test_bad_requests_to_the_shim_do_not_hurt_the_container(env: Env) -> None:
+    await env.run("sturdy", "sleep", "1000", tty=True)
+    with pytest.raises(InvalidArgument, match="terminal size"):
+        await env.backend.resize("sturdy", 70000, 24)
+    stream = await env.backend.exec("sturdy", ["sleep", "5"])
+    await stream.signal(999)  # no such signal
+    await stream.close()
+    shutil.rmtree(env.logs)  # the log's directory is gone: reopening must fail cleanly
+    with pytest.raises(FailedPrecondition, match="reopen log"):
+        await env.backend.reopen_log("sturdy")
+    await env.backend.resize("sturdy", 100, 30)
+    assert (await env.backend.state("sturdy")).status == "running"
+    result = await env.backend.exec_sync("sturdy", ["true"], 10)
+    assert result.exit_code == 0
 
 
 async def test_a_tty_container_logs_only_stdout(env: Env) -> None:

@@ -202,10 +202,10 @@ def delete(args: argparse.Namespace) -> None:
         if args.force:
             return
         raise
-    if _alive(state["pid"]):
-        if not args.force:
-            raise Failure("cannot delete container that is not stopped")
-        with contextlib.suppress(ProcessLookupError):
+    if _alive(state["pid"]) and not args.force:
+        raise Failure("cannot delete container that is not stopped")
+    if args.force:  # its process group, which may outlive its first process
+        with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(state["pid"], signal.SIGKILL)
     d = _state_dir(args.root, args.id)
     for f in d.iterdir():

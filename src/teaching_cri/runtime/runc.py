@@ -206,7 +206,7 @@ class RuncBackend(Backend):
             "created_at": time.time_ns(),
             "started_at": 0,
             "notes": notes,
-            "resources": spec.get("linux", {}).get("resources", {}),
+            "resources": request.spec.get("linux", {}).get("resources", {}),
         }
         self._save(request.id, record)
         self._images[request.id] = request.image_id
@@ -232,6 +232,7 @@ class RuncBackend(Backend):
                 "log_path": request.log_path,
                 "tty": request.tty,
                 "stdin": request.stdin,
+                "stdin_once": request.stdin_once,
                 "memory_events": cgroups.memory_events(cgroups_path) if cgroups_path else "",
             },
         )
@@ -492,6 +493,8 @@ class RuncBackend(Backend):
         )
 
     async def resize(self, container_id: str, width: int, height: int) -> None:
+        if not (0 < width <= 0xFFFF and 0 < height <= 0xFFFF):
+            raise InvalidArgument(f"terminal size {width}x{height}: each must be 1..65535")
         d = await self._running(container_id)
         if not self.record(container_id)["tty"]:
             raise FailedPrecondition(f"container {container_id!r} has no terminal to resize")

@@ -58,6 +58,8 @@ from .crilog import CRILogEncoder
 PR_SET_CHILD_SUBREAPER = 36
 READ_CHUNK = 64 * 1024
 MAX_CLIENT_BACKLOG = 8 << 20  # an attach client this far behind is dropped, not waited for
+EXEC_BACKLOG = 1 << 20  # an exec's output waits in its pipe while its client is this far behind
+MAX_PENDING_STDIN = 1 << 20  # a client's stdin is not read while this much waits for the process
 DRAIN_SECONDS = 2.0  # after the init exits, how long its output may still arrive
 
 # Files in the container's state dir; the server reads them back after a restart.
@@ -99,7 +101,18 @@ def exit_code_of(status: int) -> tuple[int, int]:
     return os.WEXITSTATUS(status), 0
 
 
+def kill_group(pid: int, signum: int) -> None:
+    """runc makes each exec'd process a process-group leader: signal the group,
+    so what it started in the background goes too."""
+    for kill in (os.killpg, os.kill):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            kill(pid, signum)
+            return
+
+
 def set_window_size(fd: int, width: int, height: int) -> None:
+    if not (0 < width <= 0xFFFF and 0 < height <= 0xFFFF):
+        raise ValueError(f"terminal size {width}x{height} out of range")
     fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", height, width, 0, 0))
 
 
@@ -138,6 +151,9 @@ class Process:
     finished_at: int = 0
     client: Client | None = None  # for an exec: who gets its output
     pending_stdin: bytearray = field(default_factory=bytearray)
+    close_stdin_when_flushed: bool = False  # EOF asked for while input still waits
+    paused: bool = False  # output not read while the exec's client catches up
+    drain_until: float = 0.0  # reaped: output still open is closed at this time
 
 
 class Shim:
@@ -147,6 +163,7 @@ class Shim:
         self.state_dir: str = config["state_dir"]
         self.runtime: list[str] = list(config["runtime"])
         self.tty = bool(config.get("tty"))
+        self.stdin_once = bool(config.get("stdin_once"))
         self.sel = selectors.DefaultSelector()
         self.clients: dict[int, Client] = {}
         self.init: Process | None = None
@@ -284,7 +301,7 @@ class Shim:
         """ReopenContainerLog: the kubelet has renamed the file; start a fresh one
         at the same path. Records in flight go to one file or the other, whole."""
         old = self.log_fd
-        self.open_log()
+        self.open_log()  # raises, leaving the old one in place, if it cannot
         if old is not None:
             os.close(old)
 
@@ -321,11 +338,17 @@ class Shim:
     def send(self, client: Client, data: bytes) -> None:
         if client.closing or client.sock.fileno() < 0:
             return
-        if len(client.out) > MAX_CLIENT_BACKLOG:
-            self.drop(client)
+        if client.process is None and len(client.out) > MAX_CLIENT_BACKLOG:
+            self.drop(client)  # an attach must not hold up the container's log
             return
         client.out += data
         self.flush(client)
+        process = client.process
+        if process is not None and len(client.out) > EXEC_BACKLOG and not process.paused:
+            process.paused = True  # backpressure: the process blocks on its full pipe
+            for fd in process.outputs:
+                with contextlib.suppress(KeyError, ValueError):
+                    self.sel.unregister(fd)
 
     def flush(self, client: Client) -> None:
         try:
@@ -341,6 +364,11 @@ class Shim:
         if client.closing and not client.out:
             self.drop(client)
             return
+        process = client.process
+        if process is not None and process.paused and len(client.out) <= EXEC_BACKLOG // 2:
+            process.paused = False
+            for fd in process.outputs:
+                self.sel.register(fd, selectors.EVENT_READ, ("output", process))
         with contextlib.suppress(KeyError, ValueError):
             self.sel.modify(client.sock, events, ("client", client))
 
@@ -360,16 +388,25 @@ class Shim:
         self.clients.pop(fd, None)
         client.sock.close()
         process = client.process
-        if process is not None and process.status is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(process.pid, signal.SIGKILL)
+        if process is not None:
             process.client = None
+            if process.status is None:
+                kill_group(process.pid, signal.SIGKILL)
+            if process.paused:  # nobody to pace it now: read and discard
+                process.paused = False
+                for out_fd in process.outputs:
+                    self.sel.register(out_fd, selectors.EVENT_READ, ("output", process))
+        elif self.init and client.op == "attach" and client.stdin and self.stdin_once:
+            self.close_stdin(self.init)  # stdin_once: the first attach's end is stdin's end
 
     def on_client(self, client: Client, mask: int) -> None:
         if mask & selectors.EVENT_WRITE:
             self.flush(client)
         if not mask & selectors.EVENT_READ or client.sock.fileno() < 0:
             return
+        target = client.process or self.init
+        if target is not None and len(target.pending_stdin) > MAX_PENDING_STDIN:
+            return  # read it once the process has taken some (the loop polls the backlog)
         try:
             data = client.sock.recv(READ_CHUNK)
         except BlockingIOError:
@@ -382,7 +419,7 @@ class Shim:
         try:
             for kind, payload in client.decoder.feed(data):
                 self.on_frame(client, kind, payload)
-        except (frames.ProtocolError, KeyError, TypeError, ValueError) as exc:
+        except Exception as exc:  # one bad request must never end the container's shim
             self.finish_client(client, frames.ERROR, {"message": f"bad request: {exc}"})
 
     def on_frame(self, client: Client, kind: int, payload: bytes) -> None:
@@ -400,9 +437,9 @@ class Shim:
             self.close_stdin(target)
         elif kind == frames.RESIZE:
             self.resize(target, frames.decode_json(payload))
-        elif kind == frames.SIGNAL and client.process is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(client.process.pid, int(frames.decode_json(payload)["signal"]))
+        elif kind == frames.SIGNAL and client.process and client.process.status is None:
+            # (once reaped, the pid may be another process's)
+            kill_group(client.process.pid, int(frames.decode_json(payload)["signal"]))
 
     def on_hello(self, client: Client, hello: dict[str, Any]) -> None:
         op = str(hello.get("op", ""))
@@ -418,7 +455,11 @@ class Shim:
             self.finish_client(client, frames.ERROR, {"message": "the container has exited"})
             return
         if op == "reopen_log":
-            self.reopen_log()
+            try:
+                self.reopen_log()
+            except OSError as exc:  # the old file stays in use; nothing is lost
+                self.finish_client(client, frames.ERROR, {"message": f"reopen log: {exc}"})
+                return
             self.finish_client(client, frames.OK, {})
         elif op == "resize":
             self.resize(init, hello)
@@ -491,6 +532,9 @@ class Shim:
             self.stdin_backlog.add(process.pid)
         else:
             self.stdin_backlog.discard(process.pid)
+            if process.close_stdin_when_flushed:
+                process.close_stdin_when_flushed = False
+                self.close_stdin(process)
 
     def close_stdin(self, process: Process) -> None:
         """EOF on the process's stdin (for a tty, the terminal's EOF character)."""
@@ -499,6 +543,9 @@ class Shim:
             return
         if process.tty_master is not None:
             self.write_stdin(process, b"\x04")
+            return
+        if process.pending_stdin:  # what the process has not read yet still reaches it
+            process.close_stdin_when_flushed = True
             return
         with contextlib.suppress(OSError):
             os.close(fd)
@@ -559,6 +606,7 @@ class Shim:
             elif pid in self.execs:
                 process = self.execs[pid]
                 process.status, process.finished_at = exit_code_of(status), now
+                process.drain_until = time.monotonic() + DRAIN_SECONDS
                 self.maybe_finish_exec(process)
             # anything else: an orphan re-parented to us; reaping it is all we owe it
 
@@ -625,6 +673,21 @@ class Shim:
             elif client.process.status is None:
                 self.finish_client(client, frames.EXIT, {"exit_code": 137, "signal": 9})
 
+    def expire_exec_drains(self, timeout: float | None) -> float | None:
+        """An exec reaped but whose output a background child still holds open
+        is over after DRAIN_SECONDS (containerd's exec waits the same way)."""
+        now = time.monotonic()
+        for process in list(self.execs.values()):
+            if process.status is None or not process.outputs:
+                continue
+            if now >= process.drain_until:
+                for fd in list(process.outputs):
+                    self.close_output(process, fd)
+            else:
+                left = process.drain_until - now
+                timeout = left if timeout is None else min(timeout, left)
+        return timeout
+
     def drained(self) -> bool:
         init = self.init
         return init is not None and not init.outputs and not self.execs
@@ -644,6 +707,7 @@ class Shim:
         self.sel.register(wakeup, selectors.EVENT_READ, ("signal", None))
         while True:
             timeout = 0.05 if self.stdin_backlog else None
+            timeout = self.expire_exec_drains(timeout)
             for pid in list(self.stdin_backlog):
                 process = self.init if self.init and self.init.pid == pid else self.execs.get(pid)
                 if process is None:
@@ -655,19 +719,26 @@ class Shim:
                     break
                 timeout = min(timeout or DRAIN_SECONDS, max(0.0, self.deadline - time.monotonic()))
             for key, mask in self.sel.select(timeout):
-                kind, obj = key.data
-                if kind == "signal":
-                    with contextlib.suppress(BlockingIOError):
-                        os.read(wakeup, 512)
-                    self.reap()
-                elif kind == "output":
-                    self.on_output(obj, key.fd)
-                elif kind == "client":
-                    self.on_client(obj, mask)
-                elif kind == "listen":
-                    self.accept()
+                try:
+                    self.dispatch(key, mask, wakeup)
+                except Exception:  # the shim outlives any one event's failure
+                    if isinstance(key.data[1], Client):
+                        self.drop(key.data[1])
         self.record_exit()
         self.flush_clients(1.0)
+
+    def dispatch(self, key: selectors.SelectorKey, mask: int, wakeup: int) -> None:
+        kind, obj = key.data
+        if kind == "signal":
+            with contextlib.suppress(BlockingIOError):
+                os.read(wakeup, 512)
+            self.reap()
+        elif kind == "output":
+            self.on_output(obj, key.fd)
+        elif kind == "client":
+            self.on_client(obj, mask)
+        elif kind == "listen":
+            self.accept()
 
 
 def detach() -> None:
