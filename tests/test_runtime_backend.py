@@ -260,6 +260,49 @@ async def test_exec_sync_keeps_at_most_16_mib_of_output(env: Env) -> None:
     assert len(result.stdout) == 16 << 20
 
 
+async def test_a_dead_shim_is_reported_as_a_lost_container_not_a_running_one(env: Env) -> None:
+    await env.run("orphaned", "sleep", "1000")
+    shim_pid = int((env.backend.dir("orphaned") / "shim.pid").read_text())
+    os.kill(shim_pid, signal.SIGKILL)
+    fresh = RuncBackend(env.backend.containers_dir.parent, tier=TIER)  # a restarted server
+    try:
+        states = {s.id: s for s in await fresh.recover()}
+    finally:
+        await fresh.close()
+    lost = states["orphaned"]
+    assert lost.status == "exited"
+    assert lost.exit is not None and lost.exit.exit_code == 255
+    assert "shim" in lost.exit.message
+    pid = json.loads((env.backend.dir("orphaned") / "container.json").read_text())["pid"]
+    for _ in range(50):  # the container itself was killed, not left unwatched
+        if not Path(f"/proc/{pid}").exists() or b"Z" in _proc_state(pid):
+            break
+        await asyncio.sleep(0.1)
+    else:
+        pytest.fail("the container of a lost shim is still running")
+
+
+def _proc_state(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/stat").read_bytes().rsplit(b")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return b"Z"
+
+
+@pytest.mark.skipif(not IS_ROOT or PLAIN, reason="pod cgroups need root and runc")
+async def test_the_pods_cgroup_is_ours_to_create_and_remove(env: Env) -> None:
+    await env.run("podded", "sleep", "1000")
+    pod_dirs = cgroups.directories(cgroups.pod_parent("pod"))
+    assert pod_dirs and all(d.is_dir() for d in pod_dirs)
+    assert (await env.backend.stats("podded")).pids == 1
+    with pytest.raises(FailedPrecondition, match="still has containers"):
+        await env.backend.release_pod("pod")
+    await env.backend.stop("podded", 0)
+    await env.backend.delete("podded")
+    await env.backend.release_pod("pod")
+    assert not any(d.exists() for d in pod_dirs)
+
+
 async def test_recovery_deletes_what_only_runc_knows(env: Env) -> None:
     await env.create("known", "sleep", "1000")
     shutil.rmtree(env.backend.dir("known"))  # as if the server died mid-create

@@ -256,10 +256,12 @@ class RuncBackend(Backend):
         except (FailedPrecondition, NotFound):
             pass
         else:
-            if "exit" not in answer:
-                while await channel.next_frame() is not None:
-                    pass
-            await channel.close()
+            try:
+                if "exit" not in answer:
+                    while await channel.next_frame() is not None:
+                        pass
+            finally:
+                await channel.close()
         status = self.read_exit(container_id)
         if status is None:
             status = await self._shim_lost(container_id)
@@ -449,7 +451,16 @@ class RuncBackend(Backend):
     async def exec_sync(self, container_id: str, args: list[str], timeout: float) -> ExecResult:
         """Run to completion, keep at most 16 MiB of each stream. On timeout the
         connection is closed, and the shim SIGKILLs the process: nothing is left."""
-        stream = await self.exec(container_id, args)
+        deadline = asyncio.get_running_loop().time() + timeout
+        try:
+            stream = await asyncio.wait_for(
+                self.exec(container_id, args), timeout if timeout > 0 else None
+            )
+        except TimeoutError:  # the shim kills it when it sees us gone
+            raise DeadlineExceeded(
+                f"exec {args[0]!r} in {container_id!r} did not even start in {timeout:g} s"
+            ) from None
+        timeout = max(0.001, deadline - asyncio.get_running_loop().time()) if timeout > 0 else 0
         kept = {"stdout": bytearray(), "stderr": bytearray()}
 
         async def collect() -> None:
@@ -548,10 +559,33 @@ class RuncBackend(Backend):
         for container_id in sorted(ours):
             self._images[container_id] = str(self.record(container_id).get("image_id", ""))
             if self.read_exit(container_id) is None:
-                self._watch(container_id)
+                if self.shim_alive(container_id):
+                    self._watch(container_id)
+                else:  # settle it now, so the state we report is true
+                    self._exits[container_id] = asyncio.get_running_loop().create_future()
+                    self._exits[container_id].set_result(await self._shim_lost(container_id))
             states.append(await self.state(container_id))
         annotate(containers=str(len(states)))
         return states
+
+    def shim_alive(self, container_id: str) -> bool:
+        """Is the shim that ``shim.pid`` names still running (and still ours, not a
+        process that got its pid after it exited)?"""
+        try:
+            pid = int((self.dir(container_id) / shim.SHIM_PID).read_text())
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except (OSError, ValueError):
+            return False
+        return b"teaching_cri" in cmdline
+
+    async def release_pod(self, pod_id: str) -> None:
+        """Remove the pod's cgroup level once none of its containers is left
+        (RemovePodSandbox, issue 5, calls this last)."""
+        users = [c for c in self.list_ids() if self.record(c).get("pod_id") == pod_id]
+        if users:
+            raise FailedPrecondition(f"pod {pod_id!r} still has containers: {', '.join(users[:5])}")
+        if not self.rootless:
+            cgroups.remove(cgroups.pod_parent(pod_id))
 
     async def runtime_list(self) -> list[str]:
         """The containers runc (or plainrun) has state for under our --root."""

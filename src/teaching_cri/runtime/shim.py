@@ -60,6 +60,7 @@ READ_CHUNK = 64 * 1024
 MAX_CLIENT_BACKLOG = 8 << 20  # an attach client this far behind is dropped, not waited for
 EXEC_BACKLOG = 1 << 20  # an exec's output waits in its pipe while its client is this far behind
 MAX_PENDING_STDIN = 1 << 20  # a client's stdin is not read while this much waits for the process
+RUNTIME_TIMEOUT = 60.0  # the longest runc create or runc exec may take
 DRAIN_SECONDS = 2.0  # after the init exits, how long its output may still arrive
 
 # Files in the container's state dir; the server reads them back after a restart.
@@ -192,7 +193,17 @@ class Shim:
         argv = [*self.runtime, "--log", self.path(RUNC_LOG), "--log-format", "json", *args]
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.path(RUNC_LOG))
-        proc = subprocess.run(argv, stdin=stdio[0], stdout=stdio[1], stderr=stdio[2], check=False)
+        try:
+            proc = subprocess.run(
+                argv,
+                stdin=stdio[0],
+                stdout=stdio[1],
+                stderr=stdio[2],
+                check=False,
+                timeout=RUNTIME_TIMEOUT,
+            )
+        except subprocess.TimeoutExpired:  # killed: a hung runc must not freeze the shim
+            return 1, f"{args[0]} did not finish within {RUNTIME_TIMEOUT:.0f} s"
         if proc.returncode == 0:
             return 0, ""
         return proc.returncode, self.runtime_error()
@@ -238,6 +249,7 @@ class Shim:
                     listener.close()
                     with contextlib.suppress(OSError):
                         os.unlink(console)
+                    with contextlib.suppress(OSError):
                         os.rmdir(console_dir)
                 parent.append(master)
                 pid = self.read_pid(pid_file)

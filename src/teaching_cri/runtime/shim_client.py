@@ -187,18 +187,27 @@ class Channel:
         finally:
             os.close(dir_fd)
         channel = cls(reader, writer)
-        await channel.send(frames.encode_json(frames.HELLO, hello))
-        answer = await channel.next_frame()
-        if answer is None:
+        try:
+            await channel.send(frames.encode_json(frames.HELLO, hello))
+            answer = await channel.next_frame()
+            if answer is None:
+                raise FailedPrecondition(
+                    "the shim closed the connection (the container has exited)"
+                )
+            kind, payload = answer
+            value = frames.decode_json(payload)
+        except (ConnectionError, OSError, frames.ProtocolError) as exc:
             await channel.close()
-            raise FailedPrecondition("the shim closed the connection (the container has exited)")
-        kind, payload = answer
+            raise FailedPrecondition(f"talking to the shim: {exc}") from None
+        except BaseException:
+            await channel.close()
+            raise
         if kind == frames.ERROR:
             await channel.close()
-            raise FailedPrecondition(frames.decode_json(payload).get("message", "shim error"))
+            raise FailedPrecondition(str(value.get("message", "shim error")))
         if kind == frames.EXIT:
-            return channel, {"exit": frames.decode_json(payload)}
-        return channel, frames.decode_json(payload)
+            return channel, {"exit": value}
+        return channel, value
 
     async def next_frame(self) -> tuple[int, bytes] | None:
         while not self._ready:
