@@ -18,7 +18,8 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
@@ -27,14 +28,37 @@ TOP = "teaching-cri"
 V1_CONTROLLERS = ("cpu", "cpuacct", "cpuset", "memory", "pids", "blkio", "devices", "freezer")
 
 
-@lru_cache(maxsize=1)
-def version() -> int:
-    """2 on a unified (v2-only) host, 1 when the controllers have v1 hierarchies."""
-    return 2 if (ROOT / "cgroup.controllers").exists() else 1
+@dataclass(frozen=True)
+class Hierarchy:
+    """Where the cgroup file systems are: one unified tree (v2) at ``root``, or
+    one tree per controller (v1, ``v1_mounts``: controller → mount point)."""
+
+    version: int
+    root: Path = ROOT
+    v1_mounts: Mapping[str, Path] = field(default_factory=dict)
+
+    @staticmethod
+    @lru_cache(maxsize=1)
+    def detect() -> Hierarchy:
+        if (ROOT / "cgroup.controllers").exists():
+            return Hierarchy(2)
+        return Hierarchy(1, ROOT, _mounted_v1_controllers())
+
+    def directories(self, cgroups_path: str) -> list[Path]:
+        """Every directory that is this cgroup: one on v2, one per controller on v1."""
+        relative = cgroups_path.lstrip("/")
+        if self.version == 2:
+            return [self.root / relative]
+        return [mount / relative for mount in dict.fromkeys(self.v1_mounts.values())]
+
+    def controller_dir(self, cgroups_path: str, controller: str) -> Path:
+        relative = cgroups_path.lstrip("/")
+        if self.version == 2:
+            return self.root / relative
+        return self.v1_mounts.get(controller, self.root / controller) / relative
 
 
-@lru_cache(maxsize=1)
-def v1_mounts() -> dict[str, Path]:
+def _mounted_v1_controllers() -> dict[str, Path]:
     """controller → its v1 hierarchy's mount point, from /proc/self/mountinfo."""
     mounts: dict[str, Path] = {}
     with contextlib.suppress(OSError):
@@ -49,6 +73,11 @@ def v1_mounts() -> dict[str, Path]:
     return mounts
 
 
+def version() -> int:
+    """2 on a unified (v2-only) host, 1 when the controllers have v1 hierarchies."""
+    return Hierarchy.detect().version
+
+
 def pod_parent(pod_id: str) -> str:
     """The pod's cgroup; containers without a pod (this issue's tests, the
     demo) share one called ``standalone``."""
@@ -60,18 +89,7 @@ def container_path(pod_id: str, container_id: str) -> str:
 
 
 def directories(cgroups_path: str) -> list[Path]:
-    """Every directory that is this cgroup: one on v2, one per controller on v1."""
-    relative = cgroups_path.lstrip("/")
-    if version() == 2:
-        return [ROOT / relative]
-    return [mount / relative for mount in dict.fromkeys(v1_mounts().values())]
-
-
-def controller_dir(cgroups_path: str, controller: str) -> Path:
-    relative = cgroups_path.lstrip("/")
-    if version() == 2:
-        return ROOT / relative
-    return v1_mounts().get(controller, ROOT / controller) / relative
+    return Hierarchy.detect().directories(cgroups_path)
 
 
 def ensure_pod(pod_id: str) -> None:
@@ -94,13 +112,14 @@ def remove(cgroups_path: str) -> None:
 
 
 def exists(cgroups_path: str) -> bool:
-    return controller_dir(cgroups_path, "memory").is_dir()
+    return Hierarchy.detect().controller_dir(cgroups_path, "memory").is_dir()
 
 
 def memory_events(cgroups_path: str) -> str:
     """The file whose ``oom_kill`` line counts the OOM killer's victims."""
-    name = "memory.events" if version() == 2 else "memory.oom_control"
-    return str(controller_dir(cgroups_path, "memory") / name)
+    h = Hierarchy.detect()
+    name = "memory.events" if h.version == 2 else "memory.oom_control"
+    return str(h.controller_dir(cgroups_path, "memory") / name)
 
 
 def _read_int(path: Path) -> int | None:
@@ -139,22 +158,23 @@ class CgroupStats:
     oom_kills: int
 
 
-def read_stats(cgroups_path: str) -> CgroupStats:
+def read_stats(cgroups_path: str, hierarchy: Hierarchy | None = None) -> CgroupStats:
     """CPU, memory and pids of a cgroup, v1 or v2.
 
     The working set is what the kubelet evicts on: usage minus the inactive
     file cache, which the kernel can drop at will (cAdvisor's definition)."""
+    h = hierarchy or Hierarchy.detect()
     now = time.time_ns()
-    memory = controller_dir(cgroups_path, "memory")
-    pids = _read_int(controller_dir(cgroups_path, "pids") / "pids.current") or 0
-    if version() == 2:
+    memory = h.controller_dir(cgroups_path, "memory")
+    pids = _read_int(h.controller_dir(cgroups_path, "pids") / "pids.current") or 0
+    if h.version == 2:
         cpu = _read_keyed(memory / "cpu.stat").get("usage_usec", 0) * 1000
         usage = _read_int(memory / "memory.current") or 0
         inactive = _read_keyed(memory / "memory.stat").get("inactive_file", 0)
         limit = _read_int(memory / "memory.max")
         ooms = _read_keyed(memory / "memory.events").get("oom_kill", 0)
     else:
-        cpu = _read_int(controller_dir(cgroups_path, "cpuacct") / "cpuacct.usage") or 0
+        cpu = _read_int(h.controller_dir(cgroups_path, "cpuacct") / "cpuacct.usage") or 0
         usage = _read_int(memory / "memory.usage_in_bytes") or 0
         inactive = _read_keyed(memory / "memory.stat").get("total_inactive_file", 0)
         limit = _read_int(memory / "memory.limit_in_bytes")
