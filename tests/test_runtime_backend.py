@@ -206,6 +206,31 @@ async def test_reopening_the_log_starts_a_fresh_file_and_loses_nothing(env: Env)
 # -- exit codes, stop ---------------------------------------------------------------
 
 
+@isolating
+async def test_a_privileged_container_runs_and_sees_host_devices(env: Env) -> None:
+    sc = api_pb2.LinuxContainerSecurityContext(privileged=True)
+    await env.run(
+        "priv", "sh", "-c", "ls /dev", linux=api_pb2.LinuxContainerConfig(security_context=sc)
+    )
+    status = await env.backend.wait("priv")
+    assert status.exit_code == 0
+    listed = {c for _s, _t, c in env.records("priv")}
+    assert {b"null", b"zero", b"urandom"} <= listed
+
+
+async def test_what_the_spec_had_to_change_is_kept_in_the_containers_notes(env: Env) -> None:
+    rootfs = env.manager.snapshots.mount_view([x.chain_id for x in env.image.layers], "noted")
+    env.made.append("noted")
+    spec, _ = generate_spec(
+        api_pb2.ContainerConfig(command=["true"]),
+        ImageRunConfig.from_config(env.image.config),
+        rootfs,
+    )
+    clamp = {"oom_score_adj": "-999 raised to 0, the server's own"}
+    await env.backend.create(CreateRequest("noted", spec, notes=clamp))
+    assert (await env.backend.state("noted")).notes["oom_score_adj"] == clamp["oom_score_adj"]
+
+
 async def test_exit_code_and_finish_time_are_recorded(env: Env) -> None:
     started = time.time_ns()
     await env.run("seven", "sh", "-c", "exit 7")

@@ -279,3 +279,19 @@ def test_the_sandboxs_hosts_resolv_conf_and_shm_are_bound_in(tmp_path: Path) -> 
     assert [m["destination"] for m in spec["mounts"]].count("/dev/shm") == 1
     alone, _ = generate_spec(cfg(), IMAGE, tmp_path)
     assert {m["destination"]: m["type"] for m in alone["mounts"]}["/dev/shm"] == "tmpfs"
+
+
+def test_a_privileged_container_gets_the_hosts_devices(tmp_path: Path) -> None:
+    privileged = cfg(
+        linux=api_pb2.LinuxContainerConfig(
+            security_context=api_pb2.LinuxContainerSecurityContext(privileged=True)
+        )
+    )
+    spec, _ = generate_spec(privileged, IMAGE, tmp_path)
+    paths = {d["path"] for d in spec["linux"]["devices"]}
+    assert "/dev/null" in paths
+    assert not any(p.startswith(("/dev/pts/", "/dev/shm/")) for p in paths)
+    assert spec["linux"]["resources"]["devices"] == [{"allow": True, "access": "rwm"}]
+    plain, _ = generate_spec(cfg(), IMAGE, tmp_path)
+    assert plain["linux"]["devices"] == []
+    assert plain["linux"]["resources"]["devices"] == [{"allow": False, "access": "rwm"}]

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import abc
 import signal
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,6 +35,7 @@ class CreateRequest:
     tty: bool = False
     stop_signal: str = ""  # from the image (StopSignal) or the config; "" is SIGTERM
     image_id: str = ""  # so RemoveImage can refuse an image a container uses
+    notes: Mapping[str, str] = field(default_factory=dict)  # spec.SpecNotes: kept for status
 
 
 @dataclass(frozen=True)

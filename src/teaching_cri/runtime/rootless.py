@@ -79,10 +79,13 @@ def device_binds(devices: list[dict[str, Any]], notes: dict[str, str]) -> list[d
                 if kind:
                     by_number.setdefault((kind, st.st_rdev), entry.path)
     binds = []
+    skipped = []
     for d in devices:
+        if d["path"] in RUNC_DEFAULT_DEVICES:
+            continue  # runc binds these itself
         source = by_number.get((d["type"], os.makedev(d["major"], d["minor"])))
-        if source is None:
-            notes[f"device {d['path']}"] = "left out: no such node in the host's /dev to bind"
+        if source is None or not os.access(source, os.R_OK):
+            skipped.append(d["path"])
             continue
         binds.append(
             {
@@ -92,4 +95,21 @@ def device_binds(devices: list[dict[str, Any]], notes: dict[str, str]) -> list[d
                 "options": ["bind", "rprivate", "nosuid", "noexec"],
             }
         )
+    if skipped:
+        notes["devices"] = f"left out, not on the host or not yours to open: {', '.join(skipped)}"
     return binds
+
+
+# What runc gives every container (libcontainer/specconv AllowedDevices).
+RUNC_DEFAULT_DEVICES = frozenset(
+    {
+        "/dev/null",
+        "/dev/zero",
+        "/dev/full",
+        "/dev/random",
+        "/dev/urandom",
+        "/dev/tty",
+        "/dev/console",
+        "/dev/ptmx",
+    }
+)

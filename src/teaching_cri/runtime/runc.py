@@ -178,7 +178,7 @@ class RuncBackend(Backend):
             raise
 
     async def _create(self, request: CreateRequest, d: Path) -> ContainerState:
-        notes: dict[str, str] = {}
+        notes: dict[str, str] = dict(request.notes)
         spec = dict(request.spec)
         cgroups_path = ""
         if self.name == "rootless-runc":

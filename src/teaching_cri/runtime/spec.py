@@ -194,6 +194,7 @@ def capabilities(config: api_pb2.ContainerConfig) -> list[str]:
 
 
 def _all_capabilities() -> list[str]:
+    """Every capability the kernel knows and our bounding set still holds."""
     try:
         last = int(Path("/proc/sys/kernel/cap_last_cap").read_text())
     except (OSError, ValueError):
@@ -241,7 +242,21 @@ def _all_capabilities() -> list[str]:
         "BPF",
         "CHECKPOINT_RESTORE",
     ]
-    return [f"CAP_{n}" for n in names[: last + 1]]
+    bounding = _bounding_set()
+    return [f"CAP_{n}" for bit, n in enumerate(names[: last + 1]) if bounding >> bit & 1]
+
+
+def _bounding_set() -> int:
+    """The capabilities this server may hand on (containerd's
+    WithAllCurrentCapabilities): a privileged container cannot have more, and
+    runc fails to start it if asked for a capability outside the set."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("CapBnd:"):
+                return int(line.split()[1], 16)
+    except (OSError, ValueError):
+        pass
+    return (1 << 64) - 1
 
 
 def default_mounts() -> list[dict[str, Any]]:
@@ -409,6 +424,37 @@ def devices(config: api_pb2.ContainerConfig) -> tuple[list[dict[str, Any]], list
     return nodes, rules
 
 
+_NOT_HOST_DEVICES = {"pts", "shm", "mqueue", "fd", ".lxc", ".udev", "console"}
+
+
+def host_devices(root: Path = Path("/dev")) -> list[dict[str, Any]]:
+    """The host's device nodes, for a privileged container (not the container's
+    own /dev/pts, /dev/shm, /dev/mqueue, which it gets fresh)."""
+    nodes = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = [d for d in dirnames if d not in _NOT_HOST_DEVICES]
+        for name in sorted(filenames):
+            path = os.path.join(dirpath, name)
+            try:
+                st = os.lstat(path)
+            except OSError:
+                continue
+            kind = "c" if stat.S_ISCHR(st.st_mode) else "b" if stat.S_ISBLK(st.st_mode) else ""
+            if kind and name not in _NOT_HOST_DEVICES:
+                nodes.append(
+                    {
+                        "path": path,
+                        "type": kind,
+                        "major": os.major(st.st_rdev),
+                        "minor": os.minor(st.st_rdev),
+                        "fileMode": stat.S_IMODE(st.st_mode),
+                        "uid": st.st_uid,
+                        "gid": st.st_gid,
+                    }
+                )
+    return nodes
+
+
 def sandbox_mounts(
     sandbox: SandboxContext, readonly_rootfs: bool
 ) -> tuple[list[dict[str, Any]], bool]:
@@ -449,6 +495,9 @@ def generate_spec(
     device_nodes, device_rules = devices(config)
     limits = resources(config)
     limits["devices"] = [*limits["devices"], *device_rules]
+    if sc.privileged:  # every host device, as containerd's WithDevices(HostDevices)
+        device_nodes = [*host_devices(), *device_nodes]
+        limits["devices"] = [{"allow": True, "access": "rwm"}]
     if sc.privileged:  # a privileged container sees the host's /sys read-write
         mounts = [
             {**m, "options": [o for o in m["options"] if o != "ro"]}
