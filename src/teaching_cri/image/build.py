@@ -916,3 +916,45 @@ def build_busybox_image(
     return build_image(
         layout_dir, layers, config=BUSYBOX_CONFIG, platform=platform, ref_name=ref_name
     )
+
+
+# The pod's infra ("pause") process, when no pause image can be had.
+CATATONIT = Path("/usr/bin/catatonit")
+
+
+def infra_layers(compression: Compression = "gzip") -> list[LayerSpec]:
+    """An image of one static program that holds a pod's namespaces and reaps
+    its zombies: Debian's catatonit (podman's pause, ``-P``), or else the
+    static busybox running a shell that waits forever (a shell as PID 1 reaps
+    the orphans re-parented to it when it ``wait``s)."""
+    base = [
+        *(dir_entry(d) for d in ("dev", "etc", "proc", "sys")),
+        file_entry("etc/passwd", _PASSWD.encode()),
+        file_entry("etc/group", _GROUP.encode()),
+    ]
+    if CATATONIT.is_file():
+        program = [copy_entry("pause", CATATONIT, mode=0o755)]
+    else:
+        check_busybox()
+        program = [copy_entry("bin/busybox", Path("/bin/busybox"), mode=0o755)]
+        program.append(symlink_entry("bin/sh", "busybox"))
+        program.append(symlink_entry("bin/sleep", "busybox"))
+    return [LayerSpec([*base, *program], compression, created_by="teaching-cri: infra")]
+
+
+def infra_config() -> dict[str, Any]:
+    if CATATONIT.is_file():
+        return {"Entrypoint": ["/pause", "-P"], "StopSignal": "SIGTERM"}
+    loop = "trap 'exit 0' TERM INT; while :; do sleep 3600 & wait; done"
+    return {"Entrypoint": ["/bin/sh", "-c", loop], "Env": ["PATH=/bin"], "StopSignal": "SIGTERM"}
+
+
+def build_infra_image(layout_dir: Path, *, ref_name: str | None = None) -> ImageInfo:
+    """The built-in infra image (``teaching-cri.local/pause``) for offline machines."""
+    return build_image(
+        layout_dir,
+        infra_layers(),
+        config=infra_config(),
+        platform=host_platform(),
+        ref_name=ref_name,
+    )
