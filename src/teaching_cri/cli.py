@@ -33,6 +33,8 @@ def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     p.add_argument("--stream-address", help="HOST:PORT of the streaming server (127.0.0.1:10350)")
     p.add_argument("--runtime", help=f"backend: {', '.join(BACKEND_NAMES)} (auto)")
     p.add_argument("--runc", help="the OCI runtime binary, runc or crun (runc, from PATH)")
+    p.add_argument("--pause-image", help="the pods' infra image (registry.k8s.io/pause:3.10)")
+    p.add_argument("--cni-conf-dir", help="where the CNI network configs are (/etc/cni/net.d)")
     p.add_argument("--log-level", help=f"{', '.join(LOG_LEVELS)} (info)")
     p.add_argument("--trace-file", help="also write every trace event to this JSONL file")
     p.add_argument("--trace", choices=("on", "off"), help="emit trace events (on)")

@@ -57,6 +57,10 @@ def default_socket() -> Path:
     return default_state_dir() / SOCKET_NAME
 
 
+# The kubelet's default infra image (--pod-infra-container-image), which it also names.
+DEFAULT_PAUSE_IMAGE = "registry.k8s.io/pause:3.10"
+
+
 @dataclass(frozen=True)
 class Config:
     socket: Path
@@ -68,6 +72,8 @@ class Config:
     trace_file: Path | None
     trace: bool = True
     runc: str = "runc"  # the OCI runtime binary: a path, or a name looked up on PATH (crun works)
+    pause_image: str = DEFAULT_PAUSE_IMAGE
+    cni_conf_dir: Path = Path("/etc/cni/net.d")
     registry: RegistryConfig = field(default_factory=RegistryConfig)
     # The default socket's directory is ours to create; a socket path the user
     # names must be in a directory that already exists.
@@ -86,6 +92,8 @@ class Config:
             "stream-address": self.stream_address,
             "runtime": self.runtime,
             "runc": self.runc,
+            "pause-image": self.pause_image,
+            "cni-conf-dir": str(self.cni_conf_dir),
             "log-level": self.log_level,
             "trace-file": str(self.trace_file) if self.trace_file else "",
             "trace": "on" if self.trace else "off",
@@ -104,6 +112,8 @@ KEYS = (
     "stream-address",
     "runtime",
     "runc",
+    "pause-image",
+    "cni-conf-dir",
     "log-level",
     "trace-file",
     "trace",
@@ -210,6 +220,8 @@ def resolve(values: Mapping[str, str | None], config_file: Path | None = None) -
     stream = merged.get("stream-address", DEFAULT_STREAM_ADDRESS)
     runtime = merged.get("runtime", "auto")
     runc = merged.get("runc", "runc")
+    pause_image = merged.get("pause-image", DEFAULT_PAUSE_IMAGE)
+    cni_conf_dir = Path(merged.get("cni-conf-dir", "/etc/cni/net.d")).absolute()
     level = merged.get("log-level", "info").lower()
     trace_path = merged.get("trace-file")
     # Off unless asked for: serialising every event costs about as much CPU as
@@ -253,6 +265,8 @@ def resolve(values: Mapping[str, str | None], config_file: Path | None = None) -
         stream_address=stream,
         runtime=runtime,
         runc=runc,
+        pause_image=pause_image,
+        cni_conf_dir=cni_conf_dir,
         log_level=level,
         trace_file=trace_file,
         trace=trace == "on",

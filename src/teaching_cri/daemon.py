@@ -31,7 +31,9 @@ from .cri.admin import AdminService
 from .cri.image_service import ImageService
 from .cri.runtime_service import RuntimeService
 from .image.manager import ImageManager
+from .manager.cni import CNI
 from .manager.runtime_manager import RuntimeManager
+from .manager.sandbox import SandboxManager
 from .runtime.backend import Backend
 from .runtime.backends import BackendProbe, open_backend, probe
 from .trace.charts import ChartSet
@@ -237,6 +239,15 @@ class Daemon:
         recovered = await self.backend.recover()
         self.runtime.backend = self.backend
         self.images.in_use = self.backend.uses_image
+        self.runtime.sandboxes = SandboxManager(
+            self.config.root,
+            self.config.state,
+            self.backend,
+            self.images,
+            CNI(self.config.cni_conf_dir),
+            self.config.pause_image,
+            privileged_network=found.name == "runc",
+        )
         if recovered:
             running = sum(1 for s in recovered if s.status == "running")
             log.info("recovered %d containers (%d running)", len(recovered), running)

@@ -11,9 +11,11 @@ from collections.abc import Callable
 from typing import Any
 
 from ..api import api_pb2, api_pb2_grpc
+from ..errors import FailedPrecondition
 from ..manager.runtime_manager import RuntimeManager
+from ..manager.sandbox import SandboxManager
 from ..trace.tracer import Tracer
-from . import runtime_config, status, version
+from . import pod_sandbox_run, pod_sandbox_status, pod_sandbox_stop, runtime_config, status, version
 from .unimplemented import fill_unimplemented
 
 RUNTIME_SERVICE = api_pb2.DESCRIPTOR.services_by_name["RuntimeService"]
@@ -28,7 +30,17 @@ class RuntimeService(api_pb2_grpc.RuntimeServiceServicer):
         self.tracer = tracer
         self.trace_stats = trace_stats
 
+    def sandboxes(self) -> SandboxManager:
+        if self.runtime.sandboxes is None:
+            raise FailedPrecondition("pod sandboxes are not available: no runtime backend")
+        return self.runtime.sandboxes
+
     Version = version.Version
     Status = status.Status
     UpdateRuntimeConfig = runtime_config.UpdateRuntimeConfig
     RuntimeConfig = runtime_config.RuntimeConfig
+    RunPodSandbox = pod_sandbox_run.RunPodSandbox
+    StopPodSandbox = pod_sandbox_stop.StopPodSandbox
+    RemovePodSandbox = pod_sandbox_stop.RemovePodSandbox
+    PodSandboxStatus = pod_sandbox_status.PodSandboxStatus
+    ListPodSandbox = pod_sandbox_status.ListPodSandbox

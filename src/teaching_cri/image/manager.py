@@ -23,7 +23,12 @@ import httpx
 from ..errors import FailedPrecondition, InvalidArgument
 from ..trace.tracer import annotate, current_span, decide, step
 from .archive import LayoutSource, cleanup, extract_archive, pick_image, recorded_name
-from .build import BusyboxUnavailable, build_busybox_image, build_host_binaries_image
+from .build import (
+    BusyboxUnavailable,
+    build_busybox_image,
+    build_host_binaries_image,
+    build_infra_image,
+)
 from .oci import host_platform, load_json_object
 from .reference import Reference, is_image_id, parse_reference
 from .registry import (
@@ -242,6 +247,18 @@ class ImageManager:
         staging = Path(tempfile.mkdtemp(prefix=".build-", dir=self.root))
         try:
             layout = await build_busybox_layout(staging / "layout")
+            return await self.import_layout(layout, ref)
+        finally:
+            cleanup(staging)
+
+    async def build_infra(self, name: str) -> ImageRecord:
+        """The built-in infra image (a pod's pause process), for machines that
+        cannot pull the pause image."""
+        ref = parse_reference(name)
+        staging = Path(tempfile.mkdtemp(prefix=".build-", dir=self.root))
+        try:
+            layout = staging / "layout"
+            await asyncio.to_thread(build_infra_image, layout)
             return await self.import_layout(layout, ref)
         finally:
             cleanup(staging)

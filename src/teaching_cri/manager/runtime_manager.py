@@ -23,7 +23,8 @@ from ..fsutil import atomic_write_json
 from ..runtime.backend import Backend
 from ..runtime.backends import BackendProbe, probe
 from ..trace.tracer import clip, step
-from .network import DEFAULT_CNI_CONF_DIR, NetworkStatus, cni_status
+from .network import NetworkStatus, cni_status
+from .sandbox import SandboxManager
 
 RUNTIME_NAME = "teaching-cri"
 KUBE_API_VERSION = "0.1.0"  # VersionResponse.version: what every CRI runtime sends
@@ -44,13 +45,14 @@ class StateError(RuntimeError):
 
 
 class RuntimeManager:
-    def __init__(self, config: Config, cni_conf_dir: Path = DEFAULT_CNI_CONF_DIR) -> None:
+    def __init__(self, config: Config, cni_conf_dir: Path | None = None) -> None:
         self.config = config
-        self.cni_conf_dir = cni_conf_dir
+        self.cni_conf_dir = cni_conf_dir or config.cni_conf_dir
         self.started_at = time.time_ns()
         self._config_file = config.root / "runtime-config.json"
         self.pod_cidrs: tuple[str, ...] = self._load_pod_cidrs()
         self.backend: Backend | None = None  # set by the daemon once it is open
+        self.sandboxes: SandboxManager | None = None  # likewise
 
     def _load_pod_cidrs(self) -> tuple[str, ...]:
         try:
@@ -121,7 +123,7 @@ class RuntimeManager:
                 "python": platform.python_version(),
                 "started_at": self.started_at,
             },
-            "config": self.config.as_dict() | {"cni-conf-dir": str(self.cni_conf_dir)},
+            "config": self.config.as_dict(),
             "network": {"pod_cidrs": list(self.pod_cidrs)},
             "containers": {
                 "backend": self.backend.name if self.backend else "none",

@@ -404,6 +404,13 @@ class RuncBackend(Backend):
     def list_ids(self) -> list[str]:
         return sorted(p.parent.name for p in self.containers_dir.glob(f"*/{RECORD}"))
 
+    def pod_of(self, container_id: str) -> str:
+        """The pod a container belongs to ("" for none, or if it is gone)."""
+        try:
+            return str(self.record(container_id).get("pod_id", ""))
+        except (NotFound, OSError, ValueError):
+            return ""
+
     def uses_image(self, image_id: str) -> bool:
         return image_id in self._images.values()
 

@@ -33,7 +33,7 @@ import functools
 import inspect
 import itertools
 import random
-from collections.abc import Callable, Coroutine, Iterable, Mapping
+from collections.abc import Callable, Coroutine, Iterable, Iterator, Mapping
 from contextvars import ContextVar, Token
 from time import monotonic_ns, time_ns
 from types import MappingProxyType, TracebackType
@@ -384,3 +384,15 @@ def annotate(**attributes: str) -> None:
     span = _current.get()
     if span is not None:
         span.annotate(**attributes)
+
+
+@contextlib.contextmanager
+def quiet() -> Iterator[None]:
+    """Run a block untraced in the current span: a step that calls into another
+    layer (the pod's infra container is created by the runtime layer) stays one
+    node of this chart, not the other layer's steps in it."""
+    token = _current.set(None)
+    try:
+        yield
+    finally:
+        _current.reset(token)

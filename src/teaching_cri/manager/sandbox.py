@@ -1,0 +1,689 @@
+"""Pod sandboxes: what iSulad's PodSandboxManagerService and SandboxManager do.
+
+A sandbox is the pod's shared context, made before any of its containers: a
+network namespace with an IP (from CNI), a hostname, /etc/hosts,
+/etc/resolv.conf and /dev/shm, a cgroup parent, and an *infra* process (the
+pause container) that holds the namespaces and reaps zombies. Its containers
+(issue 6) join those namespaces. The steps below are the nodes of
+``diagrams/RunPodSandbox.toml`` and its siblings, in the charts' order.
+
+Where things live: the record (checkpoint of the config, state, IPs, the ADD
+result CNI DEL needs) under ``<root>/sandboxes/<id>/sandbox.json``, so a
+sandbox survives a restart; runtime files (hosts, resolv.conf, shm) under
+``<state>/sandboxes/<id>/``; the pinned network namespace at
+``<state>/netns/<id>``; the infra container in the backend, with the
+sandbox's id as its own (as iSulad does).
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import os
+import re
+import secrets
+import shutil
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from google.protobuf.json_format import MessageToDict
+
+from ..api import api_pb2
+from ..errors import AlreadyExists, CRIError, FailedPrecondition, InvalidArgument, NotFound
+from ..fsutil import atomic_write_json
+from ..image.manager import ImageManager
+from ..image.registry import Credentials
+from ..runtime.backend import Backend, CreateRequest
+from ..runtime.spec import ImageRunConfig, SandboxContext, generate_spec
+from ..trace.tracer import annotate, branch, decide, quiet, step
+from . import netns
+from .cni import CNI, LOOPBACK, Attachment, NetworkConfig, ips_of
+
+READY = "SANDBOX_READY"
+NOTREADY = "SANDBOX_NOTREADY"
+INFRA_LABEL = ("cri.isulad.type", "podSandbox")  # iSulad's label on the infra container
+BUILT_IN_INFRA = "teaching-cri.local/pause:builtin"
+SETUP_NETWORK_FIRST = "cri.sandbox.network.setup.v2"  # iSulad 2.0's pod annotation
+SHM_SIZE = 64 << 20
+RUNTIME_HANDLERS = ("",)  # the default handler only: runc (or the tier standing in for it)
+_NAME_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+@dataclass
+class Sandbox:
+    """The record of one pod sandbox, as kept on disk."""
+
+    id: str
+    name: str
+    config_b64: str  # the PodSandboxConfig as sent: the checkpoint
+    created_at: int
+    state: str = NOTREADY
+    runtime_handler: str = ""
+    netns: str = ""  # the pinned namespace's path, "" for host network or unpinned
+    network_ready: bool = False
+    loopback_only: bool = False
+    ips: list[str] = field(default_factory=list)
+    cni_result: dict[str, Any] = field(default_factory=dict)
+    cni_network: dict[str, Any] = field(default_factory=dict)  # the conflist used at ADD
+    infra_image: str = ""
+
+    @property
+    def config(self) -> api_pb2.PodSandboxConfig:
+        config = api_pb2.PodSandboxConfig()
+        config.ParseFromString(base64.b64decode(self.config_b64))
+        return config
+
+    @property
+    def host_network(self) -> bool:
+        options = self.config.linux.security_context.namespace_options
+        return options.network == api_pb2.NODE
+
+
+def sandbox_name(metadata: api_pb2.PodSandboxMetadata) -> str:
+    """The infra container's name, as the kubelet's dockershim named it and iSulad does."""
+    return f"k8s_POD_{metadata.name}_{metadata.namespace}_{metadata.uid}_{metadata.attempt}"
+
+
+class SandboxManager:
+    def __init__(
+        self,
+        root: Path,
+        state: Path,
+        backend: Backend | None,
+        images: ImageManager,
+        cni: CNI,
+        pause_image: str,
+        *,
+        privileged_network: bool,
+    ) -> None:
+        self.records = root / "sandboxes"
+        self.files = state / "sandboxes"
+        self.netns_dir = state / "netns"
+        self.backend = backend
+        self.images = images
+        self.cni = cni
+        self.pause_image = pause_image
+        self.privileged_network = privileged_network  # root: pinned netns and CNI
+        self.records.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.on_event: list[Callable[[str, str], None]] = []
+
+    # -- the store ---------------------------------------------------------------
+
+    def _path(self, sandbox_id: str) -> Path:
+        return self.records / sandbox_id / "sandbox.json"
+
+    def _save(self, sandbox: Sandbox) -> None:
+        self._path(sandbox.id).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        atomic_write_json(self._path(sandbox.id), asdict(sandbox))
+
+    def all(self) -> list[Sandbox]:
+        out = []
+        for path in sorted(self.records.glob("*/sandbox.json")):
+            with contextlib.suppress(OSError, ValueError, TypeError):
+                out.append(Sandbox(**json.loads(path.read_text())))
+        return out
+
+    def find(self, sandbox_id: str) -> Sandbox | None:
+        """By full id or a unique prefix of it, as crictl and the kubelet use them."""
+        if not sandbox_id:
+            raise InvalidArgument("pod_sandbox_id is empty")
+        matches = [s for s in self.all() if s.id.startswith(sandbox_id)]
+        exact = [s for s in matches if s.id == sandbox_id]
+        if exact:
+            return exact[0]
+        if len(matches) > 1:
+            raise InvalidArgument(f"pod sandbox id prefix {sandbox_id!r} is ambiguous")
+        return matches[0] if matches else None
+
+    def get(self, sandbox_id: str) -> Sandbox:
+        sandbox = self.find(sandbox_id)
+        if sandbox is None:
+            raise NotFound(f"pod sandbox {sandbox_id!r} not found")
+        return sandbox
+
+    def _backend(self) -> Backend:
+        if self.backend is None:
+            raise FailedPrecondition("no container runtime backend is available (see Status)")
+        return self.backend
+
+    # -- RunPodSandbox --------------------------------------------------------------
+
+    async def run(self, config: api_pb2.PodSandboxConfig, runtime_handler: str) -> str:
+        sandbox = self.prepare_sandbox_data(config, runtime_handler)
+        sandbox.infra_image = await self.ensure_sandbox_image_exists()  # always an infra
+        self.prepare_sandbox_checkpoint(sandbox, config)
+        context = self.update_sandbox_config(sandbox, config)
+        undo: list[Callable[[], Any]] = []
+        try:
+            if decide("namespace_is_cni", not sandbox.host_network):
+                path = self.prepare_sandbox_key(sandbox)
+                if await self.prepare_network_namespace(sandbox, path):
+                    undo.append(lambda: netns.remove(path))
+            self.sandbox_manager_create_sandbox(sandbox)
+            undo.append(lambda: self._forget(sandbox))
+            first = config.annotations.get(SETUP_NETWORK_FIRST) == "true"
+            if decide("setup_network_first", first and not sandbox.host_network):
+                await self._network(sandbox, config, undo)
+                decide("infra_started", False)
+            await self.sandbox_create(sandbox, config, context)
+            undo.append(lambda: self._remove_infra(sandbox))
+            await self.sandbox_start(sandbox)
+            if sandbox.host_network:
+                branch("network_ready", "host")
+            elif not decide("network_ready", sandbox.network_ready):
+                await self._network(sandbox, config, undo)
+                decide("infra_started", True)
+                self.sandbox_update_network_settings(sandbox)
+            else:
+                self.sandbox_update_network_settings(sandbox)
+        except BaseException as exc:
+            with step("undo_taken_steps"):
+                for action in reversed(undo):
+                    with contextlib.suppress(Exception):
+                        result = action()
+                        if hasattr(result, "__await__"):
+                            await result
+            if isinstance(exc, CRIError):
+                raise
+            raise FailedPrecondition(f"RunPodSandbox: {exc}") from exc
+        self.mailbox_publish(sandbox.id, "started")
+        return sandbox.id
+
+    @step("prepare_sandbox_data")
+    def prepare_sandbox_data(
+        self, config: api_pb2.PodSandboxConfig, runtime_handler: str
+    ) -> Sandbox:
+        """Check the metadata, the handler and the name (one sandbox per name)."""
+        md = config.metadata
+        for what, value in (("name", md.name), ("namespace", md.namespace), ("uid", md.uid)):
+            if not value:
+                raise InvalidArgument(f"pod sandbox metadata: {what} is empty")
+            if not _NAME_PART.match(value) or "_" in value:
+                raise InvalidArgument(f"pod sandbox metadata: {what} {value!r} is not a valid name")
+        if runtime_handler not in RUNTIME_HANDLERS:
+            raise InvalidArgument(
+                f"runtime handler {runtime_handler!r} is unknown; known: the default ('')"
+            )
+        name = sandbox_name(md)
+        if any(s.name == name for s in self.all()):
+            raise AlreadyExists(f"pod sandbox name {name!r} is in use")
+        sandbox = Sandbox(
+            secrets.token_hex(32), name, "", time.time_ns(), runtime_handler=runtime_handler
+        )
+        annotate(sandbox_id=sandbox.id, name=name)
+        return sandbox
+
+    @step("ensure_sandbox_image_exists")
+    async def ensure_sandbox_image_exists(self) -> str:
+        """The pause image, pulled if missing; offline, the built-in infra."""
+        image = self.images.resolve(self.pause_image)
+        if image is None:
+            with contextlib.suppress(CRIError, OSError), quiet():
+                image = await self.images.pull(self.pause_image, Credentials())
+        if decide("pause_image_available", image is not None):
+            assert image is not None
+            return image.id
+        return await self.use_built_in_infra()
+
+    @step("use_built_in_infra")
+    async def use_built_in_infra(self) -> str:
+        image = self.images.resolve(BUILT_IN_INFRA)
+        if image is None:
+            with quiet():
+                image = await self.images.build_infra(BUILT_IN_INFRA)
+        annotate(image=BUILT_IN_INFRA)
+        return image.id
+
+    @step("prepare_sandbox_checkpoint")
+    def prepare_sandbox_checkpoint(
+        self, sandbox: Sandbox, config: api_pb2.PodSandboxConfig
+    ) -> None:
+        """The config as sent, kept whole (port mappings included) for restarts."""
+        sandbox.config_b64 = base64.b64encode(config.SerializeToString()).decode()
+
+    @step("update_sandbox_config")
+    def update_sandbox_config(
+        self, sandbox: Sandbox, config: api_pb2.PodSandboxConfig
+    ) -> SandboxContext:
+        """The sandbox's files: hostname, /etc/hosts, resolv.conf from DNSConfig, /dev/shm."""
+        d = self.files / sandbox.id
+        d.mkdir(parents=True, exist_ok=True, mode=0o755)
+        hostname = config.hostname or config.metadata.name
+        if sandbox.host_network:
+            hostname = os.uname().nodename
+        (d / "hostname").write_text(hostname + "\n")
+        (d / "hosts").write_text(
+            "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
+        )
+        dns = config.dns_config
+        if dns.servers or dns.searches or dns.options:
+            lines = [f"nameserver {s}" for s in dns.servers]
+            if dns.searches:
+                lines.append("search " + " ".join(dns.searches))
+            if dns.options:
+                lines.append("options " + " ".join(dns.options))
+            (d / "resolv.conf").write_text("\n".join(lines) + "\n")
+        else:
+            with contextlib.suppress(OSError):
+                shutil.copyfile("/etc/resolv.conf", d / "resolv.conf")
+            (d / "resolv.conf").touch()
+        shm = d / "shm"
+        shm.mkdir(exist_ok=True, mode=0o1777)
+        host_ipc = config.linux.security_context.namespace_options.ipc == api_pb2.NODE
+        if os.geteuid() == 0 and not host_ipc and not os.path.ismount(shm):
+            subprocess.run(
+                [
+                    "mount",
+                    "-t",
+                    "tmpfs",
+                    "-o",
+                    f"nosuid,nodev,noexec,mode=1777,size={SHM_SIZE}",
+                    "shm",
+                    str(shm),
+                ],
+                check=False,
+                capture_output=True,
+            )
+        return SandboxContext(
+            hostname=hostname,
+            hosts=str(d / "hosts"),
+            resolv_conf=str(d / "resolv.conf"),
+            shm="/dev/shm" if host_ipc else str(shm),
+        )
+
+    @step("prepare_sandbox_key")
+    def prepare_sandbox_key(self, sandbox: Sandbox) -> Path:
+        """Where the network namespace will be pinned: the sandbox key."""
+        return self.netns_dir / sandbox.id
+
+    @step("prepare_network_namespace")
+    async def prepare_network_namespace(self, sandbox: Sandbox, path: Path) -> bool:
+        """Pinned, as root; without root the infra makes its own, in its user
+        namespace, and the pod's containers join it through the infra's pid."""
+        if not self.privileged_network:
+            annotate(netns="the infra's own (no root to pin one)")
+            return False
+        await netns.create(path)
+        sandbox.netns = str(path)
+        return True
+
+    @step("sandbox_manager_create_sandbox")
+    def sandbox_manager_create_sandbox(self, sandbox: Sandbox) -> None:
+        """On disk from here on: a restart finds it, Stop and Remove can clean it."""
+        self._save(sandbox)
+
+    async def _network(
+        self, sandbox: Sandbox, config: api_pb2.PodSandboxConfig, undo: list[Callable[[], Any]]
+    ) -> None:
+        if decide("running_as_root", self.privileged_network):
+            network = self.setup_sandbox_network()
+            await self.cni_add(sandbox, config, network)
+            undo.append(lambda: self._teardown(sandbox))
+        else:
+            self.set_up_loopback_only(sandbox)
+        self.set_network_ready(sandbox)
+
+    @step("setup_sandbox_network")
+    def setup_sandbox_network(self) -> NetworkConfig:
+        """iSulad's SetUpPod: which network (the first usable config in the conf dir)."""
+        network = self.cni.network()
+        annotate(network=network.name, config=network.path)
+        return network
+
+    @step("cni_add")
+    async def cni_add(
+        self, sandbox: Sandbox, config: api_pb2.PodSandboxConfig, network: NetworkConfig
+    ) -> None:
+        attachment = self._attachment(sandbox, config)
+        await self.cni.add(
+            NetworkConfig.from_document(LOOPBACK), Attachment(sandbox.id, sandbox.netns, "lo")
+        )
+        sandbox.cni_network = {
+            "name": network.name,
+            "cniVersion": network.cni_version,
+            "plugins": list(network.plugins),
+        }
+        sandbox.cni_result = await self.cni.add(network, attachment)
+        sandbox.ips = ips_of(sandbox.cni_result)
+        annotate(ips=",".join(sandbox.ips))
+
+    def _attachment(self, sandbox: Sandbox, config: api_pb2.PodSandboxConfig) -> Attachment:
+        mappings = [
+            {
+                "hostPort": p.host_port,
+                "containerPort": p.container_port,
+                "protocol": api_pb2.Protocol.Name(p.protocol).lower(),
+                **({"hostIP": p.host_ip} if p.host_ip else {}),
+            }
+            for p in config.port_mappings
+            if p.host_port
+        ]
+        return Attachment(
+            sandbox.id,
+            sandbox.netns,
+            args={
+                "K8S_POD_NAMESPACE": config.metadata.namespace,
+                "K8S_POD_NAME": config.metadata.name,
+                "K8S_POD_INFRA_CONTAINER_ID": sandbox.id,
+                "K8S_POD_UID": config.metadata.uid,
+            },
+            runtime_config={"portMappings": mappings} if mappings else {},
+        )
+
+    @step("set_up_loopback_only")
+    def set_up_loopback_only(self, sandbox: Sandbox) -> None:
+        """Without root: the infra's own network namespace (in its user namespace)
+        has loopback only; nothing reaches the pod from outside. Said in its status."""
+        sandbox.loopback_only = True
+
+    @step("set_network_ready")
+    def set_network_ready(self, sandbox: Sandbox) -> None:
+        sandbox.network_ready = True
+        self._save(sandbox)
+
+    @step("sandbox_create")
+    async def sandbox_create(
+        self, sandbox: Sandbox, config: api_pb2.PodSandboxConfig, context: SandboxContext
+    ) -> None:
+        """The infra container: the pod's namespaces and its zombie reaper."""
+        backend = self._backend()
+        record = self.images.images.get(sandbox.infra_image)
+        if record is None:
+            raise FailedPrecondition(f"the infra image {sandbox.infra_image} is gone")
+        image = ImageRunConfig.from_config(record.config)
+        sc = config.linux.security_context
+        options = sc.namespace_options
+        join = {"network": sandbox.netns} if sandbox.netns else {}
+        net_mode = (
+            api_pb2.NODE
+            if sandbox.host_network
+            else (api_pb2.POD if sandbox.netns else api_pb2.CONTAINER)
+        )
+        infra_config = api_pb2.ContainerConfig(
+            metadata=api_pb2.ContainerMetadata(name="POD"),
+            labels={INFRA_LABEL[0]: INFRA_LABEL[1]},
+            annotations=dict(config.annotations),
+            linux=api_pb2.LinuxContainerConfig(
+                security_context=api_pb2.LinuxContainerSecurityContext(
+                    privileged=sc.privileged,
+                    readonly_rootfs=True,
+                    no_new_privs=True,
+                    namespace_options=api_pb2.NamespaceOption(
+                        network=net_mode,
+                        pid=api_pb2.NODE if options.pid == api_pb2.NODE else api_pb2.CONTAINER,
+                        ipc=api_pb2.NODE if options.ipc == api_pb2.NODE else api_pb2.CONTAINER,
+                    ),
+                    run_as_user=sc.run_as_user if sc.HasField("run_as_user") else None,
+                    run_as_group=sc.run_as_group if sc.HasField("run_as_group") else None,
+                ),
+            ),
+        )
+        with quiet():
+            rootfs = self.images.snapshots.mount_view(
+                [layer.chain_id for layer in record.layers], sandbox.id
+            )
+            try:
+                spec, notes = generate_spec(
+                    infra_config,
+                    image,
+                    rootfs,
+                    sandbox=SandboxContext(
+                        hostname=context.hostname,
+                        namespaces=join,
+                        hosts=context.hosts,
+                        resolv_conf=context.resolv_conf,
+                        shm=context.shm,
+                    ),
+                    annotations={"io.kubernetes.cri.container-type": "sandbox"},
+                )
+                if config.linux.sysctls:
+                    spec["linux"]["sysctl"] = dict(config.linux.sysctls)
+                await backend.create(
+                    CreateRequest(
+                        sandbox.id,
+                        spec,
+                        pod_id=sandbox.id,
+                        stop_signal=image.stop_signal,
+                        image_id=record.id,
+                        notes=notes.clamped,
+                    )
+                )
+            except BaseException:
+                self.images.snapshots.remove_view(sandbox.id)
+                raise
+
+    @step("sandbox_start")
+    async def sandbox_start(self, sandbox: Sandbox) -> None:
+        with quiet():
+            await self._backend().start(sandbox.id)
+        sandbox.state = READY
+        self._save(sandbox)
+
+    @step("sandbox_update_network_settings")
+    def sandbox_update_network_settings(self, sandbox: Sandbox) -> None:
+        """The pod's IP into its /etc/hosts, and the record saved."""
+        hostname = (self.files / sandbox.id / "hostname").read_text().strip()
+        if sandbox.ips:
+            with open(self.files / sandbox.id / "hosts", "a", encoding="utf-8") as f:
+                f.write(f"{sandbox.ips[0]}\t{hostname}\n")
+        self._save(sandbox)
+
+    @step("mailbox_publish")
+    def mailbox_publish(self, sandbox_id: str, what: str) -> None:
+        """iSulad's lifecycle event (its mailbox); ListenPodSandboxEvents later."""
+        for listener in list(self.on_event):
+            listener(sandbox_id, what)
+
+    # -- undo helpers ----------------------------------------------------------------
+
+    def _forget(self, sandbox: Sandbox) -> None:
+        shutil.rmtree(self.records / sandbox.id, ignore_errors=True)
+        self._release_files(sandbox)
+        shutil.rmtree(self.files / sandbox.id, ignore_errors=True)
+
+    async def _remove_infra(self, sandbox: Sandbox) -> None:
+        backend = self._backend()
+        if sandbox.id in backend.list_ids():
+            with quiet():
+                await backend.stop(sandbox.id, 0)
+                await backend.delete(sandbox.id)
+        self.images.snapshots.remove_view(sandbox.id)
+        await backend.release_pod(sandbox.id)
+
+    async def _teardown(self, sandbox: Sandbox) -> None:
+        if sandbox.cni_network and sandbox.netns:
+            network = NetworkConfig.from_document(sandbox.cni_network)
+            attachment = self._attachment(sandbox, sandbox.config)
+            await self.cni.delete(network, attachment, sandbox.cni_result or None)
+
+    def _release_files(self, sandbox: Sandbox) -> None:
+        shm = self.files / sandbox.id / "shm"
+        if os.path.ismount(shm):
+            subprocess.run(["umount", str(shm)], check=False, capture_output=True)
+
+    # -- StopPodSandbox -------------------------------------------------------------
+
+    async def stop(self, sandbox_id: str) -> None:
+        sandbox = self.sandbox_manager_get_sandbox(sandbox_id)
+        if not decide("sandbox_found", sandbox is not None):
+            return
+        assert sandbox is not None
+        self.get_network_mode_and_annotations(sandbox)
+        await self.stop_all_containers_in_sandbox(sandbox)
+        await self.clear_cni_network(sandbox)
+        self.cleanup_sandbox_files(sandbox)
+        await self.sandbox_stop(sandbox)
+
+    @step("sandbox_manager_get_sandbox")
+    def sandbox_manager_get_sandbox(self, sandbox_id: str) -> Sandbox | None:
+        return self.find(sandbox_id)
+
+    @step("get_network_mode_and_annotations")
+    def get_network_mode_and_annotations(self, sandbox: Sandbox) -> None:
+        annotate(host_network=str(sandbox.host_network), netns=sandbox.netns)
+
+    @step("stop_all_containers_in_sandbox")
+    async def stop_all_containers_in_sandbox(self, sandbox: Sandbox) -> None:
+        """Whatever of the pod still runs stops now (the kubelet gave each its
+        grace period with StopContainer already)."""
+        backend = self.backend
+        if backend is None:
+            return
+        for container_id in self.sandbox_get_containers(sandbox):
+            await self.cb_container_stop(backend, container_id)
+
+    @step("sandbox_get_containers")
+    def sandbox_get_containers(self, sandbox: Sandbox) -> list[str]:
+        backend = self.backend
+        if backend is None:
+            return []
+        return [
+            c for c in backend.list_ids() if c != sandbox.id and backend.pod_of(c) == sandbox.id
+        ]
+
+    @step("cb_container_stop")
+    async def cb_container_stop(self, backend: Backend, container_id: str) -> None:
+        with quiet(), contextlib.suppress(NotFound):
+            await backend.stop(container_id, 0)
+
+    @step("clear_cni_network")
+    async def clear_cni_network(self, sandbox: Sandbox) -> None:
+        if not decide("network_ready", sandbox.network_ready):
+            return
+        self.sandbox_get_sandbox_key(sandbox)
+        await self.network_teardown(sandbox)
+        self.sandbox_set_network_ready(sandbox, False)
+        await self.remove_network_namespace(sandbox)
+
+    @step("sandbox_get_sandbox_key")
+    def sandbox_get_sandbox_key(self, sandbox: Sandbox) -> str:
+        return sandbox.netns
+
+    @step("network_teardown")
+    async def network_teardown(self, sandbox: Sandbox) -> None:
+        if decide("loopback_only", sandbox.loopback_only or not sandbox.cni_network):
+            return
+        await self.cni_del(sandbox)
+
+    @step("cni_del")
+    async def cni_del(self, sandbox: Sandbox) -> None:
+        await self._teardown(sandbox)
+
+    @step("sandbox_set_network_ready")
+    def sandbox_set_network_ready(self, sandbox: Sandbox, ready: bool) -> None:
+        sandbox.network_ready = ready
+        self._save(sandbox)
+
+    @step("remove_network_namespace")
+    async def remove_network_namespace(self, sandbox: Sandbox) -> None:
+        """Unpinned once DEL has succeeded; Remove deletes the file."""
+        if sandbox.netns and netns.is_pinned(Path(sandbox.netns)):
+            await netns.remove(Path(sandbox.netns))
+
+    @step("cleanup_sandbox_files")
+    def cleanup_sandbox_files(self, sandbox: Sandbox) -> None:
+        self._release_files(sandbox)
+
+    @step("sandbox_stop")
+    async def sandbox_stop(self, sandbox: Sandbox) -> None:
+        backend = self.backend
+        if backend is not None and sandbox.id in backend.list_ids():
+            with quiet(), contextlib.suppress(NotFound):
+                await backend.stop(sandbox.id, 10)
+        sandbox.state = NOTREADY
+        self._save(sandbox)
+
+    # -- RemovePodSandbox ----------------------------------------------------------
+
+    async def remove(self, sandbox_id: str) -> None:
+        sandbox = self.sandbox_manager_get_sandbox(sandbox_id)
+        if not decide("sandbox_found", sandbox is not None):
+            return
+        assert sandbox is not None
+        if decide("namespace_is_cni", not sandbox.host_network):
+            if decide("network_ready", sandbox.network_ready):
+                await self.clear_cni_network_for_remove(sandbox)
+            await self.remove_network_namespace_file(sandbox)
+        self.cleanup_sandbox_files(sandbox)
+        await self.remove_all_containers_in_sandbox(sandbox)
+        await self.sandbox_remove(sandbox)
+        self.sandbox_manager_delete_sandbox(sandbox)
+        self.mailbox_publish(sandbox.id, "deleted")
+
+    @step("clear_cni_network")
+    async def clear_cni_network_for_remove(self, sandbox: Sandbox) -> None:
+        if not sandbox.loopback_only:
+            await self._teardown(sandbox)
+        sandbox.network_ready = False
+        self._save(sandbox)
+
+    @step("remove_network_namespace_file")
+    async def remove_network_namespace_file(self, sandbox: Sandbox) -> None:
+        if sandbox.netns:
+            await netns.remove(Path(sandbox.netns))
+
+    @step("remove_all_containers_in_sandbox")
+    async def remove_all_containers_in_sandbox(self, sandbox: Sandbox) -> None:
+        backend = self.backend
+        if backend is None:
+            return
+        for container_id in self.sandbox_get_containers(sandbox):
+            await self.cb_container_remove(backend, container_id)
+
+    @step("cb_container_remove")
+    async def cb_container_remove(self, backend: Backend, container_id: str) -> None:
+        with quiet(), contextlib.suppress(NotFound):
+            await backend.stop(container_id, 0)
+            await backend.delete(container_id)
+        self.images.snapshots.remove_view(container_id)
+
+    @step("sandbox_remove")
+    async def sandbox_remove(self, sandbox: Sandbox) -> None:
+        """The infra, its rootfs, the pod's cgroup, the runtime files."""
+        if self.backend is not None:
+            await self._remove_infra(sandbox)
+        self._release_files(sandbox)
+        shutil.rmtree(self.files / sandbox.id, ignore_errors=True)
+
+    @step("sandbox_manager_delete_sandbox")
+    def sandbox_manager_delete_sandbox(self, sandbox: Sandbox) -> None:
+        shutil.rmtree(self.records / sandbox.id, ignore_errors=True)
+
+    # -- PodSandboxStatus, ListPodSandbox ---------------------------------------------
+
+    @step("sandbox_status")
+    async def sandbox_status(self, sandbox: Sandbox) -> str:
+        return await self.current_state(sandbox)
+
+    async def current_state(self, sandbox: Sandbox) -> str:
+        """READY while the infra runs; an infra that died makes the pod NOTREADY."""
+        if sandbox.state == READY and self.backend is not None:
+            try:
+                with quiet():
+                    state = await self.backend.state(sandbox.id)
+            except NotFound:
+                state = None
+            if state is None or state.status != "running":
+                sandbox.state = NOTREADY
+                self._save(sandbox)
+        return sandbox.state
+
+    def verbose_info(self, sandbox: Sandbox) -> dict[str, str]:
+        info = {
+            "id": sandbox.id,
+            "name": sandbox.name,
+            "netns": sandbox.netns,
+            "network": "loopback only (no root: no CNI)"
+            if sandbox.loopback_only
+            else ("host" if sandbox.host_network else "cni"),
+            "cni_result": sandbox.cni_result,
+            "infra_image": sandbox.infra_image,
+            "runtime_handler": sandbox.runtime_handler,
+            "config": MessageToDict(sandbox.config, preserving_proto_field_name=True),
+        }
+        return {"info": json.dumps(info)}
