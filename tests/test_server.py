@@ -65,9 +65,9 @@ def test_socket_mode_is_0660(server: Server) -> None:
 
 def test_every_other_rpc_is_unimplemented_and_named(client: Client) -> None:
     with pytest.raises(grpc.RpcError) as err:
-        client.runtime.RunPodSandbox(api_pb2.RunPodSandboxRequest())
+        client.runtime.CreateContainer(api_pb2.CreateContainerRequest())
     assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
-    assert "RunPodSandbox" in err.value.details()
+    assert "CreateContainer" in err.value.details()
     with pytest.raises(grpc.RpcError) as err:
         list(client.image.StreamImages(api_pb2.StreamImagesRequest()))
     assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED

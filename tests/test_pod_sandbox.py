@@ -1,0 +1,285 @@
+"""Pod sandboxes against the live server: real network namespaces, real CNI
+plugins on a bridge of the test's own, the infra container under runc; every
+RPC's trace checked against its chart."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from teaching_cri.api import api_pb2
+from teaching_cri.client import Client
+from teaching_cri.manager.cni import default_conflist
+from teaching_cri.manager.network import DEFAULT_CNI_BIN_DIRS
+from teaching_cri.runtime import cgroups
+from teaching_cri.trace.charts import ChartSet
+from teaching_cri.trace.conformance import assert_conforms
+
+from conftest import IS_ROOT, Server, start_server
+
+
+def _unavailable() -> str:
+    if not IS_ROOT:
+        return "pods with network namespaces and CNI need root"
+    if shutil.which("runc") is None:
+        return "runc is not installed (apt-get install runc)"
+    missing = [
+        t
+        for t in ("bridge", "host-local", "loopback")
+        if not any((d / t).is_file() for d in DEFAULT_CNI_BIN_DIRS)
+    ]
+    if missing:
+        hint = "apt-get install containernetworking-plugins"
+        return f"CNI plugins missing: {', '.join(missing)} ({hint})"
+    return ""
+
+
+pytestmark = pytest.mark.skipif(bool(_unavailable()), reason=_unavailable())
+
+SUBNET = "10.233.{}.0/24"
+
+
+@pytest.fixture
+def pods(short_tmp: Path) -> Iterator[tuple[Server, Client, str, Path]]:
+    """A server whose CNI config is a bridge of this test's own."""
+    bridge = f"tcri-p{os.getpid() % 10000}"
+    conf = short_tmp / "net.d"
+    conf.mkdir()
+    doc = default_conflist(SUBNET.format(os.getpid() % 200), bridge, str(short_tmp / "ipam"))
+    (conf / "10-test.conflist").write_text(json.dumps(doc))
+    srv = start_server(short_tmp / "srv", "--cni-conf-dir", str(conf))
+    try:
+        yield srv, srv.client(), bridge, conf
+    finally:
+        client = srv.client()
+        for item in client.runtime.ListPodSandbox(api_pb2.ListPodSandboxRequest()).items:
+            client.runtime.StopPodSandbox(api_pb2.StopPodSandboxRequest(pod_sandbox_id=item.id))
+            client.runtime.RemovePodSandbox(api_pb2.RemovePodSandboxRequest(pod_sandbox_id=item.id))
+        srv.stop()
+        subprocess.run(["ip", "link", "del", bridge], capture_output=True)
+
+
+def pod_config(name: str, **kw: object) -> api_pb2.PodSandboxConfig:
+    return api_pb2.PodSandboxConfig(
+        metadata=api_pb2.PodSandboxMetadata(name=name, namespace="default", uid=f"uid-{name}"),
+        hostname=name,
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+def run(client: Client, config: api_pb2.PodSandboxConfig) -> str:
+    return client.runtime.RunPodSandbox(api_pb2.RunPodSandboxRequest(config=config)).pod_sandbox_id
+
+
+def status(client: Client, sandbox_id: str) -> api_pb2.PodSandboxStatusResponse:
+    return client.runtime.PodSandboxStatus(
+        api_pb2.PodSandboxStatusRequest(pod_sandbox_id=sandbox_id, verbose=True)
+    )
+
+
+def veths(bridge: str) -> list[str]:
+    out = subprocess.run(
+        ["ip", "-o", "link", "show", "master", bridge], capture_output=True, text=True
+    ).stdout
+    return [line.split(":")[1].strip().split("@")[0] for line in out.splitlines()]
+
+
+def leftovers(srv: Server, sandbox_id: str) -> list[str]:
+    """Everything a sandbox may leave behind, that exists."""
+    found = []
+    netns = srv.base / "state" / "netns" / sandbox_id
+    if netns.exists() or os.path.ismount(netns):
+        found.append(f"netns {netns}")
+    for d in (
+        srv.base / "root" / "sandboxes" / sandbox_id,
+        srv.base / "state" / "sandboxes" / sandbox_id,
+    ):
+        if d.exists():
+            found.append(f"state dir {d}")
+    for d in cgroups.directories(cgroups.pod_parent(sandbox_id)):
+        if d.exists():
+            found.append(f"cgroup {d}")
+    mounts = Path("/proc/self/mountinfo").read_text()
+    if sandbox_id in mounts:
+        found.append("a mount naming the sandbox")
+    if (srv.base / "state" / "containers" / sandbox_id).exists():
+        found.append("the infra container's state")
+    view = srv.base / "root" / "images" / "snapshots" / "active" / sandbox_id
+    if view.exists():
+        found.append(f"the infra's rootfs {view}")
+    return found
+
+
+def test_two_pods_get_distinct_ips_and_leave_nothing_behind(
+    pods: tuple[Server, Client, str, Path], charts: ChartSet
+) -> None:
+    srv, client, bridge, _conf = pods
+    since = time.time_ns()
+    a = run(client, pod_config("a", labels={"app": "web", "tier": "front"}))
+    b = run(client, pod_config("b", labels={"app": "web"}))
+    sa, sb = status(client, a), status(client, b)
+    for st in (sa, sb):
+        assert st.status.state == api_pb2.SANDBOX_READY
+        assert st.status.network.ip.startswith(SUBNET.format(os.getpid() % 200)[:-5])
+    assert sa.status.network.ip != sb.status.network.ip
+    assert sa.status.metadata.name == "a" and sa.status.labels == {"app": "web", "tier": "front"}
+    info = json.loads(sa.info["info"])
+    assert info["network"] == "cni" and info["netns"]
+    assert len(veths(bridge)) == 2
+    hosts = (srv.base / "state" / "sandboxes" / a / "hosts").read_text()
+    assert f"{sa.status.network.ip}\ta" in hosts
+
+    def listed(**f: object) -> set[str]:
+        flt = api_pb2.PodSandboxFilter(**f)  # type: ignore[arg-type]
+        items = client.runtime.ListPodSandbox(api_pb2.ListPodSandboxRequest(filter=flt)).items
+        return {i.id for i in items}
+
+    assert listed() == {a, b}
+    assert listed(id=a[:10]) == {a}
+    assert listed(label_selector={"app": "web"}) == {a, b}
+    assert listed(label_selector={"app": "web", "tier": "front"}) == {a}
+    ready = api_pb2.PodSandboxStateValue(state=api_pb2.SANDBOX_READY)
+    assert listed(state=ready, label_selector={"tier": "front"}) == {a}
+
+    client.runtime.StopPodSandbox(api_pb2.StopPodSandboxRequest(pod_sandbox_id=a))
+    assert status(client, a).status.state == api_pb2.SANDBOX_NOTREADY
+    assert len(veths(bridge)) == 1, "a's veth is gone"
+    client.runtime.StopPodSandbox(api_pb2.StopPodSandboxRequest(pod_sandbox_id=a))  # again
+    notready = api_pb2.PodSandboxStateValue(state=api_pb2.SANDBOX_NOTREADY)
+    assert listed(state=notready) == {a}
+
+    for sandbox_id in (a, b):
+        client.runtime.StopPodSandbox(api_pb2.StopPodSandboxRequest(pod_sandbox_id=sandbox_id))
+        client.runtime.RemovePodSandbox(api_pb2.RemovePodSandboxRequest(pod_sandbox_id=sandbox_id))
+        assert leftovers(srv, sandbox_id) == []
+    assert veths(bridge) == []
+    assert listed() == set()
+    assert_conforms(client.recent(since_unix_nano=since), charts)
+
+
+def test_unknown_ids_stop_and_remove_fine_but_have_no_status(
+    pods: tuple[Server, Client, str, Path],
+) -> None:
+    _srv, client, _bridge, _conf = pods
+    client.runtime.StopPodSandbox(api_pb2.StopPodSandboxRequest(pod_sandbox_id="f" * 64))
+    client.runtime.RemovePodSandbox(api_pb2.RemovePodSandboxRequest(pod_sandbox_id="f" * 64))
+    with pytest.raises(grpc.RpcError) as err:
+        status(client, "f" * 64)
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_bad_requests_are_refused_and_leave_nothing(
+    pods: tuple[Server, Client, str, Path],
+) -> None:
+    srv, client, _bridge, conf = pods
+
+    def code_of(config: api_pb2.PodSandboxConfig, handler: str = "") -> grpc.StatusCode:
+        with pytest.raises(grpc.RpcError) as err:
+            client.runtime.RunPodSandbox(
+                api_pb2.RunPodSandboxRequest(config=config, runtime_handler=handler)
+            )
+        return err.value.code()  # type: ignore[no-any-return]
+
+    assert code_of(api_pb2.PodSandboxConfig()) == grpc.StatusCode.INVALID_ARGUMENT
+    assert code_of(pod_config("h"), "kata") == grpc.StatusCode.INVALID_ARGUMENT
+    run(client, pod_config("twice"))
+    assert code_of(pod_config("twice")) == grpc.StatusCode.ALREADY_EXISTS
+    # a CNI config that the bridge plugin refuses: its own message, nothing left
+    (conf / "10-test.conflist").write_text(
+        json.dumps(
+            {
+                "cniVersion": "1.0.0",
+                "name": "broken",
+                "plugins": [{"type": "bridge", "ipam": {"type": "host-local", "ranges": "x"}}],
+            }
+        )
+    )
+    with pytest.raises(grpc.RpcError) as err:
+        run(client, pod_config("nonet"))
+    assert "CNI plugin bridge ADD failed" in err.value.details()
+    items = client.runtime.ListPodSandbox(api_pb2.ListPodSandboxRequest()).items
+    assert [i.metadata.name for i in items] == ["twice"]
+    netns_dir = srv.base / "state" / "netns"
+    assert len(list(netns_dir.iterdir())) == 1, "only twice's namespace"
+    containers = srv.base / "state" / "containers"
+    assert len([p for p in containers.iterdir() if p.is_dir()]) == 1, "only twice's infra"
+
+
+def test_a_host_network_pod_has_no_namespace_and_no_cni(
+    pods: tuple[Server, Client, str, Path], charts: ChartSet
+) -> None:
+    srv, client, bridge, _conf = pods
+    since = time.time_ns()
+    host = api_pb2.LinuxPodSandboxConfig(
+        security_context=api_pb2.LinuxSandboxSecurityContext(
+            namespace_options=api_pb2.NamespaceOption(network=api_pb2.NODE)
+        )
+    )
+    sandbox_id = run(client, pod_config("hostnet", linux=host))
+    st = status(client, sandbox_id)
+    assert st.status.state == api_pb2.SANDBOX_READY
+    assert st.status.network.ip == ""
+    assert st.status.linux.namespaces.options.network == api_pb2.NODE
+    assert veths(bridge) == []
+    assert not (srv.base / "state" / "netns" / sandbox_id).exists()
+    client.runtime.StopPodSandbox(api_pb2.StopPodSandboxRequest(pod_sandbox_id=sandbox_id))
+    client.runtime.RemovePodSandbox(api_pb2.RemovePodSandboxRequest(pod_sandbox_id=sandbox_id))
+    assert leftovers(srv, sandbox_id) == []
+    assert_conforms(client.recent(since_unix_nano=since), charts)
+
+
+def test_network_before_the_infra_when_the_pod_asks(
+    pods: tuple[Server, Client, str, Path], charts: ChartSet
+) -> None:
+    _srv, client, _bridge, _conf = pods
+    since = time.time_ns()
+    sandbox_id = run(
+        client, pod_config("first", annotations={"cri.sandbox.network.setup.v2": "true"})
+    )
+    assert status(client, sandbox_id).status.network.ip
+    events = client.recent(since_unix_nano=since, charts=["RunPodSandbox"])
+    nodes = [e.node for e in events]
+    assert nodes.index("cni_add") < nodes.index("sandbox_create")
+    assert_conforms(events, charts)
+
+
+def test_a_restart_changes_nothing_visible(short_tmp: Path) -> None:
+    bridge = f"tcri-r{os.getpid() % 10000}"
+    conf = short_tmp / "net.d"
+    conf.mkdir()
+    subnet = SUBNET.format(200 + os.getpid() % 50)
+    (conf / "10.conflist").write_text(
+        json.dumps(default_conflist(subnet, bridge, str(short_tmp / "ipam")))
+    )
+    base = short_tmp / "srv"
+    srv = start_server(base, "--cni-conf-dir", str(conf))
+    try:
+        client = srv.client()
+        sandbox_id = run(client, pod_config("stays"))
+        before = status(client, sandbox_id).status
+        srv.stop()
+        srv = start_server(base, "--cni-conf-dir", str(conf))
+        client = srv.client()
+        after = status(client, sandbox_id).status
+        assert after.state == api_pb2.SANDBOX_READY
+        assert (after.id, after.network.ip, after.created_at) == (
+            before.id,
+            before.network.ip,
+            before.created_at,
+        )
+        assert os.path.ismount(base / "state" / "netns" / sandbox_id)
+        assert len(veths(bridge)) == 1
+        client.runtime.StopPodSandbox(api_pb2.StopPodSandboxRequest(pod_sandbox_id=sandbox_id))
+        client.runtime.RemovePodSandbox(api_pb2.RemovePodSandboxRequest(pod_sandbox_id=sandbox_id))
+        assert leftovers(srv, sandbox_id) == [] and veths(bridge) == []
+    finally:
+        srv.stop()
+        subprocess.run(["ip", "link", "del", bridge], capture_output=True)
