@@ -180,3 +180,40 @@ async def test_a_plugins_own_error_reaches_the_caller(
 def test_no_usable_config_is_a_clear_precondition(tmp_path: Path) -> None:
     with pytest.raises(FailedPrecondition, match="network not ready"):
         CNI(tmp_path / "missing").network()
+
+
+def test_cni_install_writes_a_usable_default_and_keeps_what_is_there(tmp_path: Path) -> None:
+    import sys
+
+    from teaching_cri.manager.network import cni_status
+
+    def install(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "teaching_cri",
+                "cni",
+                "install",
+                "--conf-dir",
+                str(tmp_path),
+                *args,
+            ],
+            capture_output=True,
+            text=True,
+        )
+
+    done = install("--subnet", "10.77.0.0/16")
+    assert done.returncode == 0, done.stderr
+    doc = json.loads((tmp_path / "10-teaching-cri.conflist").read_text())
+    assert [p["type"] for p in doc["plugins"]] == ["bridge"]
+    assert doc["plugins"][0]["ipam"]["ranges"] == [[{"subnet": "10.77.0.0/16"}]]
+    present = all(
+        any((d / t).is_file() for d in DEFAULT_CNI_BIN_DIRS) for t in ("bridge", "host-local")
+    )
+    assert cni_status(tmp_path).ready == present, "usable exactly when the plugins are here"
+    again = install()
+    assert again.returncode == 1 and "--force" in again.stderr
+    assert install("--force").returncode == 0
+    bad = install("--force", "--subnet", "10.1.1.1/8")
+    assert bad.returncode == 2 and "host bits" in bad.stderr

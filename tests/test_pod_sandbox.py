@@ -165,6 +165,62 @@ def test_two_pods_get_distinct_ips_and_leave_nothing_behind(
     assert_conforms(client.recent(since_unix_nano=since), charts)
 
 
+def test_one_pod_serves_http_that_the_other_fetches_by_ip(
+    pods: tuple[Server, Client, str, Path], tmp_path: Path
+) -> None:
+    """Traffic between the pods' namespaces over the bridge (the pods' own
+    containers come with CreateContainer; here busybox runs in each netns)."""
+    srv, client, _bridge, _conf = pods
+    busybox = shutil.which("busybox")
+    if busybox is None:
+        pytest.skip("busybox (busybox-static) is needed for httpd and wget")
+    server_id, client_id = run(client, pod_config("server")), run(client, pod_config("client"))
+    server_ip = status(client, server_id).status.network.ip
+    www = tmp_path / "www"
+    www.mkdir()
+    (www / "index.html").write_text("hello from the server pod\n")
+    netns = srv.base / "state" / "netns"
+    httpd = subprocess.Popen(
+        [
+            "nsenter",
+            f"--net={netns / server_id}",
+            busybox,
+            "httpd",
+            "-f",
+            "-p",
+            "8080",
+            "-h",
+            str(www),
+        ]
+    )
+    try:
+        fetched = ""
+        for _ in range(50):
+            got = subprocess.run(
+                [
+                    "nsenter",
+                    f"--net={netns / client_id}",
+                    busybox,
+                    "wget",
+                    "-q",
+                    "-O",
+                    "-",
+                    f"http://{server_ip}:8080/",
+                ],
+                capture_output=True,
+                text=True,
+                timeout=10,
+            )
+            fetched = got.stdout
+            if got.returncode == 0:
+                break
+            time.sleep(0.1)
+        assert fetched == "hello from the server pod\n"
+    finally:
+        httpd.kill()
+        httpd.wait()
+
+
 def test_unknown_ids_stop_and_remove_fine_but_have_no_status(
     pods: tuple[Server, Client, str, Path],
 ) -> None:

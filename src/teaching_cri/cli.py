@@ -81,11 +81,58 @@ def build_parser() -> argparse.ArgumentParser:
     _socket_arg(build)
     build.add_argument("name", help='for example "teaching-cri.local/busybox:latest"')
 
+    cni = sub.add_parser("cni", help="pod networking")
+    csub = cni.add_subparsers(dest="cni_command", required=True)
+    install = csub.add_parser(
+        "install", help="write a default bridge + host-local network config for pods"
+    )
+    install.add_argument("--conf-dir", type=Path, default=Path("/etc/cni/net.d"))
+    install.add_argument("--subnet", default="10.88.0.0/16")
+    install.add_argument("--bridge", default="tcri0")
+    install.add_argument("--force", action="store_true", help="replace a config of ours")
+
     charts = sub.add_parser("charts", help="list the flow charts, or draw one")
     charts.add_argument("name", nargs="?")
     charts.add_argument("--format", choices=("text", "svg", "png"), default="text")
     charts.add_argument("-o", "--output", type=Path)
     return parser
+
+
+def _cni_install(args: argparse.Namespace) -> int:
+    """Write ``10-teaching-cri.conflist``; the server and the kubelet pick the
+    first config in the directory, so an existing one of another name wins."""
+    import ipaddress
+    import json
+
+    from .manager.cni import default_conflist
+
+    try:
+        subnet = ipaddress.ip_network(args.subnet, strict=True)
+    except ValueError as exc:
+        print(f"{PROG}: error: --subnet {args.subnet!r}: {exc}", file=sys.stderr)
+        return 2
+    if not 0 < len(args.bridge) <= 15:
+        print(f"{PROG}: error: --bridge: a Linux interface name has 1-15 bytes", file=sys.stderr)
+        return 2
+    path = args.conf_dir / "10-teaching-cri.conflist"
+    if path.exists() and not args.force:
+        print(f"{PROG}: error: {path} exists (--force replaces it)", file=sys.stderr)
+        return 1
+    try:
+        args.conf_dir.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(default_conflist(str(subnet), args.bridge), indent=2) + "\n")
+    except OSError as exc:
+        print(f"{PROG}: error: {path}: {exc.strerror}", file=sys.stderr)
+        return 1
+    others = sorted(
+        p.name
+        for p in args.conf_dir.iterdir()
+        if p != path and p.suffix in (".conf", ".conflist", ".json")
+    )
+    print(f"wrote {path}")
+    if others and others[0] < path.name:
+        print(f"note: {others[0]} sorts first and will be used instead")
+    return 0
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -263,6 +310,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _images(args)
     if args.command == "trace":
         return _follow(args) if args.trace_command == "follow" else _show(args)
+    if args.command == "cni":
+        return _cni_install(args)
     return _charts(args)
 
 
