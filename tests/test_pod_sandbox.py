@@ -221,6 +221,43 @@ def test_one_pod_serves_http_that_the_other_fetches_by_ip(
         httpd.wait()
 
 
+def test_pod_stats_count_the_infra_and_the_pods_traffic(
+    pods: tuple[Server, Client, str, Path], charts: ChartSet
+) -> None:
+    srv, client, _bridge, _conf = pods
+    since = time.time_ns()
+    a, b = run(client, pod_config("sa", labels={"k": "1"})), run(client, pod_config("sb"))
+    ip_b = status(client, b).status.network.ip
+    busybox = shutil.which("busybox")
+    if busybox:  # some traffic out of a's eth0
+        netns = srv.base / "state" / "netns" / a
+        subprocess.run(
+            ["nsenter", f"--net={netns}", busybox, "ping", "-c", "2", "-W", "1", ip_b],
+            capture_output=True,
+            timeout=20,
+        )
+    stats = client.runtime.PodSandboxStats(api_pb2.PodSandboxStatsRequest(pod_sandbox_id=a)).stats
+    assert stats.attributes.id == a and stats.attributes.labels == {"k": "1"}
+    assert stats.linux.process.process_count.value >= 1, "the infra process"
+    assert stats.linux.memory.working_set_bytes.value > 0
+    assert stats.linux.cpu.usage_core_nano_seconds.value > 0
+    assert stats.linux.network.default_interface.name == "eth0"
+    if busybox:
+        assert stats.linux.network.default_interface.tx_bytes.value > 0
+    listed = client.runtime.ListPodSandboxStats(api_pb2.ListPodSandboxStatsRequest()).stats
+    assert {s.attributes.id for s in listed} == {a, b}
+    only = client.runtime.ListPodSandboxStats(
+        api_pb2.ListPodSandboxStatsRequest(
+            filter=api_pb2.PodSandboxStatsFilter(label_selector={"k": "1"})
+        )
+    ).stats
+    assert [s.attributes.id for s in only] == [a]
+    with pytest.raises(grpc.RpcError) as err:
+        client.runtime.PodSandboxStats(api_pb2.PodSandboxStatsRequest(pod_sandbox_id="0" * 64))
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    assert_conforms(client.recent(since_unix_nano=since), charts)
+
+
 def test_unknown_ids_stop_and_remove_fine_but_have_no_status(
     pods: tuple[Server, Client, str, Path],
 ) -> None:

@@ -15,7 +15,15 @@ from ..errors import FailedPrecondition
 from ..manager.runtime_manager import RuntimeManager
 from ..manager.sandbox import SandboxManager
 from ..trace.tracer import Tracer
-from . import pod_sandbox_run, pod_sandbox_status, pod_sandbox_stop, runtime_config, status, version
+from . import (
+    pod_sandbox_run,
+    pod_sandbox_stats,
+    pod_sandbox_status,
+    pod_sandbox_stop,
+    runtime_config,
+    status,
+    version,
+)
 from .unimplemented import fill_unimplemented
 
 RUNTIME_SERVICE = api_pb2.DESCRIPTOR.services_by_name["RuntimeService"]
@@ -44,3 +52,5 @@ class RuntimeService(api_pb2_grpc.RuntimeServiceServicer):
     RemovePodSandbox = pod_sandbox_stop.RemovePodSandbox
     PodSandboxStatus = pod_sandbox_status.PodSandboxStatus
     ListPodSandbox = pod_sandbox_status.ListPodSandbox
+    PodSandboxStats = pod_sandbox_stats.PodSandboxStats
+    ListPodSandboxStats = pod_sandbox_stats.ListPodSandboxStats
