@@ -376,3 +376,35 @@ def test_a_restart_changes_nothing_visible(short_tmp: Path) -> None:
     finally:
         srv.stop()
         subprocess.run(["ip", "link", "del", bridge], capture_output=True)
+
+
+def test_a_pod_resize_is_written_to_the_pods_cgroup(
+    pods: tuple[Server, Client, str, Path], charts: ChartSet
+) -> None:
+    _srv, client, _bridge, _conf = pods
+    since = time.time_ns()
+    sandbox_id = run(client, pod_config("resized"))
+    client.runtime.UpdatePodSandboxResources(
+        api_pb2.UpdatePodSandboxResourcesRequest(
+            pod_sandbox_id=sandbox_id,
+            resources=api_pb2.LinuxContainerResources(
+                memory_limit_in_bytes=256 << 20, cpu_quota=50000, cpu_period=100000, cpu_shares=512
+            ),
+            overhead=api_pb2.LinuxContainerResources(memory_limit_in_bytes=16 << 20),
+        )
+    )
+    memory = cgroups.Hierarchy.detect().controller_dir(cgroups.pod_parent(sandbox_id), "memory")
+    limit_file = memory / ("memory.max" if cgroups.version() == 2 else "memory.limit_in_bytes")
+    assert int(limit_file.read_text()) == (256 + 16) << 20
+    stats = client.runtime.PodSandboxStats(
+        api_pb2.PodSandboxStatsRequest(pod_sandbox_id=sandbox_id)
+    ).stats
+    assert stats.linux.memory.available_bytes.value > 0
+    info = json.loads(status(client, sandbox_id).info["info"])
+    assert info["resources"]["memory"] == (256 + 16) << 20 and info["resources_enforced"]
+    with pytest.raises(grpc.RpcError) as err:
+        client.runtime.UpdatePodSandboxResources(
+            api_pb2.UpdatePodSandboxResourcesRequest(pod_sandbox_id="0" * 64)
+        )
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    assert_conforms(client.recent(since_unix_nano=since), charts)

@@ -20,6 +20,7 @@ from . import (
     pod_sandbox_stats,
     pod_sandbox_status,
     pod_sandbox_stop,
+    pod_sandbox_update,
     runtime_config,
     status,
     version,
@@ -54,3 +55,4 @@ class RuntimeService(api_pb2_grpc.RuntimeServiceServicer):
     ListPodSandbox = pod_sandbox_status.ListPodSandbox
     PodSandboxStats = pod_sandbox_stats.PodSandboxStats
     ListPodSandboxStats = pod_sandbox_stats.ListPodSandboxStats
+    UpdatePodSandboxResources = pod_sandbox_update.UpdatePodSandboxResources

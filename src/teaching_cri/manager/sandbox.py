@@ -72,6 +72,7 @@ class Sandbox:
     cni_result: dict[str, Any] = field(default_factory=dict)
     cni_network: dict[str, Any] = field(default_factory=dict)  # the conflist used at ADD
     infra_image: str = ""
+    resources: dict[str, int] = field(default_factory=dict)  # UpdatePodSandboxResources
 
     @property
     def config(self) -> api_pb2.PodSandboxConfig:
@@ -675,6 +676,55 @@ class SandboxManager:
                 self._save(sandbox)
         return sandbox.state
 
+    # -- UpdatePodSandboxResources -----------------------------------------------------
+
+    async def update_resources(
+        self,
+        sandbox_id: str,
+        resources: api_pb2.LinuxContainerResources,
+        overhead: api_pb2.LinuxContainerResources,
+    ) -> None:
+        sandbox = self.sandbox_manager_get_sandbox(sandbox_id)
+        if sandbox is None:
+            raise NotFound(f"pod sandbox {sandbox_id!r} not found")
+        limits = {
+            "memory": resources.memory_limit_in_bytes + overhead.memory_limit_in_bytes
+            if resources.memory_limit_in_bytes
+            else 0,
+            "cpu_quota": resources.cpu_quota + overhead.cpu_quota if resources.cpu_quota else 0,
+            "cpu_period": resources.cpu_period,
+            "cpu_shares": resources.cpu_shares + overhead.cpu_shares if resources.cpu_shares else 0,
+        }
+        for name, value in limits.items():
+            if value < 0:
+                raise InvalidArgument(f"{name} {value} is negative")
+        sandbox.resources = {k: v for k, v in limits.items() if v}
+        parent = cgroups.pod_parent(sandbox.id)
+        if decide("pod_cgroup", not self._backend().rootless and cgroups.exists(parent)):
+            self.write_pod_cgroup_limits(parent, limits)
+        else:
+            self.record_unenforced_resources(sandbox)
+        self._save(sandbox)
+
+    @step("write_pod_cgroup_limits")
+    def write_pod_cgroup_limits(self, parent: str, limits: dict[str, int]) -> None:
+        try:
+            written = cgroups.write_limits(
+                parent,
+                memory=limits["memory"],
+                cpu_quota=limits["cpu_quota"],
+                cpu_period=limits["cpu_period"],
+                cpu_shares=limits["cpu_shares"],
+            )
+        except OSError as exc:  # the kernel refused a value (below current usage, say)
+            where = f"{exc.filename}: {exc.strerror}"
+            raise FailedPrecondition(f"pod cgroup {parent}: {where}") from None
+        annotate(**{Path(k).name: v for k, v in written.items()})
+
+    @step("record_unenforced_resources")
+    def record_unenforced_resources(self, sandbox: Sandbox) -> None:
+        annotate(enforced="no: no cgroups without root")
+
     # -- PodSandboxStats, ListPodSandboxStats ----------------------------------------
 
     @step("get_cgroup_parent_and_sandbox_key")
@@ -737,6 +787,8 @@ class SandboxManager:
             "cni_result": sandbox.cni_result,
             "infra_image": sandbox.infra_image,
             "runtime_handler": sandbox.runtime_handler,
+            "resources": sandbox.resources,
+            "resources_enforced": bool(self.backend and not self.backend.rootless),
             "config": MessageToDict(sandbox.config, preserving_proto_field_name=True),
         }
         return {"info": json.dumps(info)}

@@ -93,6 +93,7 @@ class Backend(abc.ABC):
     """The verbs; each ``id`` is a container id the backend created."""
 
     name: str
+    rootless: bool  # no cgroups: limits are recorded, not enforced
 
     @abc.abstractmethod
     async def create(self, request: CreateRequest) -> ContainerState: ...

@@ -182,3 +182,39 @@ def read_stats(cgroups_path: str, hierarchy: Hierarchy | None = None) -> CgroupS
             limit = None
         ooms = _read_keyed(memory / "memory.oom_control").get("oom_kill", 0)
     return CgroupStats(now, cpu, usage, max(0, usage - inactive), limit, pids, ooms)
+
+
+def write_limits(
+    cgroups_path: str,
+    *,
+    memory: int = 0,
+    cpu_quota: int = 0,
+    cpu_period: int = 0,
+    cpu_shares: int = 0,
+    hierarchy: Hierarchy | None = None,
+) -> dict[str, str]:
+    """Write limits into a cgroup we own (a pod's level; runc writes its
+    containers'); 0 leaves a value alone. Returns file → value written."""
+    h = hierarchy or Hierarchy.detect()
+    writes: dict[Path, str] = {}
+    if h.version == 2:
+        d = h.controller_dir(cgroups_path, "memory")
+        if memory:
+            writes[d / "memory.max"] = str(memory)
+        if cpu_quota or cpu_period:
+            writes[d / "cpu.max"] = f"{cpu_quota or 'max'} {cpu_period or 100000}"
+        if cpu_shares:  # the kernel's conversion, as runc's ConvertCPUSharesToCgroupV2Value
+            writes[d / "cpu.weight"] = str(1 + ((cpu_shares - 2) * 9999) // 262142)
+    else:
+        mem, cpu = h.controller_dir(cgroups_path, "memory"), h.controller_dir(cgroups_path, "cpu")
+        if memory:
+            writes[mem / "memory.limit_in_bytes"] = str(memory)
+        if cpu_period:
+            writes[cpu / "cpu.cfs_period_us"] = str(cpu_period)
+        if cpu_quota:
+            writes[cpu / "cpu.cfs_quota_us"] = str(cpu_quota)
+        if cpu_shares:
+            writes[cpu / "cpu.shares"] = str(cpu_shares)
+    for path, value in writes.items():
+        path.write_text(value)
+    return {str(p): v for p, v in writes.items()}
