@@ -408,3 +408,45 @@ def test_a_pod_resize_is_written_to_the_pods_cgroup(
         )
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
     assert_conforms(client.recent(since_unix_nano=since), charts)
+
+
+def test_the_infra_gets_the_pods_hostname_dns_sysctls_and_shm(
+    pods: tuple[Server, Client, str, Path],
+) -> None:
+    srv, client, _bridge, _conf = pods
+    config = pod_config(
+        "detailed",
+        dns_config=api_pb2.DNSConfig(
+            servers=["10.96.0.10"], searches=["default.svc.cluster.local"], options=["ndots:5"]
+        ),
+        linux=api_pb2.LinuxPodSandboxConfig(sysctls={"net.ipv4.ip_unprivileged_port_start": "80"}),
+    )
+    config.hostname = "web-1"
+    sandbox_id = run(client, config)
+    record = json.loads(
+        (srv.base / "state" / "containers" / sandbox_id / "container.json").read_text()
+    )
+    pid = record["pid"]
+    resolv = Path(f"/proc/{pid}/root/etc/resolv.conf").read_text().splitlines()
+    assert resolv == [
+        "nameserver 10.96.0.10",
+        "search default.svc.cluster.local",
+        "options ndots:5",
+    ]
+    hostname = subprocess.run(
+        ["nsenter", "-t", str(pid), "-u", "hostname"], capture_output=True, text=True
+    ).stdout.strip()
+    assert hostname == "web-1"
+    hosts = Path(f"/proc/{pid}/root/etc/hosts").read_text()
+    assert "web-1" in hosts
+    netns = srv.base / "state" / "netns" / sandbox_id
+    port_start = subprocess.run(
+        ["nsenter", f"--net={netns}", "cat", "/proc/sys/net/ipv4/ip_unprivileged_port_start"],
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    assert port_start == "80", "the sysctl is set in the pod's network namespace"
+    shm = srv.base / "state" / "sandboxes" / sandbox_id / "shm"
+    assert os.path.ismount(shm), "the pod's /dev/shm is a tmpfs of its own"
+    (shm / "marker").write_text("x")
+    assert Path(f"/proc/{pid}/root/dev/shm/marker").exists(), "and the infra sees it"

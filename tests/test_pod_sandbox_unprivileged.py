@@ -1,0 +1,127 @@
+"""Pod sandboxes on the unprivileged tiers: no root to pin a network namespace
+or run CNI, so a pod's network is its infra's own namespace with loopback
+only, and the sandbox says so. As root the same path runs with
+``--runtime unprivileged``, and once more with the whole server as nobody."""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from test_cli import as_nobody, skip_unless_nobody_can_run_us
+
+from teaching_cri.api import api_pb2
+from teaching_cri.client import Client, connect, wait_for_socket
+from teaching_cri.runtime.backends import user_namespaces_allowed
+from teaching_cri.trace.charts import ChartSet
+from teaching_cri.trace.conformance import assert_conforms
+
+from conftest import IS_ROOT, start_server
+
+pytestmark = pytest.mark.skipif(
+    shutil.which("runc") is None or not user_namespaces_allowed(),
+    reason="rootless runc needs runc and unprivileged user namespaces",
+)
+
+
+def walk_a_pod(client: Client) -> dict[str, object]:
+    config = api_pb2.PodSandboxConfig(
+        metadata=api_pb2.PodSandboxMetadata(name="lonely", namespace="default", uid="u1"),
+        hostname="lonely",
+    )
+    sandbox_id = client.runtime.RunPodSandbox(
+        api_pb2.RunPodSandboxRequest(config=config)
+    ).pod_sandbox_id
+    st = client.runtime.PodSandboxStatus(
+        api_pb2.PodSandboxStatusRequest(pod_sandbox_id=sandbox_id, verbose=True)
+    )
+    stats = client.runtime.PodSandboxStats(
+        api_pb2.PodSandboxStatsRequest(pod_sandbox_id=sandbox_id)
+    ).stats
+    client.runtime.StopPodSandbox(api_pb2.StopPodSandboxRequest(pod_sandbox_id=sandbox_id))
+    stopped = client.runtime.PodSandboxStatus(
+        api_pb2.PodSandboxStatusRequest(pod_sandbox_id=sandbox_id)
+    ).status.state
+    client.runtime.RemovePodSandbox(api_pb2.RemovePodSandboxRequest(pod_sandbox_id=sandbox_id))
+    left = client.runtime.ListPodSandbox(api_pb2.ListPodSandboxRequest()).items
+    return {
+        "state": st.status.state,
+        "ip": st.status.network.ip,
+        "info": json.loads(st.info["info"]),
+        "has_cpu": stats.linux.HasField("cpu"),
+        "stopped": stopped,
+        "left": len(left),
+    }
+
+
+def check(seen: dict[str, object]) -> None:
+    assert seen["state"] == api_pb2.SANDBOX_READY
+    assert seen["ip"] == "", "no CNI: no pod IP"
+    info = seen["info"]
+    assert isinstance(info, dict) and info["network"].startswith("loopback only")
+    assert info["netns"] == ""
+    assert seen["has_cpu"] is False, "no cgroup: no CPU figures rather than invented ones"
+    assert seen["stopped"] == api_pb2.SANDBOX_NOTREADY
+    assert seen["left"] == 0
+
+
+def test_an_unprivileged_pod_has_loopback_only_and_says_so(
+    short_tmp: Path, charts: ChartSet
+) -> None:
+    srv = start_server(short_tmp / "u", "--runtime", "unprivileged")
+    try:
+        client = srv.client()
+        since = time.time_ns()
+        check(walk_a_pod(client))
+        assert_conforms(client.recent(since_unix_nano=since), charts)
+    finally:
+        srv.stop()
+
+
+@pytest.fixture
+def nobody_dir() -> Iterator[Path]:
+    skip_unless_nobody_can_run_us()
+    d = Path(tempfile.mkdtemp(prefix="tcri-pu-"))
+    os.chown(d, pwd.getpwnam("nobody").pw_uid, pwd.getpwnam("nobody").pw_gid)
+    try:
+        yield d
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.mark.skipif(not IS_ROOT, reason="switching to user nobody needs root")
+def test_a_pod_of_a_server_run_by_nobody(nobody_dir: Path) -> None:
+    sock = nobody_dir / "cri.sock"
+    cmd = as_nobody(
+        [
+            sys.executable,
+            "-m",
+            "teaching_cri",
+            "serve",
+            "--socket",
+            str(sock),
+            "--root",
+            str(nobody_dir / "root"),
+            "--state",
+            str(nobody_dir / "state"),
+        ]
+    )
+    env = {"PATH": os.environ["PATH"], "HOME": str(nobody_dir)}
+    proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True, cwd="/")
+    try:
+        wait_for_socket(sock, timeout=30)
+        with connect(sock) as client:
+            check(walk_a_pod(client))
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err[-2000:]
