@@ -450,3 +450,43 @@ def test_the_infra_gets_the_pods_hostname_dns_sysctls_and_shm(
     assert os.path.ismount(shm), "the pod's /dev/shm is a tmpfs of its own"
     (shm / "marker").write_text("x")
     assert Path(f"/proc/{pid}/root/dev/shm/marker").exists(), "and the infra sees it"
+
+
+def test_the_pause_image_is_pulled_when_missing(short_tmp: Path) -> None:
+    """The infra image named by --pause-image comes from its registry (here a
+    local one holding our infra image) and is used instead of the built-in one."""
+    from teaching_cri.image.build import build_infra_image
+
+    from registry import RegistryUnavailable, _push, run_registry
+
+    try:
+        with run_registry(short_tmp / "registry") as reg:
+            layout = short_tmp / "pause-layout"
+            info = build_infra_image(layout, ref_name="3.10")
+            _push(reg, layout, "pause", "3.10")
+            pause = f"{reg.host}/pause:3.10"
+            srv = start_server(short_tmp / "srv", "--pause-image", pause)
+            try:
+                client = srv.client()
+                host = api_pb2.LinuxPodSandboxConfig(  # no CNI needed for this one
+                    security_context=api_pb2.LinuxSandboxSecurityContext(
+                        namespace_options=api_pb2.NamespaceOption(network=api_pb2.NODE)
+                    )
+                )
+                sandbox_id = run(client, pod_config("pulled", linux=host))
+                st = status(client, sandbox_id)
+                assert st.status.state == api_pb2.SANDBOX_READY
+                assert json.loads(st.info["info"])["infra_image"] == info.config_digest
+                images = client.image.ListImages(api_pb2.ListImagesRequest()).images
+                assert any(pause in i.repo_tags for i in images)
+                assert not any("teaching-cri.local/pause" in t for i in images for t in i.repo_tags)
+                client.runtime.StopPodSandbox(
+                    api_pb2.StopPodSandboxRequest(pod_sandbox_id=sandbox_id)
+                )
+                client.runtime.RemovePodSandbox(
+                    api_pb2.RemovePodSandboxRequest(pod_sandbox_id=sandbox_id)
+                )
+            finally:
+                srv.stop()
+    except RegistryUnavailable as exc:
+        pytest.skip(str(exc))
