@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
@@ -31,6 +32,9 @@ def test_demo_against_a_running_server_draws_every_call(server: Server, tmp_path
     assert any(p.startswith("path: Status → new RuntimeStatus") for p in paths)
     assert any("validate pod CIDR ✗ error" in p for p in paths), "the bad CIDR call fails"
     assert "INVALID_ARGUMENT" in out and "UNIMPLEMENTED" in out
+    if os.geteuid() == 0:  # a pod's life, drawn (runc needs root; unprivileged tiers differ)
+        assert any(p.startswith("path: RunPodSandbox → PrepareSandboxData") for p in paths)
+        assert any(p.startswith("path: RemovePodSandbox") for p in paths)
     drawn = sorted(p.name for p in tmp_path.glob("*.svg"))
     assert drawn[:5] == [
         "01-Version.svg",
@@ -40,11 +44,20 @@ def test_demo_against_a_running_server_draws_every_call(server: Server, tmp_path
         "05-UpdateRuntimeConfig.svg",
     ]
     if Path("/bin/busybox").exists():  # the offline image, then the image RPCs on it
-        assert drawn[5:] == [
+        assert drawn[5:9] == [
             "06-BuildLocalImage.svg",
             "07-ImageStatus.svg",
             "08-ListImages.svg",
             "09-ImageFsInfo.svg",
+        ]
+        pod_charts = [name.split("-", 1)[1] for name in drawn[9:]]
+        assert pod_charts == [
+            "RunPodSandbox.svg",
+            "PodSandboxStatus.svg",
+            "ListPodSandbox.svg",
+            "PodSandboxStats.svg",
+            "StopPodSandbox.svg",
+            "RemovePodSandbox.svg",
         ]
         assert "2/2 [##############################]" in out, "a finished progress bar"
     for name in drawn:

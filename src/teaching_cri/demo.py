@@ -148,19 +148,80 @@ def main(socket: Path | None = None, svg_dir: Path | None = None, color: bool | 
                 ),
             )
         images(walk, client)
+        pods(walk, client)
         print("\n=== What comes next")
         try:
-            rt.RunPodSandbox(api_pb2.RunPodSandboxRequest())
+            rt.CreateContainer(api_pb2.CreateContainerRequest())
         except grpc.RpcError as exc:
-            print(f"RunPodSandbox: {exc.code().name}: {exc.details()}")
+            print(f"CreateContainer: {exc.code().name}: {exc.details()}")
         print(
-            "(containers, pod sandboxes, exec and attach arrive with the next issues;"
-            " this walk grows with them)"
+            "(containers, exec and attach arrive with the next issues; this walk grows with them)"
         )
     return 0
 
 
 LOCAL_IMAGE = "teaching-cri.local/busybox:latest"
+
+
+def pods(walk: Walkthrough, client: Client) -> None:
+    """A pod's life: on the CNI network if one is configured, else on the host's."""
+    rt = client.runtime
+    status = rt.Status(api_pb2.StatusRequest())
+    network_ready = any(c.type == "NetworkReady" and c.status for c in status.status.conditions)
+    linux = api_pb2.LinuxPodSandboxConfig()
+    if not network_ready:
+        print("\n(no CNI network configured: the demo pod uses the host's network;")
+        print(" `sudo teaching-cri cni install` gives pods a bridge of their own)")
+        linux.security_context.namespace_options.network = api_pb2.NODE
+    config = api_pb2.PodSandboxConfig(
+        metadata=api_pb2.PodSandboxMetadata(
+            name="demo", namespace="default", uid=f"demo-{os.getpid()}"
+        ),
+        hostname="demo",
+        labels={"app": "demo"},
+        linux=linux,
+    )
+    response = walk.call(
+        "RunPodSandbox",
+        "RunPodSandbox: the pod's infra, namespaces and network",
+        rt.RunPodSandbox,
+        api_pb2.RunPodSandboxRequest(config=config),
+    )
+    if response is None:
+        return
+    sandbox_id = response.pod_sandbox_id
+    walk.call(
+        "PodSandboxStatus",
+        "PodSandboxStatus: READY, and its IP",
+        rt.PodSandboxStatus,
+        api_pb2.PodSandboxStatusRequest(pod_sandbox_id=sandbox_id),
+    )
+    walk.call(
+        "ListPodSandbox",
+        "ListPodSandbox with a label selector",
+        rt.ListPodSandbox,
+        api_pb2.ListPodSandboxRequest(
+            filter=api_pb2.PodSandboxFilter(label_selector={"app": "demo"})
+        ),
+    )
+    walk.call(
+        "PodSandboxStats",
+        "PodSandboxStats: the pod's cgroup and interfaces",
+        rt.PodSandboxStats,
+        api_pb2.PodSandboxStatsRequest(pod_sandbox_id=sandbox_id),
+    )
+    walk.call(
+        "StopPodSandbox",
+        "StopPodSandbox: network down, infra stopped",
+        rt.StopPodSandbox,
+        api_pb2.StopPodSandboxRequest(pod_sandbox_id=sandbox_id),
+    )
+    walk.call(
+        "RemovePodSandbox",
+        "RemovePodSandbox: nothing left behind",
+        rt.RemovePodSandbox,
+        api_pb2.RemovePodSandboxRequest(pod_sandbox_id=sandbox_id),
+    )
 
 
 def images(walk: Walkthrough, client: Client) -> None:
