@@ -304,6 +304,12 @@ def test_bad_requests_are_refused_and_leave_nothing(
     assert len(list(netns_dir.iterdir())) == 1, "only twice's namespace"
     containers = srv.base / "state" / "containers"
     assert len([p for p in containers.iterdir() if p.is_dir()]) == 1, "only twice's infra"
+    files = srv.base / "state" / "sandboxes"
+    assert len(list(files.iterdir())) == 1, "only twice's hosts, resolv.conf and shm"
+    shm_mounts = [
+        m for m in Path("/proc/self/mountinfo").read_text().splitlines() if str(files) in m
+    ]
+    assert len(shm_mounts) == 1, "only twice's /dev/shm is mounted"
 
 
 def test_a_host_network_pod_has_no_namespace_and_no_cni(

@@ -17,6 +17,7 @@ sandbox's id as its own (as iSulad does).
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import json
@@ -24,7 +25,6 @@ import os
 import re
 import secrets
 import shutil
-import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -84,6 +84,14 @@ class Sandbox:
     def host_network(self) -> bool:
         options = self.config.linux.security_context.namespace_options
         return options.network == api_pb2.NODE
+
+
+async def _run(*argv: str) -> tuple[int, str]:
+    proc = await asyncio.create_subprocess_exec(
+        *argv, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE
+    )
+    _out, err = await proc.communicate()
+    return proc.returncode or 0, err.decode(errors="replace").strip()
 
 
 def sandbox_name(metadata: api_pb2.PodSandboxMetadata) -> str:
@@ -160,15 +168,14 @@ class SandboxManager:
         sandbox = self.prepare_sandbox_data(config, runtime_handler)
         sandbox.infra_image = await self.ensure_sandbox_image_exists()  # always an infra
         self.prepare_sandbox_checkpoint(sandbox, config)
-        context = self.update_sandbox_config(sandbox, config)
-        undo: list[Callable[[], Any]] = []
+        undo: list[Callable[[], Any]] = [lambda: self._forget(sandbox)]
         try:
+            context = await self.update_sandbox_config(sandbox, config)
             if decide("namespace_is_cni", not sandbox.host_network):
                 path = self.prepare_sandbox_key(sandbox)
                 if await self.prepare_network_namespace(sandbox, path):
                     undo.append(lambda: netns.remove(path))
             self.sandbox_manager_create_sandbox(sandbox)
-            undo.append(lambda: self._forget(sandbox))
             first = config.annotations.get(SETUP_NETWORK_FIRST) == "true"
             if decide("setup_network_first", first and not sandbox.host_network):
                 await self._network(sandbox, config, undo)
@@ -193,7 +200,7 @@ class SandboxManager:
                             await result
             if isinstance(exc, CRIError):
                 raise
-            raise FailedPrecondition(f"RunPodSandbox: {exc}") from exc
+            raise FailedPrecondition(str(exc) or type(exc).__name__) from exc
         self.mailbox_publish(sandbox.id, "started")
         return sandbox.id
 
@@ -250,7 +257,7 @@ class SandboxManager:
         sandbox.config_b64 = base64.b64encode(config.SerializeToString()).decode()
 
     @step("update_sandbox_config")
-    def update_sandbox_config(
+    async def update_sandbox_config(
         self, sandbox: Sandbox, config: api_pb2.PodSandboxConfig
     ) -> SandboxContext:
         """The sandbox's files: hostname, /etc/hosts, resolv.conf from DNSConfig, /dev/shm."""
@@ -279,19 +286,10 @@ class SandboxManager:
         shm.mkdir(exist_ok=True, mode=0o1777)
         host_ipc = config.linux.security_context.namespace_options.ipc == api_pb2.NODE
         if os.geteuid() == 0 and not host_ipc and not os.path.ismount(shm):
-            subprocess.run(
-                [
-                    "mount",
-                    "-t",
-                    "tmpfs",
-                    "-o",
-                    f"nosuid,nodev,noexec,mode=1777,size={SHM_SIZE}",
-                    "shm",
-                    str(shm),
-                ],
-                check=False,
-                capture_output=True,
-            )
+            options = f"nosuid,nodev,noexec,mode=1777,size={SHM_SIZE}"
+            code, err = await _run("mount", "-t", "tmpfs", "-o", options, "shm", str(shm))
+            if code != 0:
+                raise FailedPrecondition(f"mounting the pod's /dev/shm at {shm}: {err}")
         return SandboxContext(
             hostname=hostname,
             hosts=str(d / "hosts"),
@@ -427,8 +425,10 @@ class SandboxManager:
             ),
         )
         with quiet():
-            rootfs = self.images.snapshots.mount_view(
-                [layer.chain_id for layer in record.layers], sandbox.id
+            rootfs = await asyncio.to_thread(
+                self.images.snapshots.mount_view,
+                [layer.chain_id for layer in record.layers],
+                sandbox.id,
             )
             try:
                 spec, notes = generate_spec(
@@ -484,9 +484,9 @@ class SandboxManager:
 
     # -- undo helpers ----------------------------------------------------------------
 
-    def _forget(self, sandbox: Sandbox) -> None:
+    async def _forget(self, sandbox: Sandbox) -> None:
         shutil.rmtree(self.records / sandbox.id, ignore_errors=True)
-        self._release_files(sandbox)
+        await self._release_files(sandbox)
         shutil.rmtree(self.files / sandbox.id, ignore_errors=True)
 
     async def _remove_infra(self, sandbox: Sandbox) -> None:
@@ -495,19 +495,27 @@ class SandboxManager:
             with quiet():
                 await backend.stop(sandbox.id, 0)
                 await backend.delete(sandbox.id)
-        self.images.snapshots.remove_view(sandbox.id)
+        await asyncio.to_thread(self.images.snapshots.remove_view, sandbox.id)
         await backend.release_pod(sandbox.id)
 
     async def _teardown(self, sandbox: Sandbox) -> None:
+        """DEL for each ADD: the pod's network, then its loopback."""
         if sandbox.cni_network and sandbox.netns:
             network = NetworkConfig.from_document(sandbox.cni_network)
             attachment = self._attachment(sandbox, sandbox.config)
             await self.cni.delete(network, attachment, sandbox.cni_result or None)
+            await self.cni.delete(
+                NetworkConfig.from_document(LOOPBACK),
+                Attachment(sandbox.id, sandbox.netns, "lo"),
+                None,
+            )
 
-    def _release_files(self, sandbox: Sandbox) -> None:
+    async def _release_files(self, sandbox: Sandbox) -> None:
         shm = self.files / sandbox.id / "shm"
         if os.path.ismount(shm):
-            subprocess.run(["umount", str(shm)], check=False, capture_output=True)
+            code, err = await _run("umount", str(shm))
+            if code != 0 and os.path.ismount(shm):
+                raise FailedPrecondition(f"unmounting the pod's /dev/shm at {shm}: {err}")
 
     # -- StopPodSandbox -------------------------------------------------------------
 
@@ -519,7 +527,7 @@ class SandboxManager:
         self.get_network_mode_and_annotations(sandbox)
         await self.stop_all_containers_in_sandbox(sandbox)
         await self.clear_cni_network(sandbox)
-        self.cleanup_sandbox_files(sandbox)
+        await self.cleanup_sandbox_files(sandbox)
         await self.sandbox_stop(sandbox)
 
     @step("sandbox_manager_get_sandbox")
@@ -589,8 +597,8 @@ class SandboxManager:
             await netns.remove(Path(sandbox.netns))
 
     @step("cleanup_sandbox_files")
-    def cleanup_sandbox_files(self, sandbox: Sandbox) -> None:
-        self._release_files(sandbox)
+    async def cleanup_sandbox_files(self, sandbox: Sandbox) -> None:
+        await self._release_files(sandbox)
 
     @step("sandbox_stop")
     async def sandbox_stop(self, sandbox: Sandbox) -> None:
@@ -612,7 +620,7 @@ class SandboxManager:
             if decide("network_ready", sandbox.network_ready):
                 await self.clear_cni_network_for_remove(sandbox)
             await self.remove_network_namespace_file(sandbox)
-        self.cleanup_sandbox_files(sandbox)
+        await self.cleanup_sandbox_files(sandbox)
         await self.remove_all_containers_in_sandbox(sandbox)
         await self.sandbox_remove(sandbox)
         self.sandbox_manager_delete_sandbox(sandbox)
@@ -650,7 +658,7 @@ class SandboxManager:
         """The infra, its rootfs, the pod's cgroup, the runtime files."""
         if self.backend is not None:
             await self._remove_infra(sandbox)
-        self._release_files(sandbox)
+        await self._release_files(sandbox)
         shutil.rmtree(self.files / sandbox.id, ignore_errors=True)
 
     @step("sandbox_manager_delete_sandbox")

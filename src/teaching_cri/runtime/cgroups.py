@@ -59,16 +59,24 @@ class Hierarchy:
 
 
 def _mounted_v1_controllers() -> dict[str, Path]:
-    """controller → its v1 hierarchy's mount point, from /proc/self/mountinfo."""
+    """hierarchy → mount point, from /proc/self/mountinfo: each v1 controller,
+    the named ones (``name=systemd``) and, on a hybrid host, the v2 tree
+    (``unified``). runc makes a container's path in every one of them, so
+    removing a cgroup means removing it from each."""
     mounts: dict[str, Path] = {}
     with contextlib.suppress(OSError):
         for line in Path("/proc/self/mountinfo").read_text().splitlines():
             left, _, right = line.partition(" - ")
             fields, tail = left.split(), right.split()
-            if len(fields) < 5 or len(tail) < 3 or tail[0] != "cgroup":
+            if len(fields) < 5 or len(tail) < 3:
+                continue
+            if tail[0] == "cgroup2":
+                mounts.setdefault("unified", Path(fields[4]))
+                continue
+            if tail[0] != "cgroup":
                 continue
             for option in tail[2].split(","):
-                if option in V1_CONTROLLERS:
+                if option in V1_CONTROLLERS or option.startswith("name="):
                     mounts.setdefault(option, Path(fields[4]))
     return mounts
 
