@@ -17,15 +17,16 @@ Two ways, chosen once per server:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
-import subprocess
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import FailedPrecondition
+from ..fsutil import mount, umount
 from .unpack import apply_layer, in_user_namespace
 
 
@@ -126,14 +127,11 @@ class SnapshotStore:
         options = f"lowerdir={lower},upperdir={base / 'upper'},workdir={base / 'work'}"
         if in_user_namespace():
             options += ",userxattr"  # read user.overlay.* (see unpack.overlay_opaque_xattr)
-        proc = subprocess.run(
-            ["mount", "-t", "overlay", "overlay", "-o", options, str(merged)],
-            capture_output=True,
-            text=True,
-        )
-        if proc.returncode != 0:
+        try:
+            mount("overlay", merged, "overlay", options)
+        except OSError as exc:
             shutil.rmtree(base, ignore_errors=True)
-            raise FailedPrecondition(f"overlay mount for {key!r} failed: {proc.stderr.strip()}")
+            raise FailedPrecondition(f"overlay mount for {key!r} failed: {exc.strerror}") from None
         return merged
 
     def remove_view(self, key: str) -> None:
@@ -142,7 +140,8 @@ class SnapshotStore:
             return
         merged = base / "rootfs"
         if self.mode == "overlay" and os.path.ismount(merged):
-            subprocess.run(["umount", str(merged)], capture_output=True)
+            with contextlib.suppress(OSError):
+                umount(merged)
         shutil.rmtree(base, ignore_errors=True)
 
     def remove(self, chain_id: str) -> None:

@@ -35,7 +35,7 @@ from google.protobuf.json_format import MessageToDict
 
 from ..api import api_pb2
 from ..errors import AlreadyExists, CRIError, FailedPrecondition, InvalidArgument, NotFound
-from ..fsutil import atomic_write_json
+from ..fsutil import MNT_DETACH, MS_NODEV, MS_NOEXEC, MS_NOSUID, atomic_write_json, mount, umount
 from ..image.manager import ImageManager
 from ..image.registry import Credentials
 from ..runtime import cgroups
@@ -84,14 +84,6 @@ class Sandbox:
     def host_network(self) -> bool:
         options = self.config.linux.security_context.namespace_options
         return options.network == api_pb2.NODE
-
-
-async def _run(*argv: str) -> tuple[int, str]:
-    proc = await asyncio.create_subprocess_exec(
-        *argv, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE
-    )
-    _out, err = await proc.communicate()
-    return proc.returncode or 0, err.decode(errors="replace").strip()
 
 
 def sandbox_name(metadata: api_pb2.PodSandboxMetadata) -> str:
@@ -286,10 +278,18 @@ class SandboxManager:
         shm.mkdir(exist_ok=True, mode=0o1777)
         host_ipc = config.linux.security_context.namespace_options.ipc == api_pb2.NODE
         if os.geteuid() == 0 and not host_ipc and not os.path.ismount(shm):
-            options = f"nosuid,nodev,noexec,mode=1777,size={SHM_SIZE}"
-            code, err = await _run("mount", "-t", "tmpfs", "-o", options, "shm", str(shm))
-            if code != 0:
-                raise FailedPrecondition(f"mounting the pod's /dev/shm at {shm}: {err}")
+            try:
+                mount(
+                    "shm",
+                    shm,
+                    "tmpfs",
+                    f"mode=1777,size={SHM_SIZE}",
+                    MS_NOSUID | MS_NODEV | MS_NOEXEC,
+                )
+            except OSError as exc:
+                raise FailedPrecondition(
+                    f"mounting the pod's /dev/shm at {shm}: {exc.strerror}"
+                ) from None
         return SandboxContext(
             hostname=hostname,
             hosts=str(d / "hosts"),
@@ -513,9 +513,12 @@ class SandboxManager:
     async def _release_files(self, sandbox: Sandbox) -> None:
         shm = self.files / sandbox.id / "shm"
         if os.path.ismount(shm):
-            code, err = await _run("umount", str(shm))
-            if code != 0 and os.path.ismount(shm):
-                raise FailedPrecondition(f"unmounting the pod's /dev/shm at {shm}: {err}")
+            try:
+                umount(shm, MNT_DETACH)  # lazily: a process may still hold a file there
+            except OSError as exc:
+                raise FailedPrecondition(
+                    f"unmounting the pod's /dev/shm at {shm}: {exc.strerror}"
+                ) from None
 
     # -- StopPodSandbox -------------------------------------------------------------
 

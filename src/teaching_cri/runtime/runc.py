@@ -118,7 +118,7 @@ class RuncBackend(Backend):
         return data
 
     def _save(self, container_id: str, record: dict[str, Any]) -> None:
-        atomic_write_json(self.dir(container_id) / RECORD, record)
+        atomic_write_json(self.dir(container_id) / RECORD, record, durable=False)
 
     async def _runc(self, *args: str, stdin: bytes | None = None) -> str:
         proc = await asyncio.create_subprocess_exec(
@@ -219,7 +219,7 @@ class RuncBackend(Backend):
     @step("write_bundle")
     def write_bundle(self, d: Path, spec: dict[str, Any]) -> None:
         """The bundle is the state dir: config.json here, the rootfs where the spec says."""
-        atomic_write_json(d / "config.json", spec)
+        atomic_write_json(d / "config.json", spec, durable=False)
 
     @step("spawn_shim")
     async def spawn(self, d: Path, request: CreateRequest, cgroups_path: str) -> Spawned:
