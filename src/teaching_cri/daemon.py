@@ -32,6 +32,7 @@ from .cri.image_service import ImageService
 from .cri.runtime_service import RuntimeService
 from .image.manager import ImageManager
 from .manager.cni import CNI
+from .manager.container import ContainerManager
 from .manager.runtime_manager import RuntimeManager
 from .manager.sandbox import SandboxManager
 from .runtime.backend import Backend
@@ -248,6 +249,10 @@ class Daemon:
             self.config.pause_image,
             privileged_network=found.name == "runc",
         )
+        self.runtime.containers = ContainerManager(
+            self.config.root, self.backend, self.images, self.runtime.sandboxes
+        )
+        await self.runtime.containers.load()
         if recovered:
             running = sum(1 for s in recovered if s.status == "running")
             log.info("recovered %d containers (%d running)", len(recovered), running)

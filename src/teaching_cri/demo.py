@@ -151,12 +151,10 @@ def main(socket: Path | None = None, svg_dir: Path | None = None, color: bool | 
         pods(walk, client)
         print("\n=== What comes next")
         try:
-            rt.CreateContainer(api_pb2.CreateContainerRequest())
+            rt.Exec(api_pb2.ExecRequest())
         except grpc.RpcError as exc:
-            print(f"CreateContainer: {exc.code().name}: {exc.details()}")
-        print(
-            "(containers, exec and attach arrive with the next issues; this walk grows with them)"
-        )
+            print(f"Exec: {exc.code().name}: {exc.details()}")
+        print("(exec and attach arrive with the streaming server; this walk grows with them)")
     return 0
 
 

@@ -12,10 +12,18 @@ from typing import Any
 
 from ..api import api_pb2, api_pb2_grpc
 from ..errors import FailedPrecondition
+from ..manager.container import ContainerManager
 from ..manager.runtime_manager import RuntimeManager
 from ..manager.sandbox import SandboxManager
 from ..trace.tracer import Tracer
 from . import (
+    container_create,
+    container_exec,
+    container_list,
+    container_start,
+    container_stats,
+    container_stop,
+    container_update,
     pod_sandbox_run,
     pod_sandbox_stats,
     pod_sandbox_status,
@@ -44,6 +52,11 @@ class RuntimeService(api_pb2_grpc.RuntimeServiceServicer):
             raise FailedPrecondition("pod sandboxes are not available: no runtime backend")
         return self.runtime.sandboxes
 
+    def containers(self) -> ContainerManager:
+        if self.runtime.containers is None:
+            raise FailedPrecondition("containers are not available: no runtime backend")
+        return self.runtime.containers
+
     Version = version.Version
     Status = status.Status
     UpdateRuntimeConfig = runtime_config.UpdateRuntimeConfig
@@ -56,3 +69,14 @@ class RuntimeService(api_pb2_grpc.RuntimeServiceServicer):
     PodSandboxStats = pod_sandbox_stats.PodSandboxStats
     ListPodSandboxStats = pod_sandbox_stats.ListPodSandboxStats
     UpdatePodSandboxResources = pod_sandbox_update.UpdatePodSandboxResources
+    CreateContainer = container_create.CreateContainer
+    StartContainer = container_start.StartContainer
+    StopContainer = container_stop.StopContainer
+    RemoveContainer = container_stop.RemoveContainer
+    ListContainers = container_list.ListContainers
+    ContainerStatus = container_list.ContainerStatus
+    UpdateContainerResources = container_update.UpdateContainerResources
+    ExecSync = container_exec.ExecSync
+    ContainerStats = container_stats.ContainerStats
+    ListContainerStats = container_stats.ListContainerStats
+    ReopenContainerLog = container_stats.ReopenContainerLog

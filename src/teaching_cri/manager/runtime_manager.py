@@ -23,6 +23,7 @@ from ..fsutil import atomic_write_json
 from ..runtime.backend import Backend
 from ..runtime.backends import BackendProbe, probe
 from ..trace.tracer import clip, step
+from .container import ContainerManager
 from .network import NetworkStatus, cni_status
 from .sandbox import SandboxManager
 
@@ -53,6 +54,7 @@ class RuntimeManager:
         self.pod_cidrs: tuple[str, ...] = self._load_pod_cidrs()
         self.backend: Backend | None = None  # set by the daemon once it is open
         self.sandboxes: SandboxManager | None = None  # likewise
+        self.containers: ContainerManager | None = None  # likewise
 
     def _load_pod_cidrs(self) -> tuple[str, ...]:
         try:

@@ -113,6 +113,7 @@ class SandboxManager:
         self.privileged_network = privileged_network  # root: pinned netns and CNI
         self.records.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.on_event: list[Callable[[str, str], None]] = []
+        self.containers: Any = None  # the ContainerManager, once there is one
         self._cpu_samples: dict[str, tuple[int, int]] = {}
 
     # -- the store ---------------------------------------------------------------
@@ -482,6 +483,29 @@ class SandboxManager:
         for listener in list(self.on_event):
             listener(sandbox_id, what)
 
+    def context_for(self, sandbox: Sandbox, config: api_pb2.ContainerConfig) -> SandboxContext:
+        """What a container of this pod joins: the pinned network namespace (or
+        the infra's own), the infra's ipc and uts, its pid namespace when the
+        container asks for the pod's (NamespaceMode POD), the pod's files."""
+        pid = self.backend_pid(sandbox.id)
+        if not pid:
+            raise FailedPrecondition(f"pod sandbox {sandbox.id[:12]} has no running infra")
+        ns = {
+            kind: f"/proc/{pid}/ns/{name}"
+            for kind, name in (("ipc", "ipc"), ("uts", "uts"), ("pid", "pid"), ("network", "net"))
+        }
+        if sandbox.netns:
+            ns["network"] = sandbox.netns
+        d = self.files / sandbox.id
+        host_ipc = sandbox.config.linux.security_context.namespace_options.ipc == api_pb2.NODE
+        return SandboxContext(
+            hostname=(d / "hostname").read_text().strip(),
+            namespaces=ns,
+            hosts=str(d / "hosts"),
+            resolv_conf=str(d / "resolv.conf"),
+            shm="/dev/shm" if host_ipc else str(d / "shm"),
+        )
+
     # -- undo helpers ----------------------------------------------------------------
 
     async def _forget(self, sandbox: Sandbox) -> None:
@@ -553,6 +577,8 @@ class SandboxManager:
 
     @step("sandbox_get_containers")
     def sandbox_get_containers(self, sandbox: Sandbox) -> list[str]:
+        if self.containers is not None:
+            return [c.id for c in self.containers.in_sandbox(sandbox.id)]
         backend = self.backend
         if backend is None:
             return []
@@ -563,7 +589,10 @@ class SandboxManager:
     @step("cb_container_stop")
     async def cb_container_stop(self, backend: Backend, container_id: str) -> None:
         with quiet(), contextlib.suppress(NotFound):
-            await backend.stop(container_id, 0)
+            if self.containers is not None:
+                await self.containers.stop(container_id, 0)
+            else:
+                await backend.stop(container_id, 0)
 
     @step("clear_cni_network")
     async def clear_cni_network(self, sandbox: Sandbox) -> None:
@@ -652,6 +681,9 @@ class SandboxManager:
     @step("cb_container_remove")
     async def cb_container_remove(self, backend: Backend, container_id: str) -> None:
         with quiet(), contextlib.suppress(NotFound):
+            if self.containers is not None:
+                await self.containers.remove(container_id)
+                return
             await backend.stop(container_id, 0)
             await backend.delete(container_id)
         self.images.snapshots.remove_view(container_id)

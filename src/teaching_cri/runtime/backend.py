@@ -94,6 +94,7 @@ class Backend(abc.ABC):
 
     name: str
     rootless: bool  # no cgroups: limits are recorded, not enforced
+    on_exit: list[ExitCallback]  # told of every container's exit, once
 
     @abc.abstractmethod
     async def create(self, request: CreateRequest) -> ContainerState: ...

@@ -1,0 +1,581 @@
+"""Containers: what iSulad's ContainerManagerService and ``cb->container.*`` do.
+
+A container belongs to a ready pod sandbox and runs one image. This module
+keeps their records (``<root>/containers/<id>.json``: the config as sent,
+name, image, log path; ``container.json`` in the backend's state dir holds
+the runtime side: pid, start, exit) and an in-memory index of them, so that
+ListContainers, which the kubelet calls every second, reads no file at all.
+
+The helpers the seed names keep its names, so a reader of
+``cri_container_manager_design.md`` finds them: GetRealContainerOrSandboxID,
+MakeContainerName / ParseContainerName, MakeLabels, MakeAnnotations,
+GenerateMountBindings and the packing of devices and security context.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import secrets
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..api import api_pb2
+from ..errors import (
+    AlreadyExists,
+    CRIError,
+    DeadlineExceeded,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+)
+from ..fsutil import atomic_write_json
+from ..image.manager import ImageManager
+from ..image.store import ImageRecord
+from ..runtime.backend import Backend, CreateRequest, ExecResult, ExitStatus, parse_signal
+from ..runtime.spec import ImageRunConfig, capabilities, config_mounts, devices, generate_spec
+from ..trace.tracer import annotate, decide, quiet, step
+from .sandbox import READY, Sandbox, SandboxManager
+
+TYPE_LABEL = "cri.isulad.type"  # iSulad: CRIHelpers::Constants::CONTAINER_TYPE_LABEL_KEY
+TYPE_CONTAINER = "container"
+TYPE_SANDBOX = "podsandbox"
+LOG_PATH_LABEL = "cri.container.logpath"  # iSulad: CONTAINER_LOGPATH_LABEL_KEY
+SANDBOX_ID_LABEL = "cri.sandbox.id"
+
+CREATED, RUNNING, EXITED, UNKNOWN = (
+    "CONTAINER_CREATED",
+    "CONTAINER_RUNNING",
+    "CONTAINER_EXITED",
+    "CONTAINER_UNKNOWN",
+)
+
+
+@dataclass
+class Container:
+    """One container's record; the runtime fields follow the backend."""
+
+    id: str
+    name: str
+    sandbox_id: str
+    config_b64: str
+    image: str  # as the config named it
+    image_id: str
+    created_at: int
+    log_path: str
+    internal_labels: dict[str, str] = field(default_factory=dict)
+    state: str = CREATED
+    started_at: int = 0
+    finished_at: int = 0
+    exit_code: int = 0
+    reason: str = ""
+    message: str = ""
+    resources: dict[str, Any] = field(default_factory=dict)  # as last updated
+    notes: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def config(self) -> api_pb2.ContainerConfig:
+        config = api_pb2.ContainerConfig()
+        config.ParseFromString(base64.b64decode(self.config_b64))
+        return config
+
+    def exited(self, status: ExitStatus) -> None:
+        self.state = EXITED
+        self.finished_at = status.finished_at
+        self.exit_code = status.exit_code
+        self.reason = status.reason
+        self.message = status.message
+
+
+def make_container_name(
+    sandbox: api_pb2.PodSandboxMetadata, container: api_pb2.ContainerMetadata
+) -> str:
+    """``k8s_<container>_<pod>_<namespace>_<uid>_<attempt>``, as the seed's MakeContainerName."""
+    return "_".join(
+        (
+            "k8s",
+            container.name,
+            sandbox.name,
+            sandbox.namespace,
+            sandbox.uid,
+            str(container.attempt),
+        )
+    )
+
+
+def parse_container_name(name: str) -> dict[str, str]:
+    """The seed's ParseContainerName: the parts back out of a name."""
+    parts = name.split("_")
+    if len(parts) != 6 or parts[0] != "k8s":
+        raise InvalidArgument(f"container name {name!r} is not k8s_<c>_<pod>_<ns>_<uid>_<n>")
+    keys = ("container", "pod", "namespace", "uid", "attempt")
+    return dict(zip(keys, parts[1:], strict=True))
+
+
+class ContainerManager:
+    def __init__(
+        self,
+        root: Path,
+        backend: Backend,
+        images: ImageManager,
+        sandboxes: SandboxManager,
+    ) -> None:
+        self.records = root / "containers"
+        self.records.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.backend = backend
+        self.images = images
+        self.sandboxes = sandboxes
+        self.containers: dict[str, Container] = {}
+        self.names: dict[str, str] = {}  # name → id: reserved
+        self.on_event: list[Callable[[str, Container], None]] = []
+        backend.on_exit.append(self._exited)
+        sandboxes.containers = self
+
+    # -- the store ---------------------------------------------------------------
+
+    def _save(self, container: Container) -> None:
+        atomic_write_json(self.records / f"{container.id}.json", asdict(container))
+
+    async def load(self) -> None:
+        """After a restart: the records from disk, the runtime truth from the backend
+        (a container that exited while we were away is EXITED with its real code)."""
+        for path in sorted(self.records.glob("*.json")):
+            try:
+                container = Container(**json.loads(path.read_text()))
+            except (OSError, ValueError, TypeError):
+                continue
+            self.containers[container.id] = container
+            self.names[container.name] = container.id
+            await self.refresh(container)
+
+    async def refresh(self, container: Container) -> None:
+        try:
+            with quiet():
+                state = await self.backend.state(container.id)
+        except NotFound:
+            if container.state != EXITED:
+                container.state = UNKNOWN
+            return
+        if state.exit is not None:
+            container.started_at = state.started_at or container.started_at
+            container.exited(state.exit)
+        elif state.status == "running":
+            container.state, container.started_at = RUNNING, state.started_at
+        self._save(container)
+
+    async def _exited(self, container_id: str, status: ExitStatus) -> None:
+        container = self.containers.get(container_id)
+        if container is None or container.state == EXITED:
+            return
+        container.exited(status)
+        self._save(container)
+        self.publish("CONTAINER_STOPPED_EVENT", container)
+
+    def publish(self, kind: str, container: Container) -> None:
+        for listener in list(self.on_event):
+            listener(kind, container)
+
+    # -- the seed's helpers --------------------------------------------------------
+
+    @step("get_real_container_or_sandbox_id")
+    def get_real_container_or_sandbox_id(self, given: str, kind: str) -> str | None:
+        """A full id or a unique prefix, among containers or sandboxes (the type
+        label); ``None`` when there is none, an error when the prefix is ambiguous."""
+        if not given:
+            raise InvalidArgument(
+                f"{'pod_sandbox_id' if kind == TYPE_SANDBOX else 'container_id'} is empty"
+            )
+        if kind == TYPE_SANDBOX:
+            sandbox = self.sandboxes.find(given)
+            return sandbox.id if sandbox else None
+        if given in self.containers:
+            return given
+        matches = [c for c in self.containers if c.startswith(given)]
+        if len(matches) > 1:
+            raise InvalidArgument(
+                f"container id prefix {given!r} is ambiguous: {len(matches)} containers match"
+            )
+        return matches[0] if matches else None
+
+    def find(self, given: str) -> Container | None:
+        real = self.get_real_container_or_sandbox_id(given, TYPE_CONTAINER)
+        found = decide("get_container_id", real is not None)
+        return self.containers[real] if found and real else None
+
+    def get(self, given: str) -> Container:
+        container = self.find(given)
+        if container is None:
+            raise NotFound(f"container {given!r} not found")
+        return container
+
+    # -- CreateContainer ----------------------------------------------------------
+
+    async def create(
+        self,
+        sandbox_id: str,
+        config: api_pb2.ContainerConfig,
+        sandbox_config: api_pb2.PodSandboxConfig,
+    ) -> str:
+        real = self.get_real_container_or_sandbox_id(sandbox_id, TYPE_SANDBOX)
+        if not decide("get_pod_id", real is not None):
+            raise NotFound(f"pod sandbox {sandbox_id!r} not found")
+        sandbox = self.sandboxes.get(real or "")
+        if not decide("sandbox_ready", await self.sandboxes.current_state(sandbox) == READY):
+            raise FailedPrecondition(f"pod sandbox {sandbox.id[:12]} is not ready")
+        self.get_container_or_sandbox_runtime(sandbox)
+        image = self.generate_create_container_request(config)
+        name = self.make_container_name(sandbox, config)
+        labels = self.make_labels(sandbox, config)
+        self.make_annotations(config)
+        self.generate_mount_bindings(config)
+        self.pack_create_container_host_config_devices(config)
+        self.pack_create_container_host_config_security_context(config, image)
+        container_id = secrets.token_hex(32)
+        log_path = self.update_create_config(sandbox, config, labels)
+        if not decide("name_reserved", name not in self.names):
+            raise AlreadyExists(
+                f"container name {name!r} is in use by {self.names[name][:12]}: remove it first"
+            )
+        self.names[name] = container_id
+        try:
+            container = await self.m_cb_container_create(
+                container_id, name, sandbox, config, sandbox_config, image, log_path, labels
+            )
+        except BaseException:
+            self.names.pop(name, None)
+            raise
+        self.mailbox_publish("CONTAINER_CREATED_EVENT", container)
+        return container_id
+
+    @step("get_container_or_sandbox_runtime")
+    def get_container_or_sandbox_runtime(self, sandbox: Sandbox) -> str:
+        return sandbox.runtime_handler
+
+    @step("generate_create_container_request")
+    def generate_create_container_request(self, config: api_pb2.ContainerConfig) -> ImageRecord:
+        """The config checked field by field, its image found (pulled already)."""
+        if not config.HasField("metadata") or not config.metadata.name:
+            raise InvalidArgument("container config: metadata.name is empty")
+        if "_" in config.metadata.name:
+            raise InvalidArgument(
+                f"container config: metadata.name {config.metadata.name!r} may not contain '_'"
+            )
+        if not config.image.image:
+            raise InvalidArgument("container config: image.image is empty")
+        image = self.images.resolve(config.image.image)
+        if image is None:
+            raise NotFound(f"image {config.image.image!r} not found: pull it first")
+        return image
+
+    @step("make_container_name")
+    def make_container_name(self, sandbox: Sandbox, config: api_pb2.ContainerConfig) -> str:
+        return make_container_name(sandbox.config.metadata, config.metadata)
+
+    @step("make_labels")
+    def make_labels(self, sandbox: Sandbox, config: api_pb2.ContainerConfig) -> dict[str, str]:
+        """Ours beside the kubelet's: the type, the sandbox, the log path. Kept apart,
+        so the labels the kubelet set come back verbatim."""
+        labels = {TYPE_LABEL: TYPE_CONTAINER, SANDBOX_ID_LABEL: sandbox.id}
+        clash = [k for k in config.labels if k in labels]
+        if clash:
+            raise InvalidArgument(f"container config: label {clash[0]!r} is reserved")
+        return labels
+
+    @step("make_annotations")
+    def make_annotations(self, config: api_pb2.ContainerConfig) -> dict[str, str]:
+        return dict(config.annotations)
+
+    @step("generate_mount_bindings")
+    def generate_mount_bindings(self, config: api_pb2.ContainerConfig) -> list[dict[str, Any]]:
+        return config_mounts(config)
+
+    @step("pack_create_container_host_config_devices")
+    def pack_create_container_host_config_devices(
+        self, config: api_pb2.ContainerConfig
+    ) -> list[dict[str, Any]]:
+        return devices(config)[0]
+
+    @step("pack_create_container_host_config_security_context")
+    def pack_create_container_host_config_security_context(
+        self, config: api_pb2.ContainerConfig, image: ImageRecord
+    ) -> list[str]:
+        sc = config.linux.security_context
+        if sc.HasField("run_as_user") and sc.run_as_username:
+            raise InvalidArgument("security context: run_as_user and run_as_username both set")
+        return capabilities(config)
+
+    @step("update_create_config")
+    def update_create_config(
+        self, sandbox: Sandbox, config: api_pb2.ContainerConfig, labels: dict[str, str]
+    ) -> str:
+        """The log path: the sandbox's log_directory joined with the config's log_path."""
+        directory = sandbox.config.log_directory
+        log_path = ""
+        if config.log_path:
+            if not directory:
+                raise InvalidArgument("log_path is set but the sandbox has no log_directory")
+            log_path = str(Path(directory) / config.log_path)
+            if ".." in Path(config.log_path).parts or Path(config.log_path).is_absolute():
+                raise InvalidArgument(f"log_path {config.log_path!r} must stay in log_directory")
+        labels[LOG_PATH_LABEL] = log_path
+        return log_path
+
+    @step("m_cb_container_create")
+    async def m_cb_container_create(
+        self,
+        container_id: str,
+        name: str,
+        sandbox: Sandbox,
+        config: api_pb2.ContainerConfig,
+        sandbox_config: api_pb2.PodSandboxConfig,
+        image: ImageRecord,
+        log_path: str,
+        labels: dict[str, str],
+    ) -> Container:
+        """The rootfs, the spec and the runtime container; then the record."""
+        with quiet():
+            rootfs = await asyncio.to_thread(
+                self.images.snapshots.mount_view,
+                [layer.chain_id for layer in image.layers],
+                container_id,
+            )
+            try:
+                spec, notes = generate_spec(
+                    config,
+                    ImageRunConfig.from_config(image.config),
+                    rootfs,
+                    sandbox=self.sandboxes.context_for(sandbox, config),
+                    annotations={
+                        "io.kubernetes.cri.container-type": "container",
+                        "io.kubernetes.cri.sandbox-id": sandbox.id,
+                    },
+                )
+                stop_signal = ImageRunConfig.from_config(image.config).stop_signal
+                await self.backend.create(
+                    CreateRequest(
+                        container_id,
+                        spec,
+                        log_path=log_path,
+                        pod_id=sandbox.id,
+                        stdin=config.stdin,
+                        stdin_once=config.stdin_once,
+                        tty=config.tty,
+                        stop_signal=stop_signal,
+                        image_id=image.id,
+                        notes=notes.clamped,
+                    )
+                )
+            except BaseException:
+                self.images.snapshots.remove_view(container_id)
+                raise
+        container = Container(
+            container_id,
+            name,
+            sandbox.id,
+            base64.b64encode(config.SerializeToString()).decode(),
+            config.image.image,
+            image.id,
+            time.time_ns(),
+            log_path,
+            labels,
+            resources=spec.get("linux", {}).get("resources", {}),
+            notes=notes.clamped,
+        )
+        self.containers[container_id] = container
+        self._save(container)
+        return container
+
+    @step("mailbox_publish")
+    def mailbox_publish(self, kind: str, container: Container) -> None:
+        annotate(event=kind)
+        self.publish(kind, container)
+
+    # -- StartContainer ------------------------------------------------------------
+
+    async def start(self, given: str) -> None:
+        container = self.get(given)
+        if not decide("container_created", container.state == CREATED):
+            raise FailedPrecondition(
+                f"container {container.id[:12]} is {container.state.split('_')[1].lower()}, "
+                "only a created container can start"
+            )
+        await self.m_cb_container_start(container)
+        self.create_container_log_symlink(container)
+        self.mailbox_publish("CONTAINER_STARTED_EVENT", container)
+
+    @step("m_cb_container_start")
+    async def m_cb_container_start(self, container: Container) -> None:
+        with quiet():
+            state = await self.backend.start(container.id)
+        container.state, container.started_at = RUNNING, state.started_at
+        self._save(container)
+
+    def create_container_log_symlink(self, container: Container) -> None:
+        """Absent in our chart: the shim writes the CRI log at the kubelet's path."""
+
+    # -- StopContainer ---------------------------------------------------------------
+
+    async def stop(self, given: str, timeout: int) -> None:
+        container = self.find(given)
+        if container is None:
+            return  # idempotent, as CRI requires
+        self.set_id_and_timeout(container, timeout)
+        await self.m_cb_container_stop(container, timeout)
+
+    @step("set_id_and_timeout")
+    def set_id_and_timeout(self, container: Container, timeout: int) -> None:
+        if timeout < 0:
+            raise InvalidArgument(f"timeout {timeout} is negative")
+        annotate(timeout=str(timeout))
+
+    @step("m_cb_container_stop")
+    async def m_cb_container_stop(self, container: Container, timeout: int) -> None:
+        await self.refresh(container)
+        if decide("already_stopped", container.state in (EXITED, UNKNOWN, CREATED)):
+            if container.state == CREATED:  # never started: nothing runs, nothing to wait for
+                with quiet(), contextlib.suppress(CRIError):
+                    await self.backend.stop(container.id, 0)
+                await self.refresh(container)
+            return
+        if decide("grace_period", timeout > 0):
+            signum = parse_signal(container_stop_signal(self, container))
+            await self.send_stop_signal(container, signum)
+            try:
+                with quiet():
+                    status = await asyncio.wait_for(self.backend.wait(container.id), timeout)
+            except TimeoutError:
+                decide("exited_within_timeout", False)
+            else:
+                decide("exited_within_timeout", True)
+                await self._exited(container.id, status)
+                return
+        await self.send_sigkill(container)
+
+    @step("send_stop_signal")
+    async def send_stop_signal(self, container: Container, signum: signal.Signals) -> None:
+        annotate(signal=signum.name)
+        with quiet():
+            await self.backend.kill(container.id, signum)
+
+    @step("send_sigkill")
+    async def send_sigkill(self, container: Container) -> None:
+        with quiet():
+            status = await self.backend.stop(container.id, 0)
+        await self._exited(container.id, status)
+
+    # -- RemoveContainer ---------------------------------------------------------------
+
+    async def remove(self, given: str) -> None:
+        container = self.find(given)
+        if container is None:
+            return  # idempotent
+        self.remove_container_log_symlink(container)
+        await self.cb_container_remove(container)
+        self.mailbox_publish("CONTAINER_DELETED_EVENT", container)
+
+    @step("remove_container_log_symlink")
+    def remove_container_log_symlink(self, container: Container) -> None:
+        """Our log file at the kubelet's path, where iSulad removes its link."""
+        if container.log_path:
+            with contextlib.suppress(FileNotFoundError):
+                Path(container.log_path).unlink()
+
+    @step("cb_container_remove")
+    async def cb_container_remove(self, container: Container) -> None:
+        """Forced: a running container is killed first."""
+        with quiet():
+            with contextlib.suppress(NotFound):
+                if (await self.backend.state(container.id)).exit is None:
+                    await self.backend.stop(container.id, 0)
+                await self.backend.delete(container.id)
+            await asyncio.to_thread(self.images.snapshots.remove_view, container.id)
+        (self.records / f"{container.id}.json").unlink(missing_ok=True)
+        self.containers.pop(container.id, None)
+        self.names.pop(container.name, None)
+
+    # -- ExecSync --------------------------------------------------------------------
+
+    async def exec_sync(self, given: str, cmd: list[str], timeout: int) -> ExecResult:
+        container = self.get(given)
+        await self.refresh(container)
+        if not decide("container_running", container.state == RUNNING):
+            raise FailedPrecondition(f"container {container.id[:12]} is not running")
+        self.exec_sync_from_grpc(cmd, timeout)
+        try:
+            result = await self.m_cb_container_exec(container, cmd, timeout)
+        except DeadlineExceeded:
+            decide("timed_out", True)
+            raise
+        decide("timed_out", False)
+        return result
+
+    @step("exec_sync_from_grpc")
+    def exec_sync_from_grpc(self, cmd: list[str], timeout: int) -> None:
+        if not cmd or not cmd[0]:
+            raise InvalidArgument("ExecSync: cmd is empty")
+        if timeout < 0:
+            raise InvalidArgument(f"ExecSync: timeout {timeout} is negative")
+
+    @step("m_cb_container_exec")
+    async def m_cb_container_exec(
+        self, container: Container, cmd: list[str], timeout: int
+    ) -> ExecResult:
+        with quiet():
+            return await self.backend.exec_sync(container.id, cmd, float(timeout))
+
+    # -- UpdateContainerResources -----------------------------------------------------
+
+    async def update(self, container: Container, resources: dict[str, Any]) -> None:
+        previous = dict(container.resources)
+        try:
+            with step("m_cb_container_update"), quiet():
+                await self.backend.update(container.id, resources)
+        except CRIError:
+            await self.restore_previous_resources(container, previous)
+            raise
+        container.resources = {**previous, **resources}
+        self._save(container)
+
+    @step("restore_previous_resources")
+    async def restore_previous_resources(
+        self, container: Container, previous: dict[str, Any]
+    ) -> None:
+        """Transactional: what runc may have written before failing is put back."""
+        if previous:
+            with quiet(), contextlib.suppress(CRIError):
+                await self.backend.update(container.id, previous)
+
+    # -- ReopenContainerLog ----------------------------------------------------------
+
+    async def reopen_log(self, given: str) -> None:
+        container = self.get(given)
+        await self.refresh(container)
+        if not decide("container_running", container.state == RUNNING):
+            raise FailedPrecondition(
+                f"container {container.id[:12]} is not running: there is no log to reopen"
+            )
+        await self.shim_reopen_log(container)
+
+    @step("shim_reopen_log")
+    async def shim_reopen_log(self, container: Container) -> None:
+        with quiet():
+            await self.backend.reopen_log(container.id)
+
+    # -- for the pod sandboxes ----------------------------------------------------------
+
+    def in_sandbox(self, sandbox_id: str) -> list[Container]:
+        return [c for c in self.containers.values() if c.sandbox_id == sandbox_id]
+
+
+def container_stop_signal(manager: ContainerManager, container: Container) -> str:
+    """The image's StopSignal (CRI has no per-container one in v1's config)."""
+    image = manager.images.images.get(container.image_id)
+    if image is None:
+        return ""
+    return ImageRunConfig.from_config(image.config).stop_signal

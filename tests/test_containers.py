@@ -1,0 +1,258 @@
+"""The container RPCs against the live server, as a kubelet calls them: a pod,
+a busybox container in it, exec, resources, status, lists, stop, log
+rotation, removal; every call's trace checked against its chart."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from teaching_cri.api import admin_pb2, api_pb2
+from teaching_cri.client import Client
+from teaching_cri.manager.cni import default_conflist
+from teaching_cri.manager.network import DEFAULT_CNI_BIN_DIRS
+from teaching_cri.trace.charts import ChartSet
+from teaching_cri.trace.conformance import assert_conforms
+
+from conftest import IS_ROOT, Server, start_server
+
+IMAGE = "teaching-cri.local/busybox:latest"
+
+
+def _unavailable() -> str:
+    if not IS_ROOT:
+        return "containers in pods with CNI need root"
+    if shutil.which("runc") is None or not Path("/bin/busybox").exists():
+        return "runc and busybox-static are needed"
+    if not any((d / "bridge").is_file() for d in DEFAULT_CNI_BIN_DIRS):
+        return "CNI plugins missing (apt-get install containernetworking-plugins)"
+    return ""
+
+
+pytestmark = pytest.mark.skipif(bool(_unavailable()), reason=_unavailable())
+
+
+@pytest.fixture
+def node(short_tmp: Path) -> Iterator[tuple[Server, Client, Path]]:
+    bridge = f"tcri-c{os.getpid() % 10000}"
+    conf = short_tmp / "net.d"
+    conf.mkdir()
+    doc = default_conflist(f"10.235.{os.getpid() % 200}.0/24", bridge, str(short_tmp / "ipam"))
+    (conf / "10-test.conflist").write_text(json.dumps(doc))
+    srv = start_server(short_tmp / "srv", "--cni-conf-dir", str(conf))
+    client = srv.client()
+    client.admin.BuildLocalImage(admin_pb2.BuildLocalImageRequest(name=IMAGE))
+    try:
+        yield srv, client, short_tmp / "logs"
+    finally:
+        c = srv.client()
+        for item in c.runtime.ListPodSandbox(api_pb2.ListPodSandboxRequest()).items:
+            c.runtime.StopPodSandbox(api_pb2.StopPodSandboxRequest(pod_sandbox_id=item.id))
+            c.runtime.RemovePodSandbox(api_pb2.RemovePodSandboxRequest(pod_sandbox_id=item.id))
+        srv.stop()
+        subprocess.run(["ip", "link", "del", bridge], capture_output=True)
+
+
+def pod(client: Client, logs: Path, name: str) -> tuple[str, api_pb2.PodSandboxConfig]:
+    config = api_pb2.PodSandboxConfig(
+        metadata=api_pb2.PodSandboxMetadata(name=name, namespace="default", uid=f"uid-{name}"),
+        log_directory=str(logs / name),
+        labels={"pod": name},
+    )
+    response = client.runtime.RunPodSandbox(api_pb2.RunPodSandboxRequest(config=config))
+    return response.pod_sandbox_id, config
+
+
+def container(
+    client: Client,
+    sandbox: tuple[str, api_pb2.PodSandboxConfig],
+    name: str,
+    *command: str,
+    **labels: str,
+) -> str:
+    sandbox_id, sandbox_config = sandbox
+    config = api_pb2.ContainerConfig(
+        metadata=api_pb2.ContainerMetadata(name=name),
+        image=api_pb2.ImageSpec(image=IMAGE),
+        command=list(command),
+        log_path=f"{name}.log",
+        labels=labels,
+        linux=api_pb2.LinuxContainerConfig(  # what the kubelet sends: a pid namespace of its own
+            security_context=api_pb2.LinuxContainerSecurityContext(
+                namespace_options=api_pb2.NamespaceOption(pid=api_pb2.CONTAINER)
+            )
+        ),
+    )
+    return client.runtime.CreateContainer(
+        api_pb2.CreateContainerRequest(
+            pod_sandbox_id=sandbox_id, config=config, sandbox_config=sandbox_config
+        )
+    ).container_id
+
+
+def state_of(client: Client, container_id: str) -> api_pb2.ContainerStatus:
+    return client.runtime.ContainerStatus(
+        api_pb2.ContainerStatusRequest(container_id=container_id)
+    ).status
+
+
+TRAPS_TERM = "trap 'echo bye; exit 0' TERM; echo hello; while true; do sleep 0.2; done"
+
+
+def test_a_kubelet_like_sequence(node: tuple[Server, Client, Path], charts: ChartSet) -> None:
+    _srv, client, logs = node
+    rt = client.runtime
+    since = time.time_ns()
+    sandbox = pod(client, logs, "web")
+    cid = container(client, sandbox, "app", "sh", "-c", TRAPS_TERM, tier="front")
+    assert state_of(client, cid).state == api_pb2.CONTAINER_CREATED
+    rt.StartContainer(api_pb2.StartContainerRequest(container_id=cid))
+    st = state_of(client, cid)
+    assert st.state == api_pb2.CONTAINER_RUNNING and st.started_at >= st.created_at > 0
+
+    out = rt.ExecSync(api_pb2.ExecSyncRequest(container_id=cid, cmd=["echo", "hello"], timeout=10))
+    assert (out.stdout, out.exit_code) == (b"hello\n", 0)
+
+    rt.UpdateContainerResources(
+        api_pb2.UpdateContainerResourcesRequest(
+            container_id=cid,
+            linux=api_pb2.LinuxContainerResources(memory_limit_in_bytes=64 << 20),
+        )
+    )
+    st = state_of(client, cid)
+    assert st.resources.linux.memory_limit_in_bytes == 64 << 20
+    assert st.labels == {"tier": "front"}, "labels verbatim, ours kept apart"
+    assert st.image.image == st.image_ref == st.image_id and st.image_ref.startswith("sha256:")
+    assert st.log_path == str(logs / "web" / "app.log")
+    stats = rt.ContainerStats(api_pb2.ContainerStatsRequest(container_id=cid)).stats
+    assert stats.memory.working_set_bytes.value > 0
+
+    other = container(client, sandbox, "side", "sleep", "1000")
+
+    def listed(**f: object) -> set[str]:
+        flt = api_pb2.ContainerFilter(**f)  # type: ignore[arg-type]
+        return {
+            c.id for c in rt.ListContainers(api_pb2.ListContainersRequest(filter=flt)).containers
+        }
+
+    running = api_pb2.ContainerStateValue(state=api_pb2.CONTAINER_RUNNING)
+    assert listed() == {cid, other}
+    assert listed(id=cid[:8]) == {cid}
+    assert listed(state=running) == {cid}
+    assert listed(pod_sandbox_id=sandbox[0]) == {cid, other}
+    assert listed(label_selector={"tier": "front"}) == {cid}
+    assert listed(state=running, label_selector={"tier": "back"}) == set()
+
+    log = logs / "web" / "app.log"
+    log.rename(log.with_suffix(".1"))
+    rt.ReopenContainerLog(api_pb2.ReopenContainerLogRequest(container_id=cid))
+    assert log.exists(), "a fresh file at the same path"
+
+    t = time.monotonic()
+    rt.StopContainer(api_pb2.StopContainerRequest(container_id=cid, timeout=2))
+    assert time.monotonic() - t < 2, "the trap ends it before the grace period is over"
+    st = state_of(client, cid)
+    assert (st.state, st.exit_code, st.reason) == (api_pb2.CONTAINER_EXITED, 0, "Completed")
+    assert st.finished_at >= st.started_at
+    assert b"stdout F bye" in log.read_bytes(), "the log after the reopen has what came after"
+    assert b"stdout F hello" in log.with_suffix(".1").read_bytes()
+    rt.StopContainer(api_pb2.StopContainerRequest(container_id=cid, timeout=2))  # again: fine
+
+    rt.RemoveContainer(api_pb2.RemoveContainerRequest(container_id=cid))
+    rt.RemoveContainer(api_pb2.RemoveContainerRequest(container_id=cid))  # again: fine
+    assert listed() == {other}
+    rt.StopPodSandbox(api_pb2.StopPodSandboxRequest(pod_sandbox_id=sandbox[0]))
+    assert state_of(client, other).state == api_pb2.CONTAINER_EXITED, "the pod's stop stops it"
+    rt.RemovePodSandbox(api_pb2.RemovePodSandboxRequest(pod_sandbox_id=sandbox[0]))
+    assert listed() == set(), "the pod's removal removes it"
+    assert_conforms(client.recent(since_unix_nano=since), charts)
+
+
+def test_sleep_as_pid_1_is_killed_after_the_grace_period(
+    node: tuple[Server, Client, Path], charts: ChartSet
+) -> None:
+    _srv, client, logs = node
+    since = time.time_ns()
+    sandbox = pod(client, logs, "sleepy")
+    cid = container(client, sandbox, "sleeper", "sleep", "1000")
+    client.runtime.StartContainer(api_pb2.StartContainerRequest(container_id=cid))
+    t = time.monotonic()
+    client.runtime.StopContainer(api_pb2.StopContainerRequest(container_id=cid, timeout=1))
+    assert 1 <= time.monotonic() - t < 5
+    st = state_of(client, cid)
+    assert (st.exit_code, st.reason) == (128 + signal.SIGKILL, "Error")
+    events = client.recent(since_unix_nano=since, charts=["StopContainer"])
+    assert "send_sigkill" in [e.node for e in events]
+    assert_conforms(client.recent(since_unix_nano=since), charts)
+
+
+def test_errors_name_what_was_wrong(node: tuple[Server, Client, Path], charts: ChartSet) -> None:
+    _srv, client, logs = node
+    rt = client.runtime
+    since = time.time_ns()
+    sandbox = pod(client, logs, "err")
+
+    def code(call: object, request: object) -> grpc.StatusCode:
+        with pytest.raises(grpc.RpcError) as err:
+            call(request)  # type: ignore[operator]
+        return err.value.code()  # type: ignore[no-any-return]
+
+    assert code(rt.StartContainer, api_pb2.StartContainerRequest(container_id="nope")) == (
+        grpc.StatusCode.NOT_FOUND
+    )
+    assert (
+        code(rt.ContainerStatus, api_pb2.ContainerStatusRequest(container_id="0" * 64))
+        == grpc.StatusCode.NOT_FOUND
+    )
+    bad = api_pb2.CreateContainerRequest(
+        pod_sandbox_id=sandbox[0],
+        config=api_pb2.ContainerConfig(metadata=api_pb2.ContainerMetadata(name="x")),
+        sandbox_config=sandbox[1],
+    )
+    assert code(rt.CreateContainer, bad) == grpc.StatusCode.INVALID_ARGUMENT  # no image
+    missing = api_pb2.CreateContainerRequest(
+        pod_sandbox_id="f" * 64, config=bad.config, sandbox_config=sandbox[1]
+    )
+    assert code(rt.CreateContainer, missing) == grpc.StatusCode.NOT_FOUND
+    cid = container(client, sandbox, "once", "sleep", "1000")
+    with pytest.raises(grpc.RpcError) as err:
+        container(client, sandbox, "once", "sleep", "1000")
+    assert err.value.code() == grpc.StatusCode.ALREADY_EXISTS and "in use" in err.value.details()
+    exec_request = api_pb2.ExecSyncRequest(container_id=cid, cmd=["true"])
+    assert code(rt.ExecSync, exec_request) == grpc.StatusCode.FAILED_PRECONDITION  # not started
+    rt.StartContainer(api_pb2.StartContainerRequest(container_id=cid))
+    assert code(rt.StartContainer, api_pb2.StartContainerRequest(container_id=cid)) == (
+        grpc.StatusCode.FAILED_PRECONDITION
+    )
+    assert code(rt.ExecSync, api_pb2.ExecSyncRequest(container_id=cid)) == (
+        grpc.StatusCode.INVALID_ARGUMENT
+    )
+    timeout = api_pb2.ExecSyncRequest(container_id=cid, cmd=["sleep", "60"], timeout=1)
+    assert code(rt.ExecSync, timeout) == grpc.StatusCode.DEADLINE_EXCEEDED
+    ps = rt.ExecSync(api_pb2.ExecSyncRequest(container_id=cid, cmd=["ps", "-o", "args"]))
+    assert b"sleep 60" not in ps.stdout
+    bad_update = api_pb2.UpdateContainerResourcesRequest(
+        container_id=cid, linux=api_pb2.LinuxContainerResources(cpuset_cpus="zero")
+    )
+    assert code(rt.UpdateContainerResources, bad_update) == grpc.StatusCode.INVALID_ARGUMENT
+    rt.StopPodSandbox(api_pb2.StopPodSandboxRequest(pod_sandbox_id=sandbox[0]))
+    reopen = api_pb2.ReopenContainerLogRequest(container_id=cid)
+    assert code(rt.ReopenContainerLog, reopen) == grpc.StatusCode.FAILED_PRECONDITION
+    late = api_pb2.CreateContainerRequest(
+        pod_sandbox_id=sandbox[0],
+        config=api_pb2.ContainerConfig(
+            metadata=api_pb2.ContainerMetadata(name="late"), image=api_pb2.ImageSpec(image=IMAGE)
+        ),
+        sandbox_config=sandbox[1],
+    )
+    assert code(rt.CreateContainer, late) == grpc.StatusCode.FAILED_PRECONDITION  # not ready
+    assert_conforms(client.recent(since_unix_nano=since), charts)
