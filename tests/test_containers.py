@@ -256,3 +256,78 @@ def test_errors_name_what_was_wrong(node: tuple[Server, Client, Path], charts: C
     )
     assert code(rt.CreateContainer, late) == grpc.StatusCode.FAILED_PRECONDITION  # not ready
     assert_conforms(client.recent(since_unix_nano=since), charts)
+
+
+def _veths(bridge: str) -> int:
+    out = subprocess.run(
+        ["ip", "-o", "link", "show", "master", bridge], capture_output=True, text=True
+    ).stdout
+    return len(out.splitlines())
+
+
+SERVE = (
+    "mkdir -p /www && echo hello from pod a > /www/index.html"
+    " && exec busybox httpd -f -p 8080 -h /www"
+)
+
+
+def test_a_container_serves_http_to_another_pods_container_across_a_restart(
+    short_tmp: Path, charts: ChartSet
+) -> None:
+    """Issue 5's scenario: two pods on the bridge, HTTP between their
+    containers by IP; a server killed and restarted in between changes
+    nothing; StopPodSandbox stops the pod's container and takes its veth."""
+    bridge = f"tcri-h{os.getpid() % 10000}"
+    conf = short_tmp / "net.d"
+    conf.mkdir()
+    doc = default_conflist(f"10.236.{os.getpid() % 200}.0/24", bridge, str(short_tmp / "ipam"))
+    (conf / "10-test.conflist").write_text(json.dumps(doc))
+    base = short_tmp / "srv"
+    srv = start_server(base, "--cni-conf-dir", str(conf))
+    try:
+        client = srv.client()
+        client.admin.BuildLocalImage(admin_pb2.BuildLocalImageRequest(name=IMAGE))
+        a, b = pod(client, short_tmp / "logs", "a"), pod(client, short_tmp / "logs", "b")
+        server = container(client, a, "server", "sh", "-c", SERVE)
+        fetcher = container(client, b, "fetcher", "sleep", "1000")
+        for cid in (server, fetcher):
+            client.runtime.StartContainer(api_pb2.StartContainerRequest(container_id=cid))
+        ip_a = client.runtime.PodSandboxStatus(
+            api_pb2.PodSandboxStatusRequest(pod_sandbox_id=a[0])
+        ).status.network.ip
+        wget = ["busybox", "wget", "-q", "-O", "-", f"http://{ip_a}:8080/"]
+
+        def fetch(c: Client) -> bytes:
+            for _ in range(50):
+                out = c.runtime.ExecSync(
+                    api_pb2.ExecSyncRequest(container_id=fetcher, cmd=wget, timeout=5)
+                )
+                if out.exit_code == 0:
+                    return out.stdout
+                time.sleep(0.1)
+            return out.stdout + out.stderr
+
+        assert fetch(client) == b"hello from pod a\n"
+        assert _veths(bridge) == 2
+
+        srv.stop(signal.SIGKILL)  # the server dies; the containers do not
+        srv = start_server(base, "--cni-conf-dir", str(conf))
+        client = srv.client()
+        since = time.time_ns()
+        assert state_of(client, server).state == api_pb2.CONTAINER_RUNNING
+        assert fetch(client) == b"hello from pod a\n"
+
+        client.runtime.StopPodSandbox(api_pb2.StopPodSandboxRequest(pod_sandbox_id=a[0]))
+        assert state_of(client, server).state == api_pb2.CONTAINER_EXITED
+        assert _veths(bridge) == 1, "pod a's veth is gone"
+        for sandbox_id, _config in (a, b):
+            client.runtime.StopPodSandbox(api_pb2.StopPodSandboxRequest(pod_sandbox_id=sandbox_id))
+            client.runtime.RemovePodSandbox(
+                api_pb2.RemovePodSandboxRequest(pod_sandbox_id=sandbox_id)
+            )
+        assert _veths(bridge) == 0
+        assert client.runtime.ListContainers(api_pb2.ListContainersRequest()).containers == []
+        assert_conforms(client.recent(since_unix_nano=since), charts)
+    finally:
+        srv.stop()
+        subprocess.run(["ip", "link", "del", bridge], capture_output=True)
