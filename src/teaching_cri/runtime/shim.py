@@ -40,6 +40,7 @@ import errno
 import fcntl
 import json
 import os
+import select
 import selectors
 import signal
 import socket
@@ -109,6 +110,28 @@ def kill_group(pid: int, signum: int) -> None:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             kill(pid, signum)
             return
+
+
+def wait_exactly(proc: subprocess.Popen[bytes], timeout: float) -> bool:
+    """Wait for ``proc`` to exit, waking the moment it does; False on timeout.
+
+    ``Popen.wait(timeout)`` polls with sleeps that double up to 50 ms, so a
+    runc that takes 45 ms is noticed at 63.5 ms: a fifth of a container's
+    create, wasted. A pidfd (Linux 5.3+) becomes readable exactly when the
+    process exits; without one, a blocking wait has no timeout but no delay."""
+    try:
+        pidfd = os.pidfd_open(proc.pid)
+    except (AttributeError, OSError):
+        proc.wait()
+        return True
+    try:
+        ready, _, _ = select.select([pidfd], [], [], timeout)
+    finally:
+        os.close(pidfd)
+    if not ready:
+        return False
+    proc.wait()
+    return True
 
 
 def set_window_size(fd: int, width: int, height: int) -> None:
@@ -193,16 +216,10 @@ class Shim:
         argv = [*self.runtime, "--log", self.path(RUNC_LOG), "--log-format", "json", *args]
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.path(RUNC_LOG))
-        try:
-            proc = subprocess.run(
-                argv,
-                stdin=stdio[0],
-                stdout=stdio[1],
-                stderr=stdio[2],
-                check=False,
-                timeout=RUNTIME_TIMEOUT,
-            )
-        except subprocess.TimeoutExpired:  # killed: a hung runc must not freeze the shim
+        proc = subprocess.Popen(argv, stdin=stdio[0], stdout=stdio[1], stderr=stdio[2])
+        if not wait_exactly(proc, RUNTIME_TIMEOUT):  # a hung runc must not freeze the shim
+            proc.kill()
+            proc.wait()
             return 1, f"{args[0]} did not finish within {RUNTIME_TIMEOUT:.0f} s"
         if proc.returncode == 0:
             return 0, ""
