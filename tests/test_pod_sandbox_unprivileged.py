@@ -125,3 +125,59 @@ def test_a_pod_of_a_server_run_by_nobody(nobody_dir: Path) -> None:
         proc.terminate()
         _, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err[-2000:]
+
+
+@pytest.mark.parametrize("runtime", ["unprivileged", "processes"])
+def test_a_container_in_an_unprivileged_pod(
+    short_tmp: Path, runtime: str, charts: ChartSet
+) -> None:
+    """The container joins what its pod has: with rootless runc, the infra's user
+    namespace and through it the others (the pod's hostname shows); as plain
+    processes, nothing, and it still runs, execs, stops and goes."""
+    if not Path("/bin/busybox").exists():
+        pytest.skip("busybox-static is needed for the local image")
+    from teaching_cri.api import admin_pb2
+
+    image = "teaching-cri.local/busybox:latest"
+    srv = start_server(short_tmp / runtime, "--runtime", runtime)
+    try:
+        client = srv.client()
+        rt = client.runtime
+        since = time.time_ns()
+        client.admin.BuildLocalImage(admin_pb2.BuildLocalImageRequest(name=image))
+        pod = api_pb2.PodSandboxConfig(
+            metadata=api_pb2.PodSandboxMetadata(name="inner", namespace="d", uid="u2"),
+            hostname="inner",
+            log_directory=str(short_tmp / "logs"),
+        )
+        sandbox_id = rt.RunPodSandbox(api_pb2.RunPodSandboxRequest(config=pod)).pod_sandbox_id
+        config = api_pb2.ContainerConfig(
+            metadata=api_pb2.ContainerMetadata(name="c"),
+            image=api_pb2.ImageSpec(image=image),
+            command=["sleep", "1000"],
+            log_path="c.log",
+            linux=api_pb2.LinuxContainerConfig(
+                security_context=api_pb2.LinuxContainerSecurityContext(
+                    namespace_options=api_pb2.NamespaceOption(pid=api_pb2.CONTAINER)
+                )
+            ),
+        )
+        cid = rt.CreateContainer(
+            api_pb2.CreateContainerRequest(
+                pod_sandbox_id=sandbox_id, config=config, sandbox_config=pod
+            )
+        ).container_id
+        rt.StartContainer(api_pb2.StartContainerRequest(container_id=cid))
+        out = rt.ExecSync(api_pb2.ExecSyncRequest(container_id=cid, cmd=["hostname"], timeout=10))
+        assert out.exit_code == 0
+        if runtime == "unprivileged":
+            assert out.stdout == b"inner\n", "the pod's uts namespace, joined"
+        rt.StopContainer(api_pb2.StopContainerRequest(container_id=cid, timeout=1))
+        status = rt.ContainerStatus(api_pb2.ContainerStatusRequest(container_id=cid)).status
+        assert status.state == api_pb2.CONTAINER_EXITED
+        rt.RemoveContainer(api_pb2.RemoveContainerRequest(container_id=cid))
+        rt.StopPodSandbox(api_pb2.StopPodSandboxRequest(pod_sandbox_id=sandbox_id))
+        rt.RemovePodSandbox(api_pb2.RemovePodSandboxRequest(pod_sandbox_id=sandbox_id))
+        assert_conforms(client.recent(since_unix_nano=since), charts)
+    finally:
+        srv.stop()

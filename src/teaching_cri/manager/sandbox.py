@@ -496,6 +496,8 @@ class SandboxManager:
         }
         if sandbox.netns:
             ns["network"] = sandbox.netns
+        if self._backend().rootless and self._backend().name == "rootless-runc":
+            ns["user"] = f"/proc/{pid}/ns/user"  # which owns the infra's other namespaces
         d = self.files / sandbox.id
         host_ipc = sandbox.config.linux.security_context.namespace_options.ipc == api_pb2.NODE
         return SandboxContext(

@@ -33,8 +33,10 @@ def make_rootless(
 ) -> dict[str, Any]:
     out = copy.deepcopy(spec)
     linux = out.setdefault("linux", {})
-    namespaces = [ns for ns in linux.get("namespaces", []) if ns["type"] != "user"]
-    linux["namespaces"] = [*namespaces, {"type": "user"}]
+    joined = [ns for ns in linux.get("namespaces", []) if ns["type"] == "user" and ns.get("path")]
+    if not joined:  # a pod's container joins its infra's (runc checks the same mappings)
+        namespaces = [ns for ns in linux.get("namespaces", []) if ns["type"] != "user"]
+        linux["namespaces"] = [*namespaces, {"type": "user"}]
     linux["uidMappings"] = [{"containerID": 0, "hostID": uid, "size": 1}]
     linux["gidMappings"] = [{"containerID": 0, "hostID": gid, "size": 1}]
     linux.pop("cgroupsPath", None)

@@ -382,6 +382,8 @@ def namespaces(
         if ns != "mount" and mode in (api_pb2.POD, api_pb2.TARGET) and ns in join:
             entry["path"] = join[ns]
         out.append(entry)
+    if "user" in join:  # the unprivileged tier: the sandbox's user namespace owns the rest
+        out.append({"type": "user", "path": join["user"]})
     return out
 
 
