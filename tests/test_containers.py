@@ -331,3 +331,35 @@ def test_a_container_serves_http_to_another_pods_container_across_a_restart(
     finally:
         srv.stop()
         subprocess.run(["ip", "link", "del", bridge], capture_output=True)
+
+
+def test_exec_and_attach_answer_a_url_from_the_request_cache(
+    node: tuple[Server, Client, Path], charts: ChartSet
+) -> None:
+    _srv, client, logs = node
+    rt = client.runtime
+    since = time.time_ns()
+    sandbox = pod(client, logs, "streams")
+    cid = container(client, sandbox, "sh", "sleep", "1000")
+
+    def code(call: object, request: object) -> grpc.StatusCode:
+        with pytest.raises(grpc.RpcError) as err:
+            call(request)  # type: ignore[operator]
+        return err.value.code()  # type: ignore[no-any-return]
+
+    exec_request = api_pb2.ExecRequest(container_id=cid, cmd=["sh"], stdin=True, stdout=True)
+    assert code(rt.Exec, exec_request) == grpc.StatusCode.FAILED_PRECONDITION  # not started
+    rt.StartContainer(api_pb2.StartContainerRequest(container_id=cid))
+    first = rt.Exec(exec_request).url
+    second = rt.Exec(exec_request).url
+    assert first.startswith("http://127.0.0.1:10350/cri/exec/") and first != second
+    attach = rt.Attach(api_pb2.AttachRequest(container_id=cid, stdout=True)).url
+    assert attach.startswith("http://127.0.0.1:10350/cri/attach/")
+    both = api_pb2.ExecRequest(container_id=cid, cmd=["sh"], tty=True, stdout=True, stderr=True)
+    assert code(rt.Exec, both) == grpc.StatusCode.INVALID_ARGUMENT
+    none = api_pb2.AttachRequest(container_id=cid)
+    assert code(rt.Attach, none) == grpc.StatusCode.INVALID_ARGUMENT
+    assert code(rt.Exec, api_pb2.ExecRequest(container_id="nope", cmd=["sh"], stdout=True)) == (
+        grpc.StatusCode.NOT_FOUND
+    )
+    assert_conforms(client.recent(since_unix_nano=since), charts)

@@ -65,9 +65,9 @@ def test_socket_mode_is_0660(server: Server) -> None:
 
 def test_every_other_rpc_is_unimplemented_and_named(client: Client) -> None:
     with pytest.raises(grpc.RpcError) as err:
-        client.runtime.Exec(api_pb2.ExecRequest())
+        client.runtime.PortForward(api_pb2.PortForwardRequest())
     assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
-    assert "Exec" in err.value.details()
+    assert "PortForward" in err.value.details()
     with pytest.raises(grpc.RpcError) as err:
         list(client.image.StreamImages(api_pb2.StreamImagesRequest()))
     assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED

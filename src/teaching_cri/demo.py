@@ -151,10 +151,13 @@ def main(socket: Path | None = None, svg_dir: Path | None = None, color: bool | 
         pods(walk, client)
         print("\n=== What comes next")
         try:
-            rt.Exec(api_pb2.ExecRequest())
+            rt.PortForward(api_pb2.PortForwardRequest())
         except grpc.RpcError as exc:
-            print(f"Exec: {exc.code().name}: {exc.details()}")
-        print("(exec and attach arrive with the streaming server; this walk grows with them)")
+            print(f"PortForward: {exc.code().name}: {exc.details()}")
+        print(
+            "(containers, and the streaming server behind Exec and Attach's URLs, join this walk"
+            " next)"
+        )
     return 0
 
 

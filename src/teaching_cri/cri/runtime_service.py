@@ -15,6 +15,7 @@ from ..errors import FailedPrecondition
 from ..manager.container import ContainerManager
 from ..manager.runtime_manager import RuntimeManager
 from ..manager.sandbox import SandboxManager
+from ..streaming.request_cache import RequestCache
 from ..trace.tracer import Tracer
 from . import (
     container_create,
@@ -23,6 +24,7 @@ from . import (
     container_start,
     container_stats,
     container_stop,
+    container_stream,
     container_update,
     pod_sandbox_run,
     pod_sandbox_stats,
@@ -46,6 +48,13 @@ class RuntimeService(api_pb2_grpc.RuntimeServiceServicer):
         self.runtime = runtime
         self.tracer = tracer
         self.trace_stats = trace_stats
+        self.request_cache = RequestCache()
+        host, port = runtime.config.stream_host_port
+        self.stream_base = f"http://{host if ':' not in host else f'[{host}]'}:{port}"
+
+    def streams(self) -> RequestCache:
+        """The streaming server's cache (the server shares it when it runs)."""
+        return self.request_cache
 
     def sandboxes(self) -> SandboxManager:
         if self.runtime.sandboxes is None:
@@ -80,3 +89,5 @@ class RuntimeService(api_pb2_grpc.RuntimeServiceServicer):
     ContainerStats = container_stats.ContainerStats
     ListContainerStats = container_stats.ListContainerStats
     ReopenContainerLog = container_stats.ReopenContainerLog
+    Exec = container_stream.Exec
+    Attach = container_stream.Attach

@@ -1,0 +1,104 @@
+"""The streaming server's request cache, sans I/O: a token for each Exec,
+Attach or PortForward request, redeemed once at ``/cri/<method>/<token>``.
+
+The kubelet does not stream through the CRI's gRPC connection: Exec and
+Attach return a URL, and the kubelet (or kubectl through it) connects there.
+The request itself waits in this cache under a random token until then,
+as in iSulad's ``RequestCache`` and k8s.io/kubelet's ``requestCache``: a
+token lives one minute, is used once, and at most 1000 wait at a time (a
+client that asks and never comes must not fill memory). Nothing here does
+I/O; the clock and the token source are given, so it is tested without
+sockets or sleeps. One asyncio loop owns it, so it needs no lock (the seed's
+``m_mutex``).
+"""
+
+from __future__ import annotations
+
+import base64
+import secrets
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import ResourceExhausted
+from ..trace.tracer import decide, step
+
+TOKEN_TTL = 60.0  # seconds: k8s.io/kubelet's CacheTTL
+MAX_IN_FLIGHT = 1000  # k8s.io/kubelet's MaxInFlight
+TOKEN_BYTES = 8  # k8s.io/kubelet's TokenLen
+METHODS = ("exec", "attach", "portforward")
+
+
+@dataclass(frozen=True)
+class CachedRequest:
+    method: str
+    request: Any  # the ExecRequest, AttachRequest or PortForwardRequest
+    expires: float
+
+
+class RequestCache:
+    def __init__(
+        self,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        token_bytes: Callable[[int], bytes] = secrets.token_bytes,
+        ttl: float = TOKEN_TTL,
+        max_in_flight: int = MAX_IN_FLIGHT,
+    ) -> None:
+        self.clock = clock
+        self.token_bytes = token_bytes
+        self.ttl = ttl
+        self.max_in_flight = max_in_flight
+        self._entries: OrderedDict[str, CachedRequest] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def insert(self, method: str, request: Any) -> str:
+        """The chart's steps from ``garbage_collection`` to ``save``: a token."""
+        if method not in METHODS:
+            raise ValueError(f"unknown streaming method {method!r}")
+        self.garbage_collection()
+        if decide("cache_entry_list_overflow_1000", len(self._entries) >= self.max_in_flight):
+            raise ResourceExhausted(
+                f"maximum number of pending streaming requests ({self.max_in_flight}) reached"
+            )
+        token = self.unique_token()
+        self.save(token, CachedRequest(method, request, self.clock() + self.ttl))
+        return token
+
+    @step("garbage_collection")
+    def garbage_collection(self) -> None:
+        """Drop the expired, oldest first (insertion order is expiry order)."""
+        now = self.clock()
+        while self._entries:
+            token, entry = next(iter(self._entries.items()))
+            if entry.expires > now:
+                break
+            del self._entries[token]
+
+    @step("unique_token")
+    def unique_token(self) -> str:
+        while True:
+            raw = self.token_bytes(TOKEN_BYTES)
+            token = base64.urlsafe_b64encode(raw).decode().rstrip("=")
+            if token not in self._entries:
+                return token
+
+    @step("save")
+    def save(self, token: str, entry: CachedRequest) -> None:
+        self._entries[token] = entry
+
+    def consume(self, method: str, token: str) -> CachedRequest | None:
+        """Redeem a token once; an unknown, expired or other-method one is None."""
+        entry = self._entries.pop(token, None)
+        if entry is None or entry.expires <= self.clock() or entry.method != method:
+            return None
+        return entry
+
+
+def build_url(base: str, method: str, token: str) -> str:
+    """``http://<stream address>/cri/<method>/<token>``, iSulad's layout."""
+    return f"{base.rstrip('/')}/cri/{method}/{token}"
