@@ -363,3 +363,49 @@ def test_exec_and_attach_answer_a_url_from_the_request_cache(
         grpc.StatusCode.NOT_FOUND
     )
     assert_conforms(client.recent(since_unix_nano=since), charts)
+
+
+def test_container_events_stream_to_a_subscriber(
+    node: tuple[Server, Client, Path], charts: ChartSet
+) -> None:
+    import threading
+
+    _srv, client, logs = node
+    rt = client.runtime
+    sandbox = pod(client, logs, "events")
+    since = time.time_ns()
+    stream = rt.GetContainerEvents(api_pb2.GetEventsRequest())
+    seen: list[tuple[str, int, int]] = []
+
+    def read() -> None:
+        try:
+            for event in stream:
+                status = event.containers_statuses[0]
+                seen.append((event.container_id, event.container_event_type, status.state))
+        except grpc.RpcError:
+            pass
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    time.sleep(0.3)
+    cid = container(client, sandbox, "evented", "sh", "-c", "sleep 0.3")
+    rt.StartContainer(api_pb2.StartContainerRequest(container_id=cid))
+    for _ in range(50):
+        if any(kind == api_pb2.CONTAINER_STOPPED_EVENT for _c, kind, _s in seen):
+            break
+        time.sleep(0.1)
+    rt.RemoveContainer(api_pb2.RemoveContainerRequest(container_id=cid))
+    time.sleep(0.3)
+    stream.cancel()
+    reader.join(10)
+    mine = [(kind, state) for c, kind, state in seen if c == cid]
+    assert mine == [
+        (api_pb2.CONTAINER_CREATED_EVENT, api_pb2.CONTAINER_CREATED),
+        (api_pb2.CONTAINER_STARTED_EVENT, api_pb2.CONTAINER_RUNNING),
+        (api_pb2.CONTAINER_STOPPED_EVENT, api_pb2.CONTAINER_EXITED),
+        (api_pb2.CONTAINER_DELETED_EVENT, api_pb2.CONTAINER_EXITED),
+    ], "it exited by itself: the STOPPED event comes from the shim's exit"
+    time.sleep(0.3)
+    events = client.recent(since_unix_nano=since, charts=["GetContainerEvents"])
+    assert [e.node for e in events][-1] == "end_of_stream"
+    assert_conforms(client.recent(since_unix_nano=since), charts)

@@ -264,6 +264,8 @@ class Daemon:
         log.info("shutting down")
         await self._health.enter_graceful_shutdown()
         self.fanout.close()  # end Follow streams, or the drain would wait for them
+        if self.runtime.containers is not None:
+            self.runtime.containers.mailbox.close()  # and GetContainerEvents streams
         await self._cleanup(grace)
         self.stopped.set()
         log.info("stopped")

@@ -45,3 +45,7 @@ class Internal(CRIError):
 
 class DeadlineExceeded(CRIError):
     code = grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+class Unavailable(CRIError):
+    code = grpc.StatusCode.UNAVAILABLE

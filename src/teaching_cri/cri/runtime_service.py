@@ -19,6 +19,7 @@ from ..streaming.request_cache import RequestCache
 from ..trace.tracer import Tracer
 from . import (
     container_create,
+    container_events,
     container_exec,
     container_list,
     container_start,
@@ -89,5 +90,6 @@ class RuntimeService(api_pb2_grpc.RuntimeServiceServicer):
     ContainerStats = container_stats.ContainerStats
     ListContainerStats = container_stats.ListContainerStats
     ReopenContainerLog = container_stats.ReopenContainerLog
+    GetContainerEvents = container_events.GetContainerEvents
     Exec = container_stream.Exec
     Attach = container_stream.Attach

@@ -41,6 +41,7 @@ from ..image.store import ImageRecord
 from ..runtime.backend import Backend, CreateRequest, ExecResult, ExitStatus, parse_signal
 from ..runtime.spec import ImageRunConfig, capabilities, config_mounts, devices, generate_spec
 from ..trace.tracer import annotate, decide, quiet, step
+from .events import Mailbox
 from .sandbox import READY, Sandbox, SandboxManager
 
 TYPE_LABEL = "cri.isulad.type"  # iSulad: CRIHelpers::Constants::CONTAINER_TYPE_LABEL_KEY
@@ -134,6 +135,7 @@ class ContainerManager:
         self.containers: dict[str, Container] = {}
         self.names: dict[str, str] = {}  # name → id: reserved
         self.on_event: list[Callable[[str, Container], None]] = []
+        self.mailbox = Mailbox()  # GetContainerEvents' subscribers
         backend.on_exit.append(self._exited)
         sandboxes.containers = self
 
@@ -178,6 +180,7 @@ class ContainerManager:
         self.publish("CONTAINER_STOPPED_EVENT", container)
 
     def publish(self, kind: str, container: Container) -> None:
+        self.mailbox.publish((kind, container))
         for listener in list(self.on_event):
             listener(kind, container)
 
