@@ -409,3 +409,111 @@ def test_container_events_stream_to_a_subscriber(
     events = client.recent(since_unix_nano=since, charts=["GetContainerEvents"])
     assert [e.node for e in events][-1] == "end_of_stream"
     assert_conforms(client.recent(since_unix_nano=since), charts)
+
+
+def test_review_cases_state_timing_target_and_transactional_update(
+    node: tuple[Server, Client, Path], charts: ChartSet
+) -> None:
+    _srv, client, logs = node
+    rt = client.runtime
+    since = time.time_ns()
+    sandbox = pod(client, logs, "review")
+    # a container that exits at once: EXITED in the list without a status call
+    quick = container(client, sandbox, "quick", "true")
+    rt.StartContainer(api_pb2.StartContainerRequest(container_id=quick))
+    exited = api_pb2.ContainerStateValue(state=api_pb2.CONTAINER_EXITED)
+    for _ in range(50):
+        listed = rt.ListContainers(
+            api_pb2.ListContainersRequest(filter=api_pb2.ContainerFilter(state=exited))
+        ).containers
+        if [c.id for c in listed] == [quick]:
+            break
+        time.sleep(0.1)
+    else:
+        pytest.fail("the list never showed the exited container as EXITED")
+    st = state_of(client, quick)
+    assert st.finished_at >= st.started_at > 0
+
+    # pid TARGET: the debug container sees the target's processes
+    target = container(client, sandbox, "target", "sleep", "4242")
+    rt.StartContainer(api_pb2.StartContainerRequest(container_id=target))
+    debug_config = api_pb2.ContainerConfig(
+        metadata=api_pb2.ContainerMetadata(name="debug"),
+        image=api_pb2.ImageSpec(image=IMAGE),
+        command=["sleep", "1000"],
+        linux=api_pb2.LinuxContainerConfig(
+            security_context=api_pb2.LinuxContainerSecurityContext(
+                namespace_options=api_pb2.NamespaceOption(pid=api_pb2.TARGET, target_id=target)
+            )
+        ),
+    )
+    debug = rt.CreateContainer(
+        api_pb2.CreateContainerRequest(
+            pod_sandbox_id=sandbox[0], config=debug_config, sandbox_config=sandbox[1]
+        )
+    ).container_id
+    rt.StartContainer(api_pb2.StartContainerRequest(container_id=debug))
+    ps = rt.ExecSync(api_pb2.ExecSyncRequest(container_id=debug, cmd=["ps", "-o", "args"]))
+    assert b"sleep 4242" in ps.stdout
+
+    # an update the kernel refuses leaves the limits as they were (memory node 7
+    # does not exist: runc fails, and what the cgroup had is written back)
+    before = state_of(client, target).resources.linux
+    with pytest.raises(grpc.RpcError) as err:
+        rt.UpdateContainerResources(
+            api_pb2.UpdateContainerResourcesRequest(
+                container_id=target,
+                linux=api_pb2.LinuxContainerResources(
+                    cpu_shares=512, memory_limit_in_bytes=64 << 20, cpuset_mems="7"
+                ),
+            )
+        )
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert state_of(client, target).resources.linux == before
+    events = client.recent(since_unix_nano=since, charts=["UpdateContainerResources"])
+    assert "restore_previous_resources" in [e.node for e in events]
+    assert_conforms(client.recent(since_unix_nano=since), charts)
+
+
+def test_a_runtime_container_without_a_record_is_removed_at_restart(short_tmp: Path) -> None:
+    """What a server killed between the runtime's create and our record leaves:
+    the next server removes it, and the pod can go."""
+    import asyncio
+
+    from teaching_cri.runtime.backend import CreateRequest
+    from teaching_cri.runtime.runc import RuncBackend
+
+    conf = short_tmp / "net.d"
+    conf.mkdir()
+    base = short_tmp / "srv"
+    srv = start_server(base, "--cni-conf-dir", str(conf))
+    client = srv.client()
+    host = api_pb2.LinuxPodSandboxConfig(
+        security_context=api_pb2.LinuxSandboxSecurityContext(
+            namespace_options=api_pb2.NamespaceOption(network=api_pb2.NODE)
+        )
+    )
+    config = api_pb2.PodSandboxConfig(
+        metadata=api_pb2.PodSandboxMetadata(name="half", namespace="d", uid="u"), linux=host
+    )
+    sandbox_id = client.runtime.RunPodSandbox(
+        api_pb2.RunPodSandboxRequest(config=config)
+    ).pod_sandbox_id
+    srv.stop(signal.SIGKILL)
+    spec = json.loads((base / "state" / "containers" / sandbox_id / "config.json").read_text())
+
+    async def half_create() -> None:
+        backend = RuncBackend(base / "state")
+        await backend.create(CreateRequest("f" * 64, spec, pod_id=sandbox_id))
+        await backend.close()
+
+    asyncio.run(half_create())
+    srv = start_server(base, "--cni-conf-dir", str(conf))
+    try:
+        client = srv.client()
+        assert not (base / "state" / "containers" / ("f" * 64)).exists()
+        client.runtime.StopPodSandbox(api_pb2.StopPodSandboxRequest(pod_sandbox_id=sandbox_id))
+        client.runtime.RemovePodSandbox(api_pb2.RemovePodSandboxRequest(pod_sandbox_id=sandbox_id))
+        assert client.runtime.ListPodSandbox(api_pb2.ListPodSandboxRequest()).items == []
+    finally:
+        srv.stop()

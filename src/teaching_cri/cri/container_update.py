@@ -32,29 +32,8 @@ async def UpdateContainerResources(
 
 @step("generate_hostconfig")
 def generate_hostconfig(linux: api_pb2.LinuxContainerResources) -> dict[str, Any]:
-    """Every field the seed lists, checked: 0 and "" leave a value as it is."""
-    for name in (
-        "cpu_period",
-        "cpu_quota",
-        "cpu_shares",
-        "memory_limit_in_bytes",
-        "memory_swap_limit_in_bytes",
-    ):
-        value = getattr(linux, name)
-        if value < 0 and not (name == "cpu_quota" and value == -1):
-            raise InvalidArgument(f"resources: {name} {value} is negative")
-    if 0 < linux.memory_limit_in_bytes < 4 << 20:
-        raise InvalidArgument(
-            f"resources: memory_limit_in_bytes {linux.memory_limit_in_bytes} is below 4 MiB"
-        )
-    if linux.memory_swap_limit_in_bytes and (
-        linux.memory_swap_limit_in_bytes < linux.memory_limit_in_bytes
-    ):
-        raise InvalidArgument("resources: memory_swap_limit_in_bytes is below the memory limit")
-    for name in ("cpuset_cpus", "cpuset_mems"):
-        value = getattr(linux, name)
-        if value and not all(part.replace("-", "").isdigit() for part in value.split(",")):
-            raise InvalidArgument(f"resources: {name} {value!r} is not a list like 0-2,4")
+    """Every field the seed lists, checked (spec.validate_resources names the
+    field at fault); 0 and "" leave a value as it is."""
     config = api_pb2.ContainerConfig(linux=api_pb2.LinuxContainerConfig(resources=linux))
     converted = spec_resources(config)
     converted.pop("devices", None)

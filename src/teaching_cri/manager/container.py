@@ -22,7 +22,7 @@ import secrets
 import signal
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +39,15 @@ from ..fsutil import atomic_write_json
 from ..image.manager import ImageManager
 from ..image.store import ImageRecord
 from ..runtime.backend import Backend, CreateRequest, ExecResult, ExitStatus, parse_signal
-from ..runtime.spec import ImageRunConfig, capabilities, config_mounts, devices, generate_spec
+from ..runtime.runc import merge_resources
+from ..runtime.spec import (
+    ImageRunConfig,
+    SandboxContext,
+    capabilities,
+    config_mounts,
+    devices,
+    generate_spec,
+)
 from ..trace.tracer import annotate, decide, quiet, step
 from .events import Mailbox
 from .sandbox import READY, Sandbox, SandboxManager
@@ -155,6 +163,18 @@ class ContainerManager:
             self.containers[container.id] = container
             self.names[container.name] = container.id
             await self.refresh(container)
+        sandboxes = {s.id for s in self.sandboxes.all()}
+        for orphan in self.backend.list_ids():
+            if orphan not in self.containers and orphan not in sandboxes:
+                await self.forget_orphan(orphan)
+
+    async def forget_orphan(self, container_id: str) -> None:
+        """A runtime container with no record: a create cut short before its
+        record was written. Nothing refers to it; remove it whole."""
+        with quiet(), contextlib.suppress(CRIError):
+            await self.backend.stop(container_id, 0)
+            await self.backend.delete(container_id)
+        await asyncio.to_thread(self.images.snapshots.remove_view, container_id)
 
     async def refresh(self, container: Container) -> None:
         try:
@@ -353,13 +373,27 @@ class ContainerManager:
                     config,
                     ImageRunConfig.from_config(image.config),
                     rootfs,
-                    sandbox=self.sandboxes.context_for(sandbox, config),
+                    sandbox=self.pod_context(sandbox, config),
                     annotations={
                         "io.kubernetes.cri.container-type": "container",
                         "io.kubernetes.cri.sandbox-id": sandbox.id,
                     },
                 )
                 stop_signal = ImageRunConfig.from_config(image.config).stop_signal
+                container = Container(
+                    container_id,
+                    name,
+                    sandbox.id,
+                    base64.b64encode(config.SerializeToString()).decode(),
+                    config.image.image,
+                    image.id,
+                    time.time_ns(),
+                    log_path,
+                    labels,
+                    resources=spec.get("linux", {}).get("resources", {}),
+                    notes=notes.clamped,
+                )
+                self._save(container)  # first: a server killed mid-create finds it at restart
                 await self.backend.create(
                     CreateRequest(
                         container_id,
@@ -375,24 +409,29 @@ class ContainerManager:
                     )
                 )
             except BaseException:
+                (self.records / f"{container_id}.json").unlink(missing_ok=True)
                 self.images.snapshots.remove_view(container_id)
                 raise
-        container = Container(
-            container_id,
-            name,
-            sandbox.id,
-            base64.b64encode(config.SerializeToString()).decode(),
-            config.image.image,
-            image.id,
-            time.time_ns(),
-            log_path,
-            labels,
-            resources=spec.get("linux", {}).get("resources", {}),
-            notes=notes.clamped,
-        )
         self.containers[container_id] = container
-        self._save(container)
+        if self.sandboxes.find(sandbox.id) is None:  # the pod was removed meanwhile
+            await self.cb_container_remove(container)
+            raise FailedPrecondition(f"pod sandbox {sandbox.id[:12]} was removed meanwhile")
         return container
+
+    def pod_context(self, sandbox: Sandbox, config: api_pb2.ContainerConfig) -> SandboxContext:
+        """The pod's namespaces; with pid TARGET, the target container's pid
+        namespace instead (kubectl debug --target)."""
+        context = self.sandboxes.context_for(sandbox, config)
+        options = config.linux.security_context.namespace_options
+        if options.pid != api_pb2.TARGET:
+            return context
+        target = self.containers.get(options.target_id)
+        if target is None or target.sandbox_id != sandbox.id:
+            raise NotFound(f"namespace_options: target container {options.target_id!r} not in pod")
+        pid = self.sandboxes.backend_pid(target.id)
+        if target.state != RUNNING or not pid:
+            raise FailedPrecondition(f"target container {target.id[:12]} is not running")
+        return replace(context, namespaces={**context.namespaces, "pid": f"/proc/{pid}/ns/pid"})
 
     @step("mailbox_publish")
     def mailbox_publish(self, kind: str, container: Container) -> None:
@@ -416,7 +455,11 @@ class ContainerManager:
     async def m_cb_container_start(self, container: Container) -> None:
         with quiet():
             state = await self.backend.start(container.id)
-        container.state, container.started_at = RUNNING, state.started_at
+        container.started_at = state.started_at
+        if state.exit is not None:  # it has finished already (its exit event may be next)
+            container.exited(state.exit)
+        elif container.state == CREATED:
+            container.state = RUNNING
         self._save(container)
 
     def create_container_log_symlink(self, container: Container) -> None:
@@ -429,13 +472,11 @@ class ContainerManager:
         if container is None:
             return  # idempotent, as CRI requires
         self.set_id_and_timeout(container, timeout)
-        await self.m_cb_container_stop(container, timeout)
+        await self.m_cb_container_stop(container, max(0, timeout))
 
     @step("set_id_and_timeout")
     def set_id_and_timeout(self, container: Container, timeout: int) -> None:
-        if timeout < 0:
-            raise InvalidArgument(f"timeout {timeout} is negative")
-        annotate(timeout=str(timeout))
+        annotate(timeout=str(max(0, timeout)))  # negative counts as 0, as the chart says
 
     @step("m_cb_container_stop")
     async def m_cb_container_stop(self, container: Container, timeout: int) -> None:
@@ -535,14 +576,16 @@ class ContainerManager:
     # -- UpdateContainerResources -----------------------------------------------------
 
     async def update(self, container: Container, resources: dict[str, Any]) -> None:
-        previous = dict(container.resources)
+        """All or nothing: runc may fail after writing some files, so what the
+        cgroup had before (not what we think it had) is written back."""
+        previous = self.backend.current_resources(container.id)
         try:
             with step("m_cb_container_update"), quiet():
                 await self.backend.update(container.id, resources)
         except CRIError:
             await self.restore_previous_resources(container, previous)
             raise
-        container.resources = {**previous, **resources}
+        container.resources = merge_resources(container.resources, resources)
         self._save(container)
 
     @step("restore_previous_resources")
@@ -550,6 +593,7 @@ class ContainerManager:
         self, container: Container, previous: dict[str, Any]
     ) -> None:
         """Transactional: what runc may have written before failing is put back."""
+        annotate(restored=json.dumps(previous))
         if previous:
             with quiet(), contextlib.suppress(CRIError):
                 await self.backend.update(container.id, previous)

@@ -150,6 +150,9 @@ class Backend(abc.ABC):
     async def stats(self, container_id: str) -> CgroupStats: ...
 
     @abc.abstractmethod
+    def current_resources(self, container_id: str) -> dict[str, Any]: ...
+
+    @abc.abstractmethod
     async def recover(self) -> list[ContainerState]: ...
 
     @abc.abstractmethod

@@ -22,6 +22,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 ROOT = Path("/sys/fs/cgroup")
 TOP = "teaching-cri"
@@ -226,3 +227,66 @@ def write_limits(
     for path, value in writes.items():
         path.write_text(value)
     return {str(p): v for p, v in writes.items()}
+
+
+def read_resources(cgroups_path: str, hierarchy: Hierarchy | None = None) -> dict[str, Any]:
+    """The limits a cgroup has now, as runtime-spec LinuxResources (-1: none):
+    what an update that fails half-way is rolled back to."""
+    h = hierarchy or Hierarchy.detect()
+    memory: dict[str, int] = {}
+    cpu: dict[str, Any] = {}
+    unlimited = 1 << 62
+
+    def limit(path: Path) -> int | None:
+        try:
+            text = path.read_text().strip()
+        except OSError:
+            return None
+        if text == "max":
+            return -1
+        value = int(text)
+        return -1 if value >= unlimited else value
+
+    if h.version == 2:
+        d = h.controller_dir(cgroups_path, "memory")
+        for key, name in (("limit", "memory.max"), ("swap", "memory.swap.max")):
+            value = limit(d / name)
+            if value is not None:
+                memory[key] = value
+        with contextlib.suppress(OSError, ValueError):
+            quota, period = (d / "cpu.max").read_text().split()
+            cpu["quota"] = -1 if quota == "max" else int(quota)
+            cpu["period"] = int(period)
+        cpuset = d
+    else:
+        mem, cpu_dir = (
+            h.controller_dir(cgroups_path, "memory"),
+            h.controller_dir(cgroups_path, "cpu"),
+        )
+        for key, name in (
+            ("limit", "memory.limit_in_bytes"),
+            ("swap", "memory.memsw.limit_in_bytes"),
+        ):
+            value = limit(mem / name)
+            if value is not None:
+                memory[key] = value
+        for key, name in (
+            ("quota", "cpu.cfs_quota_us"),
+            ("period", "cpu.cfs_period_us"),
+            ("shares", "cpu.shares"),
+        ):
+            value = _read_int(cpu_dir / name)
+            if value is not None:
+                cpu[key] = value
+        cpuset = h.controller_dir(cgroups_path, "cpuset")
+    for key, name in (("cpus", "cpuset.cpus"), ("mems", "cpuset.mems")):
+        with contextlib.suppress(OSError):
+            text = (cpuset / name).read_text().strip()
+            if text:
+                cpu[key] = text
+    out: dict[str, Any] = {}
+    if memory:
+        out["memory"] = memory
+    if cpu:
+        out["cpu"] = cpu
+    return out

@@ -310,8 +310,9 @@ class RuncBackend(Backend):
             raise FailedPrecondition(f"container {container_id!r} has exited; it cannot start")
         if record["started_at"]:
             raise FailedPrecondition(f"container {container_id!r} was started already")
+        started = time.time_ns()  # before: a quick init may exit before runc returns
         await self._runc("start", container_id)
-        record["started_at"] = time.time_ns()
+        record["started_at"] = started
         self._save(container_id, record)
         return await self.state(container_id)
 
@@ -532,7 +533,7 @@ class RuncBackend(Backend):
         record = self.record(container_id)
         if self.read_exit(container_id) is not None:
             raise FailedPrecondition(f"container {container_id!r} has exited")
-        record["resources"] = {**record.get("resources", {}), **resources}
+        record["resources"] = merge_resources(record.get("resources", {}), resources)
         notes: dict[str, str] = {}
         if self.rootless:
             notes["resources"] = f"recorded, not enforced ({self.name}: no cgroups)"
@@ -543,6 +544,11 @@ class RuncBackend(Backend):
         record["notes"] = {**record.get("notes", {}), **notes}
         self._save(container_id, record)
         return notes
+
+    def current_resources(self, container_id: str) -> dict[str, Any]:
+        """The container's limits as its cgroup has them now ({} without cgroups)."""
+        path = self.record(container_id).get("cgroups_path") or ""
+        return cgroups.read_resources(path) if path and cgroups.exists(path) else {}
 
     async def stats(self, container_id: str) -> cgroups.CgroupStats:
         record = self.record(container_id)
@@ -617,6 +623,18 @@ class RuncBackend(Backend):
                 await task
         self._watchers.clear()
         await self.launcher.close()
+
+
+def merge_resources(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """An update's values over the old ones, field by field (cpu.quota does not
+    wipe cpu.shares)."""
+    merged = dict(old)
+    for key, value in new.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = {**merged[key], **value}
+        else:
+            merged[key] = value
+    return merged
 
 
 async def _drain(stream: ProcessStream) -> None:

@@ -12,6 +12,7 @@ here, named after what it decides, with containerd's defaults
 from __future__ import annotations
 
 import os
+import re
 import stat
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -301,9 +302,54 @@ def config_mounts(config: api_pb2.ContainerConfig) -> list[dict[str, Any]]:
     return mounts
 
 
+_CPU_LIST = re.compile(r"^\d+(-\d+)?(,\d+(-\d+)?)*$")
+_PAGE_SIZE = re.compile(r"^(\d+)(KB|MB|GB)$")
+
+
+def validate_resources(r: api_pb2.LinuxContainerResources) -> None:
+    """What the kernel would refuse, refused here with the field named
+    (INVALID_ARGUMENT), instead of runc's error text after the fact."""
+    for name in ("cpu_period", "cpu_shares", "memory_limit_in_bytes", "memory_swap_limit_in_bytes"):
+        if getattr(r, name) < 0:
+            raise InvalidArgument(f"resources: {name} {getattr(r, name)} is negative")
+    if r.cpu_quota < -1 or 0 < r.cpu_quota < 1000:
+        raise InvalidArgument(f"resources: cpu_quota {r.cpu_quota} is below 1000 (1 ms)")
+    if r.cpu_period and not 1000 <= r.cpu_period <= 1_000_000:
+        raise InvalidArgument(f"resources: cpu_period {r.cpu_period} is not in 1000..1000000")
+    if r.cpu_shares and r.cpu_shares < 2:
+        raise InvalidArgument(f"resources: cpu_shares {r.cpu_shares} is below 2")
+    if 0 < r.memory_limit_in_bytes < 4 << 20:
+        raise InvalidArgument(
+            f"resources: memory_limit_in_bytes {r.memory_limit_in_bytes} is below 4 MiB"
+        )
+    if r.memory_swap_limit_in_bytes and 0 < r.memory_swap_limit_in_bytes < r.memory_limit_in_bytes:
+        raise InvalidArgument("resources: memory_swap_limit_in_bytes is below the memory limit")
+    cpus = os.cpu_count() or 1
+    for name in ("cpuset_cpus", "cpuset_mems"):
+        value = getattr(r, name)
+        if not value:
+            continue
+        if not _CPU_LIST.match(value):
+            raise InvalidArgument(f"resources: {name} {value!r} is not a list like 0-2,4")
+        highest = max(int(x) for x in re.split(r"[,-]", value))
+        if name == "cpuset_cpus" and highest >= cpus:
+            raise InvalidArgument(f"resources: cpuset_cpus {value!r}: this machine has {cpus} CPUs")
+    for h in r.hugepage_limits:
+        m = _PAGE_SIZE.match(h.page_size)
+        kib = int(m[1]) * {"KB": 1, "MB": 1024, "GB": 1024 * 1024}[m[2]] if m else 0
+        if not kib or not Path(f"/sys/kernel/mm/hugepages/hugepages-{kib}kB").is_dir():
+            raise InvalidArgument(
+                f"resources: hugepage size {h.page_size!r} is not one this machine has"
+            )
+    for key in r.unified:
+        if "." not in key or "/" in key:
+            raise InvalidArgument(f"resources: unified key {key!r} is not a cgroup file name")
+
+
 def resources(config: api_pb2.ContainerConfig) -> dict[str, Any]:
     """CRI's LinuxContainerResources in runtime-spec form; 0 and "" mean unset."""
     r = config.linux.resources
+    validate_resources(r)
     out: dict[str, Any] = {"devices": [{"allow": False, "access": "rwm"}]}
     cpu: dict[str, int | str] = {
         k: v
@@ -357,6 +403,23 @@ class SandboxContext:
     hosts: str = ""  # the pod's /etc/hosts
     resolv_conf: str = ""  # the pod's /etc/resolv.conf, from its DNSConfig
     shm: str = ""  # the pod's /dev/shm, shared by its containers (IPC)
+
+
+def check_seccomp(config: api_pb2.ContainerConfig, notes: SpecNotes) -> None:
+    """A seccomp profile is checked but not applied: teaching-cri has no
+    profiles yet, and the container's notes say so rather than pretend."""
+    sc = config.linux.security_context
+    if not sc.HasField("seccomp"):
+        return
+    profile = sc.seccomp
+    missing = not profile.localhost_ref or not Path(profile.localhost_ref).is_file()
+    if profile.profile_type == api_pb2.SecurityProfile.Localhost and missing:
+        raise InvalidArgument(
+            f"seccomp: localhost profile {profile.localhost_ref!r} does not exist"
+        )
+    if profile.profile_type != api_pb2.SecurityProfile.Unconfined:
+        kind = api_pb2.SecurityProfile.ProfileType.Name(profile.profile_type)
+        notes.clamped["seccomp"] = f"{kind} asked for, not applied: no seccomp filtering here"
 
 
 def namespaces(
@@ -488,6 +551,9 @@ def generate_spec(
     """The whole ``config.json`` (and what had to be adjusted)."""
     notes = SpecNotes()
     sandbox = sandbox or SandboxContext(hostname=hostname)
+    if config.working_dir and not config.working_dir.startswith("/"):
+        raise InvalidArgument(f"working_dir {config.working_dir!r} is not an absolute path")
+    check_seccomp(config, notes)
     sc = config.linux.security_context
     caps = capabilities(config)
     mounts = default_mounts()
