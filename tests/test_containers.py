@@ -517,3 +517,96 @@ def test_a_runtime_container_without_a_record_is_removed_at_restart(short_tmp: P
         assert client.runtime.ListPodSandbox(api_pb2.ListPodSandboxRequest()).items == []
     finally:
         srv.stop()
+
+
+@pytest.mark.parametrize("kill_midway", [False, True], ids=["straight", "server-sigkilled-midway"])
+def test_the_done_when_sequence(short_tmp: Path, charts: ChartSet, kill_midway: bool) -> None:
+    """Issue 6's scripted kubelet: pull, pod, container, exec, update, status,
+    lists, stop with timeout 2 on a SIGTERM trap, log rotation, removal; the
+    second run SIGKILLs the server after StartContainer and finishes after a
+    restart with the same results."""
+    from registry import RegistryUnavailable, push_busybox, run_registry
+
+    bridge = f"tcri-k{os.getpid() % 10000}"
+    conf = short_tmp / "net.d"
+    conf.mkdir()
+    doc = default_conflist(f"10.237.{os.getpid() % 200}.0/24", bridge, str(short_tmp / "ipam"))
+    (conf / "10-test.conflist").write_text(json.dumps(doc))
+    base, logs = short_tmp / "srv", short_tmp / "logs"
+    try:
+        registry_cm = run_registry(short_tmp / "registry")
+        reg = registry_cm.__enter__()
+    except RegistryUnavailable as exc:
+        pytest.skip(str(exc))
+    srv = start_server(base, "--cni-conf-dir", str(conf))
+    try:
+        push_busybox(reg, "library/busybox", "1.0")
+        image = f"{reg.host}/library/busybox:1.0"
+        client = srv.client()
+        since = time.time_ns()
+        pulled = client.image.PullImage(
+            api_pb2.PullImageRequest(image=api_pb2.ImageSpec(image=image))
+        ).image_ref
+        sandbox = pod(client, logs, "kubelet")
+        config = api_pb2.ContainerConfig(
+            metadata=api_pb2.ContainerMetadata(name="app"),
+            image=api_pb2.ImageSpec(image=image),
+            command=["sh", "-c", TRAPS_TERM],
+            log_path="app.log",
+            labels={"app": "kubelet"},
+            linux=api_pb2.LinuxContainerConfig(
+                security_context=api_pb2.LinuxContainerSecurityContext(
+                    namespace_options=api_pb2.NamespaceOption(pid=api_pb2.CONTAINER)
+                )
+            ),
+        )
+        cid = client.runtime.CreateContainer(
+            api_pb2.CreateContainerRequest(
+                pod_sandbox_id=sandbox[0], config=config, sandbox_config=sandbox[1]
+            )
+        ).container_id
+        client.runtime.StartContainer(api_pb2.StartContainerRequest(container_id=cid))
+        if kill_midway:
+            assert_conforms(client.recent(since_unix_nano=since), charts)
+            srv.stop(signal.SIGKILL)
+            srv = start_server(base, "--cni-conf-dir", str(conf))
+            client = srv.client()
+            since = time.time_ns()
+        rt = client.runtime
+        out = rt.ExecSync(api_pb2.ExecSyncRequest(container_id=cid, cmd=["echo", "hello"]))
+        assert (out.stdout, out.exit_code) == (b"hello\n", 0)
+        rt.UpdateContainerResources(
+            api_pb2.UpdateContainerResourcesRequest(
+                container_id=cid,
+                linux=api_pb2.LinuxContainerResources(memory_limit_in_bytes=96 << 20),
+            )
+        )
+        st = state_of(client, cid)
+        assert st.state == api_pb2.CONTAINER_RUNNING and st.image_ref == pulled
+        assert st.resources.linux.memory_limit_in_bytes == 96 << 20
+        for flt in (
+            api_pb2.ContainerFilter(id=cid),
+            api_pb2.ContainerFilter(
+                state=api_pb2.ContainerStateValue(state=api_pb2.CONTAINER_RUNNING)
+            ),
+            api_pb2.ContainerFilter(pod_sandbox_id=sandbox[0]),
+            api_pb2.ContainerFilter(label_selector={"app": "kubelet"}),
+        ):
+            listed = rt.ListContainers(api_pb2.ListContainersRequest(filter=flt)).containers
+            assert [c.id for c in listed] == [cid]
+        log = logs / "kubelet" / "app.log"
+        log.rename(log.with_suffix(".1"))
+        rt.ReopenContainerLog(api_pb2.ReopenContainerLogRequest(container_id=cid))
+        rt.StopContainer(api_pb2.StopContainerRequest(container_id=cid, timeout=2))
+        st = state_of(client, cid)
+        assert (st.state, st.exit_code, st.reason) == (api_pb2.CONTAINER_EXITED, 0, "Completed")
+        assert b"stdout F bye" in log.read_bytes()
+        rt.RemoveContainer(api_pb2.RemoveContainerRequest(container_id=cid))
+        rt.StopPodSandbox(api_pb2.StopPodSandboxRequest(pod_sandbox_id=sandbox[0]))
+        rt.RemovePodSandbox(api_pb2.RemovePodSandboxRequest(pod_sandbox_id=sandbox[0]))
+        assert rt.ListContainers(api_pb2.ListContainersRequest()).containers == []
+        assert_conforms(client.recent(since_unix_nano=since), charts)
+    finally:
+        srv.stop()
+        registry_cm.__exit__(None, None, None)
+        subprocess.run(["ip", "link", "del", bridge], capture_output=True)
