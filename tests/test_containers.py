@@ -610,3 +610,31 @@ def test_the_done_when_sequence(short_tmp: Path, charts: ChartSet, kill_midway: 
         srv.stop()
         registry_cm.__exit__(None, None, None)
         subprocess.run(["ip", "link", "del", bridge], capture_output=True)
+
+
+def test_unknown_containers_take_each_charts_not_found_branch(
+    node: tuple[Server, Client, Path], charts: ChartSet
+) -> None:
+    _srv, client, _logs = node
+    rt = client.runtime
+    since = time.time_ns()
+    unknown = "e" * 64
+    rt.StopContainer(api_pb2.StopContainerRequest(container_id=unknown, timeout=1))
+    rt.RemoveContainer(api_pb2.RemoveContainerRequest(container_id=unknown))
+    for call, request in (
+        (rt.ContainerStats, api_pb2.ContainerStatsRequest(container_id=unknown)),
+        (rt.ReopenContainerLog, api_pb2.ReopenContainerLogRequest(container_id=unknown)),
+        (rt.ExecSync, api_pb2.ExecSyncRequest(container_id=unknown, cmd=["true"])),
+        (
+            rt.UpdateContainerResources,
+            api_pb2.UpdateContainerResourcesRequest(container_id=unknown),
+        ),
+        (rt.Attach, api_pb2.AttachRequest(container_id=unknown, stdout=True)),
+    ):
+        with pytest.raises(grpc.RpcError) as err:
+            call(request)  # type: ignore[operator]
+        assert err.value.code() == grpc.StatusCode.NOT_FOUND, call
+    events = client.recent(since_unix_nano=since)
+    taken = {(e.chart, e.label) for e in events if e.node == "get_container_id"}
+    assert ("StopContainer", "N") in taken and ("RemoveContainer", "N") in taken
+    assert_conforms(events, charts)

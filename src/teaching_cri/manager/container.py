@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import functools
 import json
 import secrets
 import signal
@@ -88,8 +89,10 @@ class Container:
     resources: dict[str, Any] = field(default_factory=dict)  # as last updated
     notes: dict[str, str] = field(default_factory=dict)
 
-    @property
+    @functools.cached_property
     def config(self) -> api_pb2.ContainerConfig:
+        """Parsed once (ListContainers converts every container every second);
+        never changed, so callers must not modify it."""
         config = api_pb2.ContainerConfig()
         config.ParseFromString(base64.b64decode(self.config_b64))
         return config
