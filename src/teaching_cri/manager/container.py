@@ -97,6 +97,22 @@ class Container:
         config.ParseFromString(base64.b64decode(self.config_b64))
         return config
 
+    @functools.cached_property
+    def listing(self) -> api_pb2.Container:
+        """This container as ListContainers shows it, but for its state."""
+        config = self.config
+        return api_pb2.Container(
+            id=self.id,
+            pod_sandbox_id=self.sandbox_id,
+            metadata=config.metadata,
+            image=api_pb2.ImageSpec(image=self.image_id),
+            image_ref=self.image_id,
+            image_id=self.image_id,
+            created_at=self.created_at,
+            labels=dict(config.labels),
+            annotations=dict(config.annotations),
+        )
+
     def exited(self, status: ExitStatus) -> None:
         self.state = EXITED
         self.finished_at = status.finished_at
@@ -165,6 +181,7 @@ class ContainerManager:
                 continue
             self.containers[container.id] = container
             self.names[container.name] = container.id
+            container.listing  # noqa: B018 - converted now, not in the first ListContainers
             await self.refresh(container)
         sandboxes = {s.id for s in self.sandboxes.all()}
         for orphan in self.backend.list_ids():
@@ -187,12 +204,14 @@ class ContainerManager:
             if container.state != EXITED:
                 container.state = UNKNOWN
             return
+        before = (container.state, container.started_at, container.finished_at)
         if state.exit is not None:
             container.started_at = state.started_at or container.started_at
             container.exited(state.exit)
         elif state.status == "running":
             container.state, container.started_at = RUNNING, state.started_at
-        self._save(container)
+        if (container.state, container.started_at, container.finished_at) != before:
+            self._save(container)
 
     async def _exited(self, container_id: str, status: ExitStatus) -> None:
         container = self.containers.get(container_id)
@@ -415,6 +434,7 @@ class ContainerManager:
                 (self.records / f"{container_id}.json").unlink(missing_ok=True)
                 self.images.snapshots.remove_view(container_id)
                 raise
+        container.listing  # noqa: B018 - converted once, here, for every ListContainers
         self.containers[container_id] = container
         if self.sandboxes.find(sandbox.id) is None:  # the pod was removed meanwhile
             await self.cb_container_remove(container)
