@@ -73,9 +73,9 @@ def test_every_other_rpc_is_unimplemented_and_named(client: Client) -> None:
     assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
     assert "ImageService/StreamImages" in err.value.details()
     with pytest.raises(grpc.RpcError) as err:  # a server-streaming RPC too
-        list(client.runtime.GetContainerEvents(api_pb2.GetEventsRequest()))
+        list(client.runtime.StreamContainers(api_pb2.StreamContainersRequest()))
     assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
-    assert "GetContainerEvents" in err.value.details()
+    assert "StreamContainers" in err.value.details()
 
 
 def test_status_conditions_and_verbose_info(client: Client) -> None:
