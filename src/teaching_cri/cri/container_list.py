@@ -15,7 +15,12 @@ from typing import TYPE_CHECKING
 
 from ..api import Context, api_pb2
 from ..errors import NotFound
-from ..manager.container import Container, ContainerManager, parse_container_name
+from ..manager.container import (
+    Container,
+    ContainerManager,
+    extract_labels,
+    parse_container_name,
+)
 from ..trace.tracer import decide, step
 from ._rpc import rpc
 
@@ -111,7 +116,7 @@ def container_status_to_grpc(c: Container) -> api_pb2.ContainerStatus:
     get_container_time_stamps(c, status)
     pack_container_image_to_status(c, status)
     update_base_status_from_inspect(c, status)
-    pack_labels_to_status(config, status)
+    pack_labels_to_status(c, status)
     parse_container_name_step(c)
     convert_mounts_to_status(config, status)
     convert_resources_to_status(c, status)
@@ -145,8 +150,9 @@ def update_base_status_from_inspect(c: Container, status: api_pb2.ContainerStatu
 
 
 @step("pack_labels_to_status")
-def pack_labels_to_status(config: api_pb2.ContainerConfig, status: api_pb2.ContainerStatus) -> None:
-    status.labels.update(config.labels)
+def pack_labels_to_status(c: Container, status: api_pb2.ContainerStatus) -> None:
+    config = c.config
+    status.labels.update(extract_labels(c))
     status.annotations.update(config.annotations)
 
 

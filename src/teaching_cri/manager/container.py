@@ -146,6 +146,13 @@ def parse_container_name(name: str) -> dict[str, str]:
     return dict(zip(keys, parts[1:], strict=True))
 
 
+def extract_labels(container: Container) -> dict[str, str]:
+    """The seed's ExtractLabels: the labels the kubelet set, without ours (the
+    type, the sandbox, the log path), which iSulad keeps in the same map and
+    we keep apart, so they come back verbatim."""
+    return {k: v for k, v in container.config.labels.items() if k not in container.internal_labels}
+
+
 class ContainerManager:
     def __init__(
         self,
