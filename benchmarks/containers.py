@@ -74,35 +74,62 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import itertools
 import json
 import os
-import platform
 import shutil
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 import grpc
 
 from teaching_cri.api import admin_pb2, api_pb2
-from teaching_cri.client import Client, connect, wait_for_socket
 from teaching_cri.image.build import BusyboxUnavailable, build_busybox_image
-from teaching_cri.image.manager import ImageManager
-from teaching_cri.manager.cni import default_conflist
-from teaching_cri.manager.network import DEFAULT_CNI_BIN_DIRS
-from teaching_cri.manager.sandbox import BUILT_IN_INFRA
 from teaching_cri.runtime import cgroups
-from teaching_cri.runtime.spec import ImageRunConfig, SandboxContext, generate_spec
+from teaching_cri.runtime.spec import SandboxContext, generate_spec
 from teaching_cri.trace.events import TraceEvent
+
+from _bench import (
+    BareRunc,
+    BenchError,
+    BenchServer,
+    Interrupt,
+    Phases,
+    Table,
+    add_runc_args,
+    add_server_args,
+    alternate,
+    bare_image,
+    bridge_taken,
+    cgroup_dirs,
+    compare,
+    exit_if,
+    exits,
+    host_leftovers,
+    ignore_signals,
+    live_shims,
+    machine,
+    missing_plugins,
+    must,
+    new_parser,
+    node_times,
+    p95,
+    print_leftovers,
+    remove_cgroup,
+    run_quiet,
+    runc_leftovers,
+    spans,
+    split,
+    unmount_under,
+    verdict,
+    write_conflist,
+)
 
 START_BUDGET = 0.040  # s over bare create + start, at the median
 LIST_BUDGET = 0.020  # s for ListContainers with 1000 containers, at the median
@@ -110,11 +137,8 @@ LIST_TARGET_SIZE = 1000
 LIST_SIZES = (10, 100, 1000)
 LIST_WARMUP = 3  # unmeasured calls before each size's measured ones
 LOADED_RUNS = 5  # create + start pairs with the largest list's containers in the pod
-POLL = 0.002  # s between two ``runc state`` while waiting for "stopped"
-STOP_WAIT = 10.0  # s a SIGKILLed container may take to be reported stopped
 RPC_TIMEOUT = 120.0  # s for one RPC (RunPodSandbox builds the infra image)
 EXEC_TIMEOUT = 10  # s, ExecSync's own timeout
-PLUGINS = ("bridge", "host-local", "loopback")
 IMAGE = "teaching-cri.local/busybox:latest"
 COMMAND = ["sleep", "1000"]
 POD_NAME = "bench-containers"
@@ -137,163 +161,7 @@ CHARTS = (
 )
 
 
-# --- Figures ---------------------------------------------------------------------
-
-
-def p95(samples: Sequence[float]) -> float:
-    if len(samples) < 2:
-        return samples[0]
-    return statistics.quantiles(samples, n=20, method="inclusive")[-1]
-
-
-def ms_row(label: str, samples: Sequence[float]) -> str:
-    return (
-        f"{label:<32} {statistics.median(samples) * 1000:8.1f} {p95(samples) * 1000:8.1f} "
-        f"{min(samples) * 1000:8.1f}"
-    )
-
-
-def verdict(met: bool) -> str:
-    return "met" if met else "NOT met"
-
-
-@dataclass
-class Phases:
-    """Seconds per phase of each run, in ``names``' order; the run is their sum."""
-
-    names: tuple[str, ...]
-    samples: list[list[float]] = field(default_factory=list)
-
-    def add(self, times: Sequence[float]) -> None:
-        self.samples.append(list(times))
-
-    def totals(self) -> list[float]:
-        return [sum(s) for s in self.samples]
-
-    def median(self, i: int) -> float:
-        return statistics.median(s[i] for s in self.samples)
-
-
-# --- Small helpers -----------------------------------------------------------------
-
-
-class BenchError(RuntimeError):
-    pass
-
-
-def run_quiet(*argv: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(argv, capture_output=True, text=True, check=False)
-
-
-def must(*argv: str) -> str:
-    """A command that has to work; its stdout."""
-    proc = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True)
-    if proc.returncode != 0:
-        why = proc.stderr.strip() or proc.stdout.strip() or f"exit {proc.returncode}"
-        raise BenchError(f"{' '.join(argv)[:200]}: {why}")
-    return proc.stdout
-
-
-def cgroup_dirs(cgroups_path: str) -> list[Path]:
-    """Every directory of a cgroup in every cgroup hierarchy mounted here (on v1
-    runc also makes it in the named ``systemd`` one and, on a hybrid host, the
-    unified one)."""
-    relative = cgroups_path.lstrip("/")
-    found = []
-    for line in Path("/proc/self/mountinfo").read_text().splitlines():
-        left, _, right = line.partition(" - ")
-        fields, tail = left.split(), right.split()
-        if len(fields) > 4 and tail and tail[0] in ("cgroup", "cgroup2"):
-            found.append(Path(fields[4]) / relative)
-    return [d for d in dict.fromkeys(found) if d.is_dir()]
-
-
-def remove_cgroup(cgroups_path: str) -> None:
-    """rmdir the cgroup and what is below it, deepest first, in every hierarchy."""
-    for top in cgroup_dirs(cgroups_path):
-        for dirpath, _dirs, _files in sorted(
-            os.walk(top), key=lambda entry: entry[0].count("/"), reverse=True
-        ):
-            with contextlib.suppress(OSError):
-                os.rmdir(dirpath)
-
-
-def mounts_under(top: Path) -> list[str]:
-    """Mount points at or below ``top``, deepest first (from /proc/self/mountinfo)."""
-    prefix = str(top).rstrip("/") + "/"
-    found = []
-    for line in Path("/proc/self/mountinfo").read_text().splitlines():
-        fields = line.split()
-        if len(fields) > 4:
-            point = fields[4].replace("\\040", " ")
-            if point.startswith(prefix):
-                found.append(point)
-    return sorted(set(found), key=lambda p: p.count("/"), reverse=True)
-
-
-def veths_on(bridge: str) -> list[str]:
-    out = run_quiet("ip", "-o", "link", "show", "master", bridge).stdout
-    return [line.split(":")[1].strip().split("@")[0] for line in out.splitlines()]
-
-
-def runc_leftovers(runc: str, root: Path) -> list[str]:
-    """Force-delete whatever container runc still has under ``root``; their ids."""
-    if not root.is_dir():
-        return []
-    ids = run_quiet(runc, "--root", str(root), "list", "-q").stdout.split()
-    for container_id in ids:
-        run_quiet(runc, "--root", str(root), "delete", "--force", container_id)
-    return ids
-
-
-def live_shims(state: Path) -> list[int]:
-    """The pids of our shims still running (their cmdline names their state dir)."""
-    found = []
-    for pid_file in state.glob("containers/*/shim.pid"):
-        with contextlib.suppress(OSError, ValueError):
-            pid = int(pid_file.read_text().strip())
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-            if str(pid_file.parent).encode() in cmdline:
-                found.append(pid)
-    return found
-
-
-def kill_shims(state: Path) -> None:
-    """Last resort after the server died: SIGKILL the shims that are still ours."""
-    for pid in live_shims(state):
-        with contextlib.suppress(OSError):
-            os.kill(pid, signal.SIGKILL)
-
-
-def node_times(events: Sequence[TraceEvent]) -> dict[str, float]:
-    """Seconds per node over the spans of ``events``: from one event to the next
-    of its span, as ``trace show`` times a step."""
-    times: dict[str, float] = {}
-    for span in spans(events):
-        for a, b in itertools.pairwise(span):
-            times[a.node] = times.get(a.node, 0.0) + (b.monotonic_ns - a.monotonic_ns) / 1e9
-    return times
-
-
-def spans(events: Sequence[TraceEvent]) -> list[list[TraceEvent]]:
-    """The events grouped by span, each in its order."""
-    by_span: dict[str, list[TraceEvent]] = {}
-    for event in events:
-        by_span.setdefault(event.span_id, []).append(event)
-    return [sorted(s, key=lambda e: e.sequence) for s in by_span.values()]
-
-
-def split(
-    times: dict[str, float], nodes: dict[str, str], names: Sequence[str], wall: float
-) -> list[float]:
-    """Our calls' time by phase (``names``); the last, "the rest", is what the
-    named nodes do not account for, on the client's clock."""
-    out = dict.fromkeys(names, 0.0)
-    for node, seconds in times.items():
-        if node in nodes:
-            out[nodes[node]] += seconds
-    out[names[-1]] = wall - sum(out[n] for n in names[:-1])
-    return [out[n] for n in names]
+TABLE = Table(32)
 
 
 # --- What both sides run --------------------------------------------------------------
@@ -331,21 +199,17 @@ def container_config(name: str, pod: api_pb2.PodSandboxMetadata) -> api_pb2.Cont
 # --- Bare: runc by itself, in the pod's namespaces -------------------------------------
 
 
-class Bare:
+class Bare(BareRunc):
     """A container in the pod, made as a shell script would make it."""
 
     def __init__(self, runc: str, tmp: Path, template: dict[str, Any], pod_id: str) -> None:
-        self.runc = runc
-        self.root = tmp / "bare-runc"
+        # runc create's stderr (and the container's) in bare-create.err
+        super().__init__(runc, tmp / "bare-runc", tmp / "bare-create.err")
         self.bundles = tmp / "bare-bundles"
-        self.errors = tmp / "bare-create.err"  # runc create's stderr (and the container's)
         self.template = template  # config.json, its cgroupsPath to fill in
         self.pod_id = pod_id  # the pod's cgroup level, shared with ours
         self.bundles.mkdir()
         self.live: set[str] = set()
-
-    def _runc(self, *args: str) -> str:
-        return must(self.runc, "--root", str(self.root), *args)
 
     def write_bundle(self, container_id: str) -> Path:
         spec = dict(self.template)
@@ -359,27 +223,8 @@ class Bare:
         return bundle
 
     def create(self, bundle: Path, container_id: str) -> None:
-        # Not captured: the container inherits runc's stdio, and a pipe would stay
-        # open as long as it runs.
-        argv = [self.runc, "--root", str(self.root), "create", "--bundle", str(bundle)]
         self.live.add(container_id)
-        with open(self.errors, "ab") as err:
-            code = subprocess.call(
-                [*argv, container_id],
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=err,
-            )
-        if code != 0:
-            tail = self.errors.read_text(errors="replace").strip().splitlines()
-            raise BenchError(f"runc create: {tail[-1] if tail else f'exit {code}'}")
-
-    def wait_stopped(self, container_id: str) -> None:
-        deadline = time.monotonic() + STOP_WAIT
-        while json.loads(self._runc("state", container_id))["status"] != "stopped":
-            if time.monotonic() > deadline:
-                raise BenchError(f"{container_id} not stopped {STOP_WAIT:.0f} s after SIGKILL")
-            time.sleep(POLL)
+        super().create(bundle, container_id)
 
     # -- the measured work, by phase (CYCLE_PHASES, TEARDOWN_PHASES, EXEC_PHASES) --
 
@@ -423,76 +268,23 @@ async def bare_template(tmp: Path, context: SandboxContext) -> dict[str, Any]:
     the spec from our own generator with our config and the pod's context."""
     layout = tmp / "bare-layout"
     build_busybox_image(layout, ref_name=None)
-    manager = ImageManager(tmp / "bare-images", snapshot_mode="copy")
-    record = await manager.import_layout(layout, None)
-    rootfs = manager.snapshots.mount_view([layer.chain_id for layer in record.layers], "bare")
+    rootfs, image = await bare_image(layout, tmp / "bare-images")
     config = container_config("bare", api_pb2.PodSandboxMetadata())
-    spec, _notes = generate_spec(
-        config, ImageRunConfig.from_config(record.config), rootfs, sandbox=context
-    )
+    spec, _notes = generate_spec(config, image, rootfs, sandbox=context)
     return spec
 
 
 # --- Ours: a server over gRPC -----------------------------------------------------------
 
 
-class Server:
-    """``python -m teaching_cri serve`` on a socket of its own, as a user runs it."""
+class Server(BenchServer):
+    """Our server, with the image, the pod and the containers in it."""
 
     def __init__(self, base: Path, conf_dir: Path, trace: str) -> None:
-        self.base = base
-        self.socket = base / "cri.sock"
-        self.state = base / "state"
-        self.log = base / "server.log"
-        argv = [
-            sys.executable,
-            "-m",
-            "teaching_cri",
-            "serve",
-            "--socket",
-            str(self.socket),
-            "--root",
-            str(base / "root"),
-            "--state",
-            str(self.state),
-            "--cni-conf-dir",
-            str(conf_dir),
-            "--pause-image",
-            BUILT_IN_INFRA,
-            "--trace",
-            trace,
-            "--log-level",
-            "warning",
-        ]
-        with self.log.open("wb") as out:
-            # Its own session: a Ctrl-C on the terminal is ours to handle, not its.
-            self.process = subprocess.Popen(
-                argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-            )
-        self.client: Client | None = None
         self.pod_id = ""
         self.pod_config = api_pb2.PodSandboxConfig()
         self.containers: set[str] = set()  # made and not yet removed
-        try:
-            wait_for_socket(self.socket, timeout=30)
-        except TimeoutError:
-            self.stop()
-            raise BenchError(f"the server did not start:\n{self.tail()}") from None
-        self.client = connect(self.socket)
-
-    def tail(self, lines: int = 15) -> str:
-        with contextlib.suppress(OSError):
-            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
-        return ""
-
-    @property
-    def runtime(self) -> Any:
-        assert self.client is not None
-        return self.client.runtime
-
-    def recent(self, charts: Sequence[str], since: int) -> list[TraceEvent]:
-        assert self.client is not None
-        return self.client.recent(charts=list(charts), since_unix_nano=since)
+        super().__init__(base, conf_dir, trace)
 
     def build_image(self) -> None:
         assert self.client is not None
@@ -597,54 +389,21 @@ class Server:
         )
         self.pod_id = ""
 
-    def stop(self) -> None:
-        """Remove what is still there (the pod's removal takes its containers),
-        then SIGTERM (SIGKILL after 20 s)."""
-        if self.client is not None and self.process.poll() is None:
-            with contextlib.suppress(grpc.RpcError):
-                listed = self.runtime.ListPodSandbox(api_pb2.ListPodSandboxRequest(), timeout=10)
-                for item in listed.items:
-                    self.pod_id = item.id
-                    with contextlib.suppress(grpc.RpcError):
-                        self.remove_pod()
-            with contextlib.suppress(grpc.RpcError):
-                for c in self.list().containers:
-                    with contextlib.suppress(grpc.RpcError):
-                        self.remove(c.id)
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        if self.client is not None:
-            self.client.close()
-            self.client = None
+    def clear(self) -> None:
+        """Remove what is still there (the pod's removal takes its containers)."""
+        with contextlib.suppress(grpc.RpcError):
+            listed = self.runtime.ListPodSandbox(api_pb2.ListPodSandboxRequest(), timeout=10)
+            for item in listed.items:
+                self.pod_id = item.id
+                with contextlib.suppress(grpc.RpcError):
+                    self.remove_pod()
+        with contextlib.suppress(grpc.RpcError):
+            for c in self.list().containers:
+                with contextlib.suppress(grpc.RpcError):
+                    self.remove(c.id)
 
 
 # --- The benchmark -----------------------------------------------------------------------
-
-
-class Interrupted(Exception):
-    pass
-
-
-class Interrupt:
-    """Ctrl-C or SIGTERM: stop after the step in progress, so that no container
-    is left half made; a second one stops at once (and the cleanup still runs)."""
-
-    def __init__(self) -> None:
-        self.count = 0
-
-    def __call__(self, signum: int, frame: FrameType | None) -> None:
-        self.count += 1
-        if self.count > 1:
-            raise KeyboardInterrupt
-
-    def check(self) -> None:
-        if self.count:
-            raise Interrupted
 
 
 @dataclass
@@ -746,12 +505,9 @@ def measure_cycles(
     for i in range(runs + 1):  # the first is the warm-up
         interrupt.check()
         bare_id, name = f"bare-{os.getpid()}-{i}", f"cycle-{i}"
-        if i % 2 == 0:
-            bare_times = bare_cycle(bare, bare_id)
-            our_times = our_cycle(server, name, results, i > 0)
-        else:
-            our_times = our_cycle(server, name, results, i > 0)
-            bare_times = bare_cycle(bare, bare_id)
+        bare_times, our_times = alternate(
+            i, partial(bare_cycle, bare, bare_id), partial(our_cycle, server, name, results, i > 0)
+        )
         if i:
             results.bare_cycle.add(bare_times[0])
             results.bare_teardown.add(bare_times[1])
@@ -766,12 +522,9 @@ def measure_loaded(bare: Bare, server: Server, interrupt: Interrupt, results: Re
     for i in range(LOADED_RUNS):
         interrupt.check()
         bare_id, name = f"bare-{os.getpid()}-loaded-{i}", f"loaded-{i}"
-        if i % 2 == 0:
-            bare_times = bare_cycle(bare, bare_id)
-            our_times = our_cycle(server, name, results, False)
-        else:
-            our_times = our_cycle(server, name, results, False)
-            bare_times = bare_cycle(bare, bare_id)
+        bare_times, our_times = alternate(
+            i, partial(bare_cycle, bare, bare_id), partial(our_cycle, server, name, results, False)
+        )
         results.loaded_bare.add(bare_times[0])
         results.loaded_ours.add(our_times[0])
 
@@ -786,12 +539,9 @@ def measure_exec(
     server.start(ours)
     for i in range(runs + 1):  # the first is the warm-up
         interrupt.check()
-        if i % 2 == 0:
-            bare_times = bare.exec_true(bare_id)
-            our_times = our_exec(server, ours, i, results)
-        else:
-            our_times = our_exec(server, ours, i, results)
-            bare_times = bare.exec_true(bare_id)
+        bare_times, our_times = alternate(
+            i, partial(bare.exec_true, bare_id), partial(our_exec, server, ours, i, results)
+        )
         if i:
             results.bare_exec.add(bare_times)
             results.our_exec.add(our_times)
@@ -864,7 +614,6 @@ def remove_all(server: Server, interrupt: Interrupt, results: Results) -> None:
 
 
 def report_pairs(results: Results, runs: int) -> None:
-    head = f"{'':<32} {'median':>8} {'p95':>8} {'min':>8}   (ms, {runs} runs)"
     sections = (
         (
             "CreateContainer + StartContainer",
@@ -892,23 +641,8 @@ def report_pairs(results: Results, runs: int) -> None:
         ),
     )
     for title, bare_label, our_label, bare, ours, budget in sections:
-        print(f"\n== {title} ==")
-        print(head)
-        print(ms_row(bare_label, bare.totals()))
-        print(ms_row(our_label, ours.totals()))
-        extra = statistics.median(ours.totals()) - statistics.median(bare.totals())
-        if budget is None:
-            print(f"ours − bare, at the median: {extra * 1000:+.1f} ms (no target in issue 6)")
-        else:
-            print(
-                f"ours − bare, at the median: {extra * 1000:+.1f} ms "
-                f"(target: ≤ +{budget * 1000:.0f} ms): {verdict(extra <= budget)}"
-            )
-        print("by phase, median (ms):")
-        print(f"  {'':<14} {'bare':>8} {'ours':>8} {'ours − bare':>12}")
-        for i, name in enumerate(bare.names):
-            mb, mo = bare.median(i) * 1000, ours.median(i) * 1000
-            print(f"  {name:<14} {mb:8.1f} {mo:8.1f} {mo - mb:+12.1f}")
+        labels = (bare_label, our_label)
+        compare(title, TABLE, runs, labels, bare, ours, budget, "no target in issue 6")
     if results.exec_failures:
         failures = results.exec_failures
         print(f"warning: {len(failures)} of our ExecSync of true failed, e.g. {failures[0]}")
@@ -1012,12 +746,7 @@ def report_steps(results: Results) -> None:
 
 def leftovers(tmp: Path, bridge: str, runc: str, server: Server, bare: Bare, pod: str) -> list[str]:
     """What is still there after every container and the pod were removed."""
-    found = [f"mount {m}" for m in mounts_under(tmp)]
-    found += [f"veth {v} on {bridge}" for v in veths_on(bridge)]
-    for root in (bare.root, server.state / "runc"):
-        if root.is_dir():
-            ids = run_quiet(runc, "--root", str(root), "list", "-q").stdout.split()
-            found += [f"runc container {c} under {root}" for c in ids]
+    found = host_leftovers(tmp, bridge, runc, (bare.root, server.state / "runc"))
     found += [f"shim {pid}" for pid in live_shims(server.state)]
     with contextlib.suppress(grpc.RpcError):
         found += [f"container {c.id[:12]} in the server" for c in server.list().containers]
@@ -1026,21 +755,13 @@ def leftovers(tmp: Path, bridge: str, runc: str, server: Server, bare: Bare, pod
     return found
 
 
-def runc_version(runc: str) -> str:
-    proc = run_quiet(runc, "--version")
-    return (proc.stdout.splitlines() or ["runc (unknown version)"])[0]
-
-
 def list_sizes(max_list: int) -> list[int]:
     return [s for s in LIST_SIZES if s < max_list] + [max_list]
 
 
 def run(args: argparse.Namespace, runc: str, tmp: Path, interrupt: Interrupt) -> None:
     start = time.perf_counter()
-    conf_dir = tmp / "net.d"
-    conf_dir.mkdir()
-    network = default_conflist(args.subnet, args.bridge, str(tmp / "ipam"))
-    (conf_dir / "10-bench.conflist").write_text(json.dumps(network))
+    conf_dir, _network = write_conflist(tmp, args.subnet, args.bridge)
     (tmp / "srv").mkdir()
     server: Server | None = None
     bare: Bare | None = None
@@ -1065,35 +786,22 @@ def run(args: argparse.Namespace, runc: str, tmp: Path, interrupt: Interrupt) ->
             measure_loaded(bare, server, interrupt, results)
             remove_all(server, interrupt, results)
         except grpc.RpcError as e:
-            what = f"{e.code().name}: {e.details()}"
-            raise BenchError(f"{what}\nthe server's log ends with:\n{server.tail()}") from None
+            raise server.failure(e) from None
         report_pairs(results, args.runs)
         report_lists(results, args.list_calls)
         if args.steps:
             report_steps(results)
         left = leftovers(tmp, args.bridge, runc, server, bare, pod)
-        if left:
-            print(f"\nleft behind after the runs ({len(left)}): " + "; ".join(left[:10]))
-        else:
-            print(
-                "\nleft behind after the runs: nothing (mounts, veths, runc containers, shims,"
-                " containers, the pod's cgroup)"
-            )
-        logged = server.tail(5)
-        if logged:
-            print(f"\nthe server's log (warnings and errors) ends with:\n{logged}")
+        print_leftovers(left, "mounts, veths, runc containers, shims, containers, the pod's cgroup")
+        server.print_log_end()
     finally:
-        for signum in (signal.SIGINT, signal.SIGTERM):  # the cleanup is not to be cut short
-            signal.signal(signum, signal.SIG_IGN)
+        ignore_signals()
         if bare is not None:  # first: its containers are in the pod's namespaces and cgroup
             bare.cleanup()
         if server is not None:
             server.stop()
-            runc_leftovers(runc, server.state / "runc")
-            kill_shims(server.state)
-        for point in mounts_under(tmp):
-            if run_quiet("umount", point).returncode != 0:
-                run_quiet("umount", "-l", point)
+            server.reap(runc)
+        unmount_under(tmp)
         if pod:
             remove_cgroup(cgroups.pod_parent(pod))
         run_quiet("ip", "link", "del", args.bridge)
@@ -1112,18 +820,11 @@ def unavailable(runc: str | None, runc_name: str) -> str:
     for tool, package in (("umount", "mount"), ("ip", "iproute2")):
         if shutil.which(tool) is None:
             return f"{tool} not found (apt-get install {package})"
-    if not any(all((d / p).is_file() for p in PLUGINS) for d in DEFAULT_CNI_BIN_DIRS):
-        dirs = " or ".join(str(d) for d in DEFAULT_CNI_BIN_DIRS)
-        return (
-            f"the CNI plugins {', '.join(PLUGINS)} are not all in {dirs} "
-            "(apt-get install containernetworking-plugins)"
-        )
-    return ""
+    return missing_plugins()
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=20, help="measured runs of each (default 20)")
+    parser = new_parser(__doc__)
     parser.add_argument(
         "--max-list",
         type=int,
@@ -1133,62 +834,26 @@ def main() -> None:
     parser.add_argument(
         "--list-calls", type=int, default=50, help="ListContainers calls per size (default 50)"
     )
-    parser.add_argument("--runc", default="runc", help="the runc binary (default: runc on PATH)")
-    parser.add_argument(
-        "--dir", type=Path, default=None, help="where to work (default: the system's temp dir)"
-    )
-    parser.add_argument(
-        "--bridge", default="tcri-bench1", help="the CNI bridge to make (default tcri-bench1)"
-    )
-    parser.add_argument(
-        "--subnet", default="10.237.0.0/16", help="its addresses (default 10.237.0.0/16)"
-    )
-    parser.add_argument(
-        "--trace", choices=("on", "off"), default="on", help="the server's tracing (default on)"
-    )
-    parser.add_argument(
-        "--steps", action="store_true", help="also print the median of each of our trace's steps"
-    )
+    add_runc_args(parser)
+    add_server_args(parser, "tcri-bench1", "10.237.0.0/16")
     args = parser.parse_args()
     if args.runs < 1:
         parser.error("--runs must be at least 1")
     if args.max_list < 1 or args.list_calls < 1:
         parser.error("--max-list and --list-calls must be at least 1")
     runc = shutil.which(args.runc)
-    why = unavailable(runc, args.runc)
-    if why:
-        print(why, file=sys.stderr)
-        sys.exit(2)
+    exit_if(unavailable(runc, args.runc) or bridge_taken(args.bridge))
     assert runc is not None
-    if run_quiet("ip", "link", "show", args.bridge).returncode == 0:
-        print(
-            f"a link {args.bridge} exists already (another run? `ip link del {args.bridge}`, "
-            "or pick another with --bridge)",
-            file=sys.stderr,
-        )
-        sys.exit(2)
-    print(
-        f"Python {platform.python_version()}, {runc_version(runc)}, {os.cpu_count()} CPUs, "
-        f"cgroup v{cgroups.version()}, Linux {platform.release()}"
-    )
+    print(machine(runc))
     interrupt = Interrupt()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, interrupt)
-    with tempfile.TemporaryDirectory(prefix="tcri-bench-", dir=args.dir) as d:
+    interrupt.handle_signals()
+    removed = "containers, the pod, its namespace and the bridge"
+    with tempfile.TemporaryDirectory(prefix="tcri-bench-", dir=args.dir) as d, exits(removed):
         try:
             run(args, runc, Path(d), interrupt)
         except BusyboxUnavailable as e:
             print(f"no busybox image: {e}", file=sys.stderr)
             sys.exit(2)
-        except (Interrupted, KeyboardInterrupt):
-            print(
-                "interrupted; containers, the pod, its namespace and the bridge removed",
-                file=sys.stderr,
-            )
-            sys.exit(130)
-        except BenchError as e:
-            print(f"failed: {e}", file=sys.stderr)
-            sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -76,41 +76,61 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import itertools
 import json
 import os
-import platform
 import shutil
-import signal
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 import grpc
 
 from teaching_cri.api import api_pb2
-from teaching_cri.client import Client, connect, wait_for_socket
 from teaching_cri.image.build import build_infra_image
-from teaching_cri.image.manager import ImageManager
-from teaching_cri.manager.cni import default_conflist
 from teaching_cri.manager.network import DEFAULT_CNI_BIN_DIRS
-from teaching_cri.manager.sandbox import BUILT_IN_INFRA
 from teaching_cri.runtime import cgroups
-from teaching_cri.runtime.spec import ImageRunConfig, SandboxContext, generate_spec
-from teaching_cri.trace.events import TraceEvent
+from teaching_cri.runtime.spec import SandboxContext, generate_spec
+
+from _bench import (
+    BareRunc,
+    BenchError,
+    BenchServer,
+    Interrupt,
+    Phases,
+    Table,
+    add_runc_args,
+    add_server_args,
+    alternate,
+    bare_image,
+    bridge_taken,
+    cgroup_dirs,
+    compare,
+    exit_if,
+    exits,
+    host_leftovers,
+    ignore_signals,
+    machine,
+    missing_plugins,
+    must,
+    new_parser,
+    node_times,
+    plugin_dir,
+    print_leftovers,
+    remove_cgroup,
+    run_quiet,
+    runc_leftovers,
+    split,
+    unmount_under,
+    write_conflist,
+)
 
 BUDGET = 0.030  # s over bare, at the median, for Run and for Stop + Remove
-POLL = 0.002  # s between two ``runc state`` while waiting for "stopped"
-STOP_WAIT = 10.0  # s a SIGKILLed container may take to be reported stopped
 RPC_TIMEOUT = 120.0  # s for one RPC (the warm-up builds the infra image)
-PLUGINS = ("bridge", "host-local", "loopback")
 LOOPBACK_CONF = {"cniVersion": "1.0.0", "name": "cni-loopback", "type": "loopback"}
 NAMESPACE = "bench"
 
@@ -132,111 +152,7 @@ TEARDOWN_NODES = {
 }
 
 
-# --- Figures ---------------------------------------------------------------------
-
-
-def p95(samples: Sequence[float]) -> float:
-    if len(samples) < 2:
-        return samples[0]
-    return statistics.quantiles(samples, n=20, method="inclusive")[-1]
-
-
-def ms_row(label: str, samples: Sequence[float]) -> str:
-    return (
-        f"{label:<30} {statistics.median(samples) * 1000:8.1f} {p95(samples) * 1000:8.1f} "
-        f"{min(samples) * 1000:8.1f}"
-    )
-
-
-def verdict(met: bool) -> str:
-    return "met" if met else "NOT met"
-
-
-@dataclass
-class Phases:
-    """Seconds per phase of each run, in ``names``' order; the run is their sum."""
-
-    names: tuple[str, ...]
-    samples: list[list[float]] = field(default_factory=list)
-
-    def add(self, times: Sequence[float]) -> None:
-        self.samples.append(list(times))
-
-    def totals(self) -> list[float]:
-        return [sum(s) for s in self.samples]
-
-    def median(self, i: int) -> float:
-        return statistics.median(s[i] for s in self.samples)
-
-
-# --- Small helpers -----------------------------------------------------------------
-
-
-class BenchError(RuntimeError):
-    pass
-
-
-def run_quiet(*argv: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(argv, capture_output=True, text=True, check=False)
-
-
-def must(*argv: str) -> str:
-    """A command that has to work; its stdout."""
-    proc = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True)
-    if proc.returncode != 0:
-        why = proc.stderr.strip() or proc.stdout.strip() or f"exit {proc.returncode}"
-        raise BenchError(f"{' '.join(argv[:2])}: {why}")
-    return proc.stdout
-
-
-def cgroup_dirs(cgroups_path: str) -> list[Path]:
-    """Every directory of a cgroup in every cgroup hierarchy mounted here. On v1
-    that is more than ``cgroups.directories`` knows: runc also makes the path in
-    the named ``systemd`` hierarchy and, on a hybrid host, in the unified one."""
-    relative = cgroups_path.lstrip("/")
-    found = []
-    for line in Path("/proc/self/mountinfo").read_text().splitlines():
-        left, _, right = line.partition(" - ")
-        fields, tail = left.split(), right.split()
-        if len(fields) > 4 and tail and tail[0] in ("cgroup", "cgroup2"):
-            found.append(Path(fields[4]) / relative)
-    return [d for d in dict.fromkeys(found) if d.is_dir()]
-
-
-def remove_cgroup(cgroups_path: str) -> None:
-    """rmdir the cgroup and what is below it, deepest first, in every hierarchy."""
-    for top in cgroup_dirs(cgroups_path):
-        for dirpath, _dirs, _files in sorted(
-            os.walk(top), key=lambda entry: entry[0].count("/"), reverse=True
-        ):
-            with contextlib.suppress(OSError):
-                os.rmdir(dirpath)
-
-
-def mounts_under(top: Path) -> list[str]:
-    """Mount points at or below ``top``, deepest first (from /proc/self/mountinfo)."""
-    prefix = str(top).rstrip("/") + "/"
-    found = []
-    for line in Path("/proc/self/mountinfo").read_text().splitlines():
-        fields = line.split()
-        if len(fields) > 4:
-            point = fields[4].replace("\\040", " ")
-            if point.startswith(prefix):
-                found.append(point)
-    return sorted(set(found), key=lambda p: p.count("/"), reverse=True)
-
-
-def veths_on(bridge: str) -> list[str]:
-    out = run_quiet("ip", "-o", "link", "show", "master", bridge).stdout
-    return [line.split(":")[1].strip().split("@")[0] for line in out.splitlines()]
-
-
-def plugin_dir() -> Path:
-    """Where the server will find the plugins: the first of its dirs that has them all."""
-    for d in DEFAULT_CNI_BIN_DIRS:
-        if all((d / p).is_file() for p in PLUGINS):
-            return d
-    raise BenchError("no CNI plugins")  # checked in main before
+TABLE = Table(30)
 
 
 # --- Bare: unshare, the plugins and runc by themselves --------------------------------
@@ -251,17 +167,16 @@ class BareSandbox:
     created: bool = False
 
 
-class Bare:
+class Bare(BareRunc):
     """A pod sandbox made as a shell script would make it."""
 
     def __init__(
         self, runc: str, tmp: Path, template: dict[str, Any], network: dict[str, Any], pod: str
     ) -> None:
-        self.runc = runc
-        self.root = tmp / "bare-runc"
+        # runc create's stderr (and the infra's) in bare-create.err
+        super().__init__(runc, tmp / "bare-runc", tmp / "bare-create.err")
         self.netns_dir = tmp / "bare-netns"
         self.bundles = tmp / "bare-bundles"
-        self.errors = tmp / "bare-create.err"  # runc create's stderr (and the infra's)
         self.template = template  # config.json, its netns path and cgroupsPath to fill in
         self.network = network  # the conflist: name, cniVersion, plugins
         self.pod = pod  # the cgroup level of the bare infras
@@ -272,9 +187,6 @@ class Bare:
         self.live: dict[str, BareSandbox] = {}
 
     # -- the pieces --
-
-    def _runc(self, *args: str) -> str:
-        return must(self.runc, "--root", str(self.root), *args)
 
     def cni(self, command: str, sandbox: BareSandbox, ifname: str, conf: dict[str, Any]) -> Any:
         env = {
@@ -318,28 +230,6 @@ class Bare:
         bundle.mkdir()
         (bundle / "config.json").write_text(json.dumps(spec))
         return bundle
-
-    def create(self, bundle: Path, container_id: str) -> None:
-        # Not captured: the infra inherits runc's stdio, and a pipe would stay
-        # open as long as it runs.
-        argv = [self.runc, "--root", str(self.root), "create", "--bundle", str(bundle)]
-        with open(self.errors, "ab") as err:
-            code = subprocess.call(
-                [*argv, container_id],
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=err,
-            )
-        if code != 0:
-            tail = self.errors.read_text(errors="replace").strip().splitlines()
-            raise BenchError(f"runc create: {tail[-1] if tail else f'exit {code}'}")
-
-    def wait_stopped(self, container_id: str) -> None:
-        deadline = time.monotonic() + STOP_WAIT
-        while json.loads(self._runc("state", container_id))["status"] != "stopped":
-            if time.monotonic() > deadline:
-                raise BenchError(f"{container_id} not stopped {STOP_WAIT:.0f} s after SIGKILL")
-            time.sleep(POLL)
 
     # -- the two halves, timed by phase (RUN_PHASES, TEARDOWN_PHASES) --
 
@@ -401,25 +291,13 @@ class Bare:
         remove_cgroup(cgroups.pod_parent(self.pod))
 
 
-def runc_leftovers(runc: str, root: Path) -> list[str]:
-    """Force-delete whatever container runc still has under ``root``; their ids."""
-    if not root.is_dir():
-        return []
-    ids = run_quiet(runc, "--root", str(root), "list", "-q").stdout.split()
-    for container_id in ids:
-        run_quiet(runc, "--root", str(root), "delete", "--force", container_id)
-    return ids
-
-
 async def infra_template(tmp: Path) -> dict[str, Any]:
     """The bare infra's config.json: the built-in infra image, copied once into a
     rootfs that every bare run shares (read-only), the spec from our own
     generator with an infra's security context (as ``sandbox_create`` asks)."""
     layout = tmp / "infra-layout"
     build_infra_image(layout)
-    manager = ImageManager(tmp / "bare-images", snapshot_mode="copy")
-    record = await manager.import_layout(layout, None)
-    rootfs = manager.snapshots.mount_view([layer.chain_id for layer in record.layers], "bare")
+    rootfs, image = await bare_image(layout, tmp / "bare-images")
     config = api_pb2.ContainerConfig(
         metadata=api_pb2.ContainerMetadata(name="POD"),
         linux=api_pb2.LinuxContainerConfig(
@@ -433,10 +311,7 @@ async def infra_template(tmp: Path) -> dict[str, Any]:
         ),
     )
     spec, _notes = generate_spec(
-        config,
-        ImageRunConfig.from_config(record.config),
-        rootfs,
-        sandbox=SandboxContext(namespaces={"network": "/placeholder"}),
+        config, image, rootfs, sandbox=SandboxContext(namespaces={"network": "/placeholder"})
     )
     return spec
 
@@ -444,58 +319,13 @@ async def infra_template(tmp: Path) -> dict[str, Any]:
 # --- Ours: a server over gRPC -----------------------------------------------------------
 
 
-class Server:
-    """``python -m teaching_cri serve`` on a socket of its own, as a user runs it."""
+class Server(BenchServer):
+    """Our server, making and removing pod sandboxes."""
 
     def __init__(self, base: Path, conf_dir: Path, trace: str) -> None:
-        self.base = base
-        self.socket = base / "cri.sock"
-        self.state = base / "state"
-        self.log = base / "server.log"
-        argv = [
-            sys.executable,
-            "-m",
-            "teaching_cri",
-            "serve",
-            "--socket",
-            str(self.socket),
-            "--root",
-            str(base / "root"),
-            "--state",
-            str(self.state),
-            "--cni-conf-dir",
-            str(conf_dir),
-            "--pause-image",
-            BUILT_IN_INFRA,
-            "--trace",
-            trace,
-            "--log-level",
-            "warning",
-        ]
-        with self.log.open("wb") as out:
-            # Its own session: a Ctrl-C on the terminal is ours to handle, not its.
-            self.process = subprocess.Popen(
-                argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-            )
-        self.client: Client | None = None
         self.sandboxes: set[str] = set()  # made and not yet removed
         self.ever: set[str] = set()  # every sandbox made (their cgroups, at the end)
-        try:
-            wait_for_socket(self.socket, timeout=30)
-        except TimeoutError:
-            self.stop()
-            raise BenchError(f"the server did not start:\n{self.tail()}") from None
-        self.client = connect(self.socket)
-
-    def tail(self, lines: int = 15) -> str:
-        with contextlib.suppress(OSError):
-            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
-        return ""
-
-    @property
-    def runtime(self) -> Any:
-        assert self.client is not None
-        return self.client.runtime
+        super().__init__(base, conf_dir, trace)
 
     def run(self, name: str, uid: str) -> str:
         config = api_pb2.PodSandboxConfig(
@@ -520,86 +350,21 @@ class Server:
     def node_times(self, chart: str, since: int) -> dict[str, float]:
         """Seconds per node of the chart's spans since ``since`` (unix ns): from one
         event to the next, as ``trace show`` times a step."""
-        assert self.client is not None
-        events = self.client.recent(charts=[chart], since_unix_nano=since)
-        spans: dict[str, list[TraceEvent]] = {}
-        for event in events:
-            spans.setdefault(event.span_id, []).append(event)
-        times: dict[str, float] = {}
-        for span in spans.values():
-            span.sort(key=lambda e: e.sequence)
-            for a, b in itertools.pairwise(span):
-                times[a.node] = times.get(a.node, 0.0) + (b.monotonic_ns - a.monotonic_ns) / 1e9
-        return times
+        return node_times(self.recent([chart], since))
 
-    def stop(self) -> None:
-        """Remove the pods still there, then SIGTERM (SIGKILL after 20 s)."""
-        if self.client is not None and self.process.poll() is None:
-            # Those of a RunPodSandbox cut off by a second Ctrl-C are listed too.
+    def clear(self) -> None:
+        """Remove the pods still there."""
+        # Those of a RunPodSandbox cut off by a second Ctrl-C are listed too.
+        with contextlib.suppress(grpc.RpcError):
+            listed = self.runtime.ListPodSandbox(api_pb2.ListPodSandboxRequest(), timeout=10)
+            self.sandboxes.update(item.id for item in listed.items)
+            self.ever.update(item.id for item in listed.items)
+        for sandbox_id in list(self.sandboxes):
             with contextlib.suppress(grpc.RpcError):
-                listed = self.runtime.ListPodSandbox(api_pb2.ListPodSandboxRequest(), timeout=10)
-                self.sandboxes.update(item.id for item in listed.items)
-                self.ever.update(item.id for item in listed.items)
-            for sandbox_id in list(self.sandboxes):
-                with contextlib.suppress(grpc.RpcError):
-                    self.stop_remove(sandbox_id)
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        if self.client is not None:
-            self.client.close()
-            self.client = None
-
-
-def split(
-    times: dict[str, float], nodes: dict[str, str], names: Sequence[str], wall: float
-) -> list[float]:
-    """Our call's time by phase (``names``); the last, "the rest", is what the
-    named nodes do not account for, on the client's clock."""
-    out = dict.fromkeys(names, 0.0)
-    for node, seconds in times.items():
-        if node in nodes:
-            out[nodes[node]] += seconds
-    out[names[-1]] = wall - sum(out[n] for n in names[:-1])
-    return [out[n] for n in names]
-
-
-def kill_shims(state: Path) -> None:
-    """Last resort after the server died: SIGKILL the shims that are still ours."""
-    for pid_file in state.glob("containers/*/shim.pid"):
-        with contextlib.suppress(OSError, ValueError):
-            pid = int(pid_file.read_text().strip())
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-            if str(pid_file.parent).encode() in cmdline:
-                os.kill(pid, signal.SIGKILL)
+                self.stop_remove(sandbox_id)
 
 
 # --- The benchmark -----------------------------------------------------------------------
-
-
-class Interrupted(Exception):
-    pass
-
-
-class Interrupt:
-    """Ctrl-C or SIGTERM: stop after the run in progress, so that no sandbox is
-    left half made; a second one stops at once (and the cleanup still runs)."""
-
-    def __init__(self) -> None:
-        self.count = 0
-
-    def __call__(self, signum: int, frame: FrameType | None) -> None:
-        self.count += 1
-        if self.count > 1:
-            raise KeyboardInterrupt
-
-    def check(self) -> None:
-        if self.count:
-            raise Interrupted
 
 
 @dataclass
@@ -656,12 +421,9 @@ def measure(bare: Bare, server: Server, runs: int, interrupt: Interrupt, traced:
     for i in range(runs + 1):  # the first is the warm-up
         interrupt.check()
         start = time.perf_counter()
-        if i % 2 == 0:
-            bare_times = bare_cycle(bare, i)
-            our_times = our_cycle(server, i, results)
-        else:
-            our_times = our_cycle(server, i, results)
-            bare_times = bare_cycle(bare, i)
+        bare_times, our_times = alternate(
+            i, partial(bare_cycle, bare, i), partial(our_cycle, server, i, results)
+        )
         if i == 0:
             took = time.perf_counter() - start
             print(f"warm-up (ours builds the built-in infra image): {took:.1f} s")
@@ -674,7 +436,6 @@ def measure(bare: Bare, server: Server, runs: int, interrupt: Interrupt, traced:
 
 
 def report(results: Results, runs: int) -> None:
-    head = f"{'':<30} {'median':>8} {'p95':>8} {'min':>8}   (ms, {runs} runs)"
     sections = (
         (
             "RunPodSandbox",
@@ -692,20 +453,7 @@ def report(results: Results, runs: int) -> None:
         ),
     )
     for title, bare_label, our_label, bare, ours in sections:
-        print(f"\n== {title} ==")
-        print(head)
-        print(ms_row(bare_label, bare.totals()))
-        print(ms_row(our_label, ours.totals()))
-        extra = statistics.median(ours.totals()) - statistics.median(bare.totals())
-        print(
-            f"ours − bare, at the median: {extra * 1000:+.1f} ms "
-            f"(target: ≤ +{BUDGET * 1000:.0f} ms): {verdict(extra <= BUDGET)}"
-        )
-        print("by phase, median (ms):")
-        print(f"  {'':<14} {'bare':>8} {'ours':>8} {'ours − bare':>12}")
-        for i, name in enumerate(bare.names):
-            mb, mo = bare.median(i) * 1000, ours.median(i) * 1000
-            print(f"  {name:<14} {mb:8.1f} {mo:8.1f} {mo - mb:+12.1f}")
+        compare(title, TABLE, runs, (bare_label, our_label), bare, ours, BUDGET)
     print(
         "\nbare's phases: netns = touch + unshare; CNI ADD = loopback + bridge; infra create ="
         " runc create;\n  the rest = writing config.json. infra stop = runc kill + runc state"
@@ -743,12 +491,7 @@ def report_steps(results: Results) -> None:
 
 def leftovers(tmp: Path, bridge: str, runc: str, server: Server, bare: Bare) -> list[str]:
     """What is still there after the runs, though every pod was removed."""
-    found = [f"mount {m}" for m in mounts_under(tmp)]
-    found += [f"veth {v} on {bridge}" for v in veths_on(bridge)]
-    for root in (bare.root, server.state / "runc"):
-        if root.is_dir():
-            ids = run_quiet(runc, "--root", str(root), "list", "-q").stdout.split()
-            found += [f"runc container {c} under {root}" for c in ids]
+    found = host_leftovers(tmp, bridge, runc, (bare.root, server.state / "runc"))
     pods = [i for i in sorted(server.ever) if cgroup_dirs(cgroups.pod_parent(i))]
     if pods:
         where = sorted(
@@ -761,11 +504,6 @@ def leftovers(tmp: Path, bridge: str, runc: str, server: Server, bare: Bare) -> 
     return found
 
 
-def runc_version(runc: str) -> str:
-    proc = run_quiet(runc, "--version")
-    return (proc.stdout.splitlines() or ["runc (unknown version)"])[0]
-
-
 def plugins_version() -> str:
     proc = run_quiet("dpkg-query", "-W", "-f=${Version}", "containernetworking-plugins")
     return f"CNI plugins {proc.stdout.strip()}" if proc.returncode == 0 else "CNI plugins"
@@ -773,10 +511,7 @@ def plugins_version() -> str:
 
 def run(args: argparse.Namespace, runc: str, tmp: Path, interrupt: Interrupt) -> None:
     start = time.perf_counter()
-    conf_dir = tmp / "net.d"
-    conf_dir.mkdir()
-    network = default_conflist(args.subnet, args.bridge, str(tmp / "ipam"))
-    (conf_dir / "10-bench.conflist").write_text(json.dumps(network))
+    conf_dir, network = write_conflist(tmp, args.subnet, args.bridge)
     template = asyncio.run(infra_template(tmp))
     bare = Bare(runc, tmp, template, network, f"bench-bare-{os.getpid()}")
     (tmp / "srv").mkdir()
@@ -787,31 +522,21 @@ def run(args: argparse.Namespace, runc: str, tmp: Path, interrupt: Interrupt) ->
         try:
             results = measure(bare, server, args.runs, interrupt, args.trace == "on")
         except grpc.RpcError as e:
-            what = f"{e.code().name}: {e.details()}"
-            raise BenchError(f"{what}\nthe server's log ends with:\n{server.tail()}") from None
+            raise server.failure(e) from None
         report(results, args.runs)
         if args.steps:
             report_steps(results)
         left = leftovers(tmp, args.bridge, runc, server, bare)
-        if left:
-            print(f"\nleft behind after the runs ({len(left)}): " + "; ".join(left[:10]))
-        else:
-            print("\nleft behind after the runs: nothing (mounts, veths, runc containers, cgroups)")
-        logged = server.tail(5)
-        if logged:
-            print(f"\nthe server's log (warnings and errors) ends with:\n{logged}")
+        print_leftovers(left, "mounts, veths, runc containers, cgroups")
+        server.print_log_end()
     finally:
-        for signum in (signal.SIGINT, signal.SIGTERM):  # the cleanup is not to be cut short
-            signal.signal(signum, signal.SIG_IGN)
+        ignore_signals()
         if server is not None:
             server.stop()
         bare.cleanup()
         if server is not None:
-            runc_leftovers(runc, server.state / "runc")
-            kill_shims(server.state)
-        for point in mounts_under(tmp):
-            if run_quiet("umount", point).returncode != 0:
-                run_quiet("umount", "-l", point)
+            server.reap(runc)
+        unmount_under(tmp)
         if server is not None:
             for sandbox_id in server.ever:
                 remove_cgroup(cgroups.pod_parent(sandbox_id))
@@ -827,68 +552,25 @@ def unavailable(runc: str | None, runc_name: str) -> str:
     for tool, package in (("unshare", "util-linux"), ("umount", "mount"), ("ip", "iproute2")):
         if shutil.which(tool) is None:
             return f"{tool} not found (apt-get install {package})"
-    if not any(all((d / p).is_file() for p in PLUGINS) for d in DEFAULT_CNI_BIN_DIRS):
-        dirs = " or ".join(str(d) for d in DEFAULT_CNI_BIN_DIRS)
-        return (
-            f"the CNI plugins {', '.join(PLUGINS)} are not all in {dirs} "
-            "(apt-get install containernetworking-plugins)"
-        )
-    return ""
+    return missing_plugins()
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=20, help="measured runs of each (default 20)")
-    parser.add_argument("--runc", default="runc", help="the runc binary (default: runc on PATH)")
-    parser.add_argument(
-        "--dir", type=Path, default=None, help="where to work (default: the system's temp dir)"
-    )
-    parser.add_argument(
-        "--bridge", default="tcri-bench0", help="the CNI bridge to make (default tcri-bench0)"
-    )
-    parser.add_argument(
-        "--subnet", default="10.234.0.0/16", help="its addresses (default 10.234.0.0/16)"
-    )
-    parser.add_argument(
-        "--trace", choices=("on", "off"), default="on", help="the server's tracing (default on)"
-    )
-    parser.add_argument(
-        "--steps", action="store_true", help="also print the median of each of our trace's steps"
-    )
+    parser = new_parser(__doc__)
+    add_runc_args(parser)
+    add_server_args(parser, "tcri-bench0", "10.234.0.0/16")
     args = parser.parse_args()
     if args.runs < 1:
         parser.error("--runs must be at least 1")
     runc = shutil.which(args.runc)
-    why = unavailable(runc, args.runc)
-    if why:
-        print(why, file=sys.stderr)
-        sys.exit(2)
+    exit_if(unavailable(runc, args.runc) or bridge_taken(args.bridge))
     assert runc is not None
-    if run_quiet("ip", "link", "show", args.bridge).returncode == 0:
-        print(
-            f"a link {args.bridge} exists already (another run? `ip link del {args.bridge}`, "
-            "or pick another with --bridge)",
-            file=sys.stderr,
-        )
-        sys.exit(2)
-    print(
-        f"Python {platform.python_version()}, {runc_version(runc)}, {plugins_version()}, "
-        f"{os.cpu_count()} CPUs, cgroup v{cgroups.version()}, Linux {platform.release()}"
-    )
+    print(machine(runc, plugins_version()))
     interrupt = Interrupt()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, interrupt)
-    with tempfile.TemporaryDirectory(prefix="tcri-bench-", dir=args.dir) as d:
-        try:
-            run(args, runc, Path(d), interrupt)
-        except (Interrupted, KeyboardInterrupt):
-            print(
-                "interrupted; pods, containers, namespaces and the bridge removed", file=sys.stderr
-            )
-            sys.exit(130)
-        except BenchError as e:
-            print(f"failed: {e}", file=sys.stderr)
-            sys.exit(1)
+    interrupt.handle_signals()
+    removed = "pods, containers, namespaces and the bridge"
+    with tempfile.TemporaryDirectory(prefix="tcri-bench-", dir=args.dir) as d, exits(removed):
+        run(args, runc, Path(d), interrupt)
 
 
 if __name__ == "__main__":

@@ -44,16 +44,13 @@ import contextlib
 import itertools
 import json
 import os
-import platform
 import shutil
 import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -65,115 +62,47 @@ from teaching_cri.runtime.backend import CreateRequest
 from teaching_cri.runtime.runc import RuncBackend
 from teaching_cri.runtime.spec import ImageRunConfig, generate_spec
 
+from _bench import (
+    BareRunc,
+    Interrupt,
+    Interrupted,
+    Phases,
+    Table,
+    add_runc_args,
+    kill_shims,
+    machine,
+    new_parser,
+    runc_leftovers,
+    target_line,
+    verdict,
+    versus,
+)
+
 MB = 1_000_000
 CYCLE_BUDGET = 0.040  # s over the bare runc cycle, at the median
 EXEC_BUDGET = 0.010  # s over runc exec, at the median
 SHIM_RSS_BUDGET = 15 * MB
-POLL = 0.002  # s between two ``runc state`` while waiting for "stopped"
-STOP_WAIT = 10.0  # s a SIGKILLed container may take to be reported stopped
 COMMAND = ["sleep", "1000"]
-
-
-# --- Figures ---------------------------------------------------------------------
-
-
-def p90(samples: Sequence[float]) -> float:
-    if len(samples) < 2:
-        return samples[0]
-    return statistics.quantiles(samples, n=10, method="inclusive")[-1]
-
-
-def ms_row(label: str, samples: Sequence[float]) -> str:
-    return (
-        f"{label:<26} {statistics.median(samples) * 1000:8.1f} {p90(samples) * 1000:8.1f} "
-        f"{min(samples) * 1000:8.1f}"
-    )
-
-
-def verdict(met: bool) -> str:
-    return "met" if met else "NOT met"
-
-
-@dataclass
-class Phases:
-    """Seconds per phase of each cycle, in order; the cycle is their sum."""
-
-    names: tuple[str, ...]
-    samples: list[list[float]] = field(default_factory=list)
-
-    def add(self, times: Sequence[float]) -> None:
-        self.samples.append(list(times))
-
-    def totals(self) -> list[float]:
-        return [sum(s) for s in self.samples]
-
-    def median(self, i: int) -> float:
-        return statistics.median(s[i] for s in self.samples)
+TABLE = Table(26, percentile=90)
 
 
 # --- Bare runc -------------------------------------------------------------------
 
 
-class RuncError(RuntimeError):
-    pass
-
-
-class BareRunc:
+class Bare(BareRunc):
     """runc by itself, as a shell script would drive it."""
 
-    def __init__(self, runc: str, root: Path, errors: Path) -> None:
-        self.runc = runc
-        self.root = root
-        self.errors = errors  # runc create's stderr (and the container's)
-
-    def _run(self, *args: str) -> str:
-        proc = subprocess.run(
-            [self.runc, "--root", str(self.root), *args],
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        if proc.returncode != 0:
-            raise RuncError(f"runc {args[0]}: {proc.stderr.strip() or f'exit {proc.returncode}'}")
-        return proc.stdout
-
-    def create(self, bundle: Path, container_id: str) -> None:
-        # Not captured: the container inherits runc's stdio, and a pipe would stay
-        # open as long as it runs.
-        argv = [self.runc, "--root", str(self.root), "create", "--bundle", str(bundle)]
-        with open(self.errors, "ab") as err:
-            code = subprocess.call(
-                [*argv, container_id],
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=err,
-            )
-        if code != 0:
-            tail = self.errors.read_text(errors="replace").strip().splitlines()
-            raise RuncError(f"runc create: {tail[-1] if tail else f'exit {code}'}")
-
     def start(self, container_id: str) -> None:
-        self._run("start", container_id)
+        self._runc("start", container_id)
 
     def kill(self, container_id: str) -> None:
-        self._run("kill", container_id, "KILL")
-
-    def status(self, container_id: str) -> str:
-        return str(json.loads(self._run("state", container_id))["status"])
-
-    def wait_stopped(self, container_id: str) -> None:
-        deadline = time.monotonic() + STOP_WAIT
-        while self.status(container_id) != "stopped":
-            if time.monotonic() > deadline:
-                raise RuncError(f"{container_id} not stopped {STOP_WAIT:.0f} s after SIGKILL")
-            time.sleep(POLL)
+        self._runc("kill", container_id, "KILL")
 
     def delete(self, container_id: str, force: bool = False) -> None:
-        self._run("delete", *(["--force"] if force else []), container_id)
+        self._runc("delete", *(["--force"] if force else []), container_id)
 
     def exec_true(self, container_id: str) -> None:
-        self._run("exec", container_id, "true")
+        self._runc("exec", container_id, "true")
 
     def cycle(self, bundle: Path, container_id: str) -> list[float]:
         """create, start, kill + wait for "stopped", delete: seconds for each."""
@@ -188,21 +117,6 @@ class BareRunc:
         self.delete(container_id)
         times.append(time.perf_counter())
         return [b - a for a, b in itertools.pairwise(times)]
-
-
-def bare_leftovers(runc: str, root: Path) -> None:
-    """Force-delete whatever bare container is left (after an error)."""
-    if not root.is_dir():
-        return
-    proc = subprocess.run(
-        [runc, "--root", str(root), "list", "-q"], capture_output=True, text=True, check=False
-    )
-    for container_id in proc.stdout.split():
-        subprocess.run(
-            [runc, "--root", str(root), "delete", "--force", container_id],
-            capture_output=True,
-            check=False,
-        )
 
 
 # --- Ours --------------------------------------------------------------------------
@@ -271,39 +185,7 @@ async def our_leftovers(backend: RuncBackend) -> None:
     await backend.close()
 
 
-def kill_shims(state: Path) -> None:
-    """Last resort after an error: SIGKILL the shims that are still ours."""
-    for pid_file in state.glob("containers/*/shim.pid"):
-        with contextlib.suppress(OSError, ValueError):
-            pid = int(pid_file.read_text().strip())
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-            if str(pid_file.parent).encode() in cmdline:
-                os.kill(pid, signal.SIGKILL)
-
-
 # --- The benchmark -------------------------------------------------------------------
-
-
-class Interrupted(Exception):
-    pass
-
-
-class Interrupt:
-    """Ctrl-C or SIGTERM: stop after the cycle or exec in progress, so that no
-    runc or shim is cut off half-way; a second one cancels at once."""
-
-    def __init__(self, task: asyncio.Task[None]) -> None:
-        self.task = task
-        self.count = 0
-
-    def __call__(self) -> None:
-        self.count += 1
-        if self.count > 1:
-            self.task.cancel()
-
-    def check(self) -> None:
-        if self.count:
-            raise Interrupted
 
 
 @dataclass
@@ -339,7 +221,7 @@ class Setup:
 
 
 async def measure(
-    setup: Setup, bare: BareRunc, backend: RuncBackend, runs: int, interrupt: Interrupt
+    setup: Setup, bare: Bare, backend: RuncBackend, runs: int, interrupt: Interrupt
 ) -> None:
     logs = setup.tmp / "logs"
     ours_spec = setup.spec("ours-cycle")
@@ -420,31 +302,28 @@ def report(
     exec_shim: Memory | None,
     runs: int,
 ) -> None:
-    head = f"{'':<26} {'median':>8} {'p90':>8} {'min':>8}   (ms, {runs} runs)"
-    print("\n== Cycle: create + start + kill + delete ==")
-    print(head)
-    print(ms_row("bare runc", bare.totals()))
-    print(ms_row("RuncBackend + shim", ours.totals()))
-    extra = statistics.median(ours.totals()) - statistics.median(bare.totals())
-    print(
-        f"ours − bare, at the median: {extra * 1000:+.1f} ms "
-        f"(target: ≤ +{CYCLE_BUDGET * 1000:.0f} ms): {verdict(extra <= CYCLE_BUDGET)}"
+    extra = versus(
+        "Cycle: create + start + kill + delete",
+        TABLE,
+        runs,
+        ("bare runc", bare.totals()),
+        ("RuncBackend + shim", ours.totals()),
     )
+    print(target_line(extra, CYCLE_BUDGET))
     print("\nby phase, median (ms):")
     print(f"  {'bare':<16} {'':>8}   {'ours':<16} {'':>8}   {'ours − bare':>11}")
     for i, (b, o) in enumerate(zip(bare.names, ours.names, strict=True)):
         mb, mo = bare.median(i) * 1000, ours.median(i) * 1000
         print(f"  {b:<16} {mb:8.1f}   {o:<16} {mo:8.1f}   {mo - mb:+11.1f}")
 
-    print("\n== Exec: true in a running container ==")
-    print(head)
-    print(ms_row("runc exec", bare_execs))
-    print(ms_row("RuncBackend.exec_sync", our_execs))
-    extra = statistics.median(our_execs) - statistics.median(bare_execs)
-    print(
-        f"ours − runc exec, at the median: {extra * 1000:+.1f} ms "
-        f"(target: ≤ +{EXEC_BUDGET * 1000:.0f} ms): {verdict(extra <= EXEC_BUDGET)}"
+    extra = versus(
+        "Exec: true in a running container",
+        TABLE,
+        runs,
+        ("runc exec", bare_execs),
+        ("RuncBackend.exec_sync", our_execs),
     )
+    print(target_line(extra, EXEC_BUDGET, "runc exec"))
 
     print("\n== Shim memory, its container running ==")
     if not shims:
@@ -470,11 +349,6 @@ def report(
     )
 
 
-def runc_version(runc: str) -> str:
-    proc = subprocess.run([runc, "--version"], capture_output=True, text=True, check=False)
-    return (proc.stdout.splitlines() or ["runc (unknown version)"])[0]
-
-
 async def run(args: argparse.Namespace, runc: str, tmp: Path) -> None:
     layout = tmp / "layout"
     start = time.perf_counter()
@@ -490,30 +364,24 @@ async def run(args: argparse.Namespace, runc: str, tmp: Path) -> None:
         pod,
     )
     print(f"busybox image ready in {time.perf_counter() - start:.1f} s; working in {tmp}")
-    bare = BareRunc(runc, tmp / "bare-runc", tmp / "bare-create.err")
+    bare = Bare(runc, tmp / "bare-runc", tmp / "bare-create.err")
     backend = RuncBackend(tmp / "state", runc)
     task = asyncio.current_task()
     assert task is not None
     interrupt = Interrupt(task)
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, interrupt)
+    interrupt.handle_signals(asyncio.get_running_loop())
     try:
         await measure(setup, bare, backend, args.runs, interrupt)
     finally:
         await our_leftovers(backend)
-        bare_leftovers(runc, bare.root)
+        runc_leftovers(runc, bare.root)
         for level in (pod, f"{pod}-bare"):
             cgroups.remove(cgroups.pod_parent(level))
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=20, help="measured runs of each (default 20)")
-    parser.add_argument("--runc", default="runc", help="the runc binary (default: runc on PATH)")
-    parser.add_argument(
-        "--dir", type=Path, default=None, help="where to work (default: the system's temp dir)"
-    )
+    parser = new_parser(__doc__)
+    add_runc_args(parser)
     args = parser.parse_args()
     if args.runs < 1:
         parser.error("--runs must be at least 1")
@@ -524,10 +392,7 @@ def main() -> None:
     if runc is None:
         print(f"{args.runc!r} not found (apt-get install runc)", file=sys.stderr)
         sys.exit(2)
-    print(
-        f"Python {platform.python_version()}, {runc_version(runc)}, {os.cpu_count()} CPUs, "
-        f"cgroup v{cgroups.version()}, Linux {platform.release()}"
-    )
+    print(machine(runc))
     with tempfile.TemporaryDirectory(prefix="tcri-bench-", dir=args.dir) as d:
         tmp = Path(d)
         try:
@@ -539,8 +404,8 @@ def main() -> None:
             print("interrupted; containers removed", file=sys.stderr)
             sys.exit(130)
         finally:  # after an interruption the async cleanup may not have run
-            bare_leftovers(runc, tmp / "bare-runc")
-            bare_leftovers(runc, tmp / "state" / "runc")
+            runc_leftovers(runc, tmp / "bare-runc")
+            runc_leftovers(runc, tmp / "state" / "runc")
             kill_shims(tmp / "state")
 
 
