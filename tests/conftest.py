@@ -82,6 +82,9 @@ def start_server(base: Path, *extra: str, env: dict[str, str] | None = None) -> 
                 str(state),
                 "--log-level",
                 "debug",
+                # Any free port for the streaming server: tests run servers side by
+                # side, and a real teaching-cri may hold the default 10350.
+                *(() if "--stream-address" in extra else ("--stream-address", "127.0.0.1:0")),
                 *extra,
             ),
             stdout=out,

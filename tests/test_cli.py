@@ -47,7 +47,7 @@ def dirs(base: Path) -> list[str]:
         ("runtime = 5", ["runtime must be a string"]),
         ('runtime = "kata"', ["runtime 'kata'", "unknown backend"]),
         ('stream-address = "localhost"', ["stream-address", "HOST:PORT"]),
-        ('stream-address = "127.0.0.1:99999"', ["port must be 1-65535"]),
+        ('stream-address = "127.0.0.1:99999"', ["port must be 0-65535"]),
         ('log-level = "loud"', ["log-level"]),
         ('trace = "maybe"', ["trace 'maybe'", "on or off"]),
     ],

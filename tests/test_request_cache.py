@@ -67,3 +67,19 @@ def test_tokens_are_url_safe_and_the_url_is_iSulads() -> None:
     )
     with pytest.raises(ValueError):
         cache.insert("shell", "r")
+
+
+def test_check_tells_a_token_apart_without_using_it() -> None:
+    clock = Clock()
+    cache = make(clock)
+    token = cache.insert("exec", "r")
+    assert cache.check("exec", token) == "valid"
+    assert cache.check("attach", token) == "bad method"
+    assert cache.check("exec", "nope") == "unknown"
+    assert cache.consume("exec", token) is not None
+    assert cache.check("exec", token) == "used"
+    later = cache.insert("exec", "r")
+    clock.now += 61
+    assert cache.check("exec", later) == "expired"
+    cache.garbage_collection()
+    assert cache.check("exec", token) == "unknown", "forgotten once it would have expired"

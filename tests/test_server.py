@@ -65,9 +65,9 @@ def test_socket_mode_is_0660(server: Server) -> None:
 
 def test_every_other_rpc_is_unimplemented_and_named(client: Client) -> None:
     with pytest.raises(grpc.RpcError) as err:
-        client.runtime.PortForward(api_pb2.PortForwardRequest())
+        list(client.runtime.StreamPodSandboxes(api_pb2.StreamPodSandboxesRequest()))
     assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
-    assert "PortForward" in err.value.details()
+    assert "StreamPodSandboxes" in err.value.details()
     with pytest.raises(grpc.RpcError) as err:
         list(client.image.StreamImages(api_pb2.StreamImagesRequest()))
     assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED

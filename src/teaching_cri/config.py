@@ -175,8 +175,8 @@ def _split_host_port(value: str) -> tuple[str, int]:
         raise ConfigError(f"stream-address {value!r}: expected HOST:PORT (or [IPv6]:PORT)")
     host = m.group(1) or m.group(3)
     port = int(m.group(2) or m.group(4))
-    if not 1 <= port <= 65535:
-        raise ConfigError(f"stream-address {value!r}: port must be 1-65535")
+    if not 0 <= port <= 65535:  # 0: any free port (tests, several servers on one machine)
+        raise ConfigError(f"stream-address {value!r}: port must be 0-65535")
     if host != "localhost":
         try:
             ipaddress.ip_address(host)

@@ -37,6 +37,7 @@ from .manager.runtime_manager import RuntimeManager
 from .manager.sandbox import SandboxManager
 from .runtime.backend import Backend
 from .runtime.backends import BackendProbe, open_backend, probe
+from .streaming.server import StreamingServer
 from .trace.charts import ChartSet
 from .trace.service import TraceService
 from .trace.sinks import FanOutSink, JsonlFileSink, RingBufferSink
@@ -140,6 +141,7 @@ class Daemon:
         self._socket_inode = 0
         self.tracer: Tracer | None = None
         self.backend: Backend | None = None
+        self.streaming: StreamingServer | None = None
 
     async def start(self) -> None:
         """Everything that can fail on bad input or a busy socket is checked
@@ -179,9 +181,8 @@ class Daemon:
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
             ]
         )
-        api_pb2_grpc.add_RuntimeServiceServicer_to_server(
-            RuntimeService(self.runtime, self.tracer, self.trace_service.stats), server
-        )
+        runtime_service = RuntimeService(self.runtime, self.tracer, self.trace_service.stats)
+        api_pb2_grpc.add_RuntimeServiceServicer_to_server(runtime_service, server)
         api_pb2_grpc.add_ImageServiceServicer_to_server(
             ImageService(self.images, self.tracer), server
         )
@@ -215,6 +216,7 @@ class Daemon:
         self._socket_inode = cfg.socket.stat().st_ino
         for name in ["", *names]:
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        await self._start_streaming(runtime_service)
 
         log.info("teaching-cri %s serving CRI v1 on unix://%s", __version__, cfg.socket)
         log.info(
@@ -230,6 +232,31 @@ class Daemon:
             log.info("traces: ring buffer, TraceService.Follow%s", where)
         else:
             log.warning("tracing is off (--trace off): no events, charts stay empty")
+
+    async def _start_streaming(self, runtime_service: RuntimeService) -> None:
+        """The websocket server behind Exec, Attach and PortForward's URLs; it
+        shares the RPCs' request cache. Loopback unless asked otherwise."""
+        host, port = self.config.stream_host_port
+        if self.runtime.containers is None:
+            return
+        if host not in ("127.0.0.1", "::1", "localhost"):
+            log.warning("streaming server on %s: reachable from other machines", host)
+        self.streaming = StreamingServer(
+            runtime_service.request_cache,
+            runtime_service.containers,
+            self.tracer or Tracer(self.charts, enabled=False),
+            host,
+            port,
+        )
+        try:
+            await self.streaming.start()
+        except OSError as exc:
+            self.streaming = None
+            raise StartupError(f"stream-address {host}:{port}: {exc.strerror}") from None
+        runtime_service.stream_base = (
+            f"http://{host if ':' not in host else f'[{host}]'}:{self.streaming.port}"
+        )
+        log.info("streaming server on %s", runtime_service.stream_base)
 
     async def _open_backend(self, found: BackendProbe) -> None:
         """Open the backend and rebuild the view of the containers that ran
@@ -271,6 +298,9 @@ class Daemon:
         log.info("stopped")
 
     async def _cleanup(self, grace: float = 0) -> None:
+        if self.streaming is not None:
+            await self.streaming.stop()
+            self.streaming = None
         if self.server is not None:
             await self.server.stop(grace)
             self.server = None

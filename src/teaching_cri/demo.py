@@ -151,9 +151,9 @@ def main(socket: Path | None = None, svg_dir: Path | None = None, color: bool | 
         pods(walk, client)
         print("\n=== What comes next")
         try:
-            rt.PortForward(api_pb2.PortForwardRequest())
+            list(rt.StreamContainers(api_pb2.StreamContainersRequest()))
         except grpc.RpcError as exc:
-            print(f"PortForward: {exc.code().name}: {exc.details()}")
+            print(f"StreamContainers: {exc.code().name}: {exc.details()}")
         print(
             "(containers, and the streaming server behind Exec and Attach's URLs, join this walk"
             " next)"

@@ -82,7 +82,9 @@ def validate(
 
 @step("generate_url")
 def generate_url(
-    svc: RuntimeService, method: str, request: api_pb2.ExecRequest | api_pb2.AttachRequest
+    svc: RuntimeService,
+    method: str,
+    request: api_pb2.ExecRequest | api_pb2.AttachRequest | api_pb2.PortForwardRequest,
 ) -> str:
     token = svc.streams().insert(method, request)
     return build_url(svc.stream_base, method, token)

@@ -27,6 +27,7 @@ from . import (
     container_stop,
     container_stream,
     container_update,
+    pod_port_forward,
     pod_sandbox_run,
     pod_sandbox_stats,
     pod_sandbox_status,
@@ -93,3 +94,4 @@ class RuntimeService(api_pb2_grpc.RuntimeServiceServicer):
     GetContainerEvents = container_events.GetContainerEvents
     Exec = container_stream.Exec
     Attach = container_stream.Attach
+    PortForward = pod_port_forward.PortForward

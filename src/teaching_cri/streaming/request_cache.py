@@ -52,6 +52,9 @@ class RequestCache:
         self.ttl = ttl
         self.max_in_flight = max_in_flight
         self._entries: OrderedDict[str, CachedRequest] = OrderedDict()
+        # Tokens used already, until they would have expired: so a second use
+        # is refused as "used", not as "unknown" (a clearer answer, no more).
+        self._used: OrderedDict[str, float] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -78,6 +81,8 @@ class RequestCache:
             if entry.expires > now:
                 break
             del self._entries[token]
+        while self._used and next(iter(self._used.values())) <= now:
+            self._used.popitem(last=False)
 
     @step("unique_token")
     def unique_token(self) -> str:
@@ -91,11 +96,22 @@ class RequestCache:
     def save(self, token: str, entry: CachedRequest) -> None:
         self._entries[token] = entry
 
+    def check(self, method: str, token: str) -> str:
+        """What a token is, without using it: "valid", "unknown", "expired",
+        "used" or "bad method" (the streaming server's filter asks)."""
+        entry = self._entries.get(token)
+        if entry is None:
+            return "used" if token in self._used else "unknown"
+        if entry.expires <= self.clock():
+            return "expired"
+        return "valid" if entry.method == method else "bad method"
+
     def consume(self, method: str, token: str) -> CachedRequest | None:
         """Redeem a token once; an unknown, expired or other-method one is None."""
         entry = self._entries.pop(token, None)
         if entry is None or entry.expires <= self.clock() or entry.method != method:
             return None
+        self._used[token] = entry.expires
         return entry
 
 

@@ -1,0 +1,264 @@
+"""The websocket streaming server with a real websockets client: exec, attach,
+port-forward, refusals, disconnects, a hundred megabytes; each callback's
+trace checked against its chart."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import struct
+import time
+from pathlib import Path
+
+import pytest
+from websockets.asyncio.client import connect as ws_connect
+from websockets.exceptions import InvalidStatus
+
+from teaching_cri.api import api_pb2
+from teaching_cri.client import Client
+from teaching_cri.trace.charts import ChartSet
+from teaching_cri.trace.conformance import assert_conforms
+
+from conftest import Server
+from test_containers import IMAGE, container, node, pod  # noqa: F401 - node is a fixture
+
+V4 = "v4.channel.k8s.io"
+V5 = "v5.channel.k8s.io"
+
+
+def ws_url(url: str) -> str:
+    """The URL the RPC gives is http://…; a websocket client dials it as ws://…
+    (kubectl and the kubelet's proxy do the same)."""
+    return "ws://" + url.removeprefix("http://")
+
+
+def running(client: Client, logs: Path, name: str, *command: str, **kw: object) -> str:
+    sandbox = pod(client, logs, f"p{name}")
+    if kw:
+        sandbox_id, sandbox_config = sandbox
+        config = api_pb2.ContainerConfig(
+            metadata=api_pb2.ContainerMetadata(name=name),
+            image=api_pb2.ImageSpec(image=IMAGE),
+            command=list(command),
+            **kw,  # type: ignore[arg-type]
+        )
+        cid = client.runtime.CreateContainer(
+            api_pb2.CreateContainerRequest(
+                pod_sandbox_id=sandbox_id, config=config, sandbox_config=sandbox_config
+            )
+        ).container_id
+    else:
+        cid = container(client, sandbox, name, *command)
+    client.runtime.StartContainer(api_pb2.StartContainerRequest(container_id=cid))
+    return cid
+
+
+async def session(
+    url: str,
+    protocol: str,
+    send: list[bytes] = (),
+    limit: int = 0,  # type: ignore[assignment]
+) -> list[bytes | str]:
+    """Everything the server sends until it closes (sending ``send`` first)."""
+    got: list[bytes | str] = []
+    async with ws_connect(ws_url(url), subprotocols=[protocol], max_size=None) as ws:  # type: ignore[list-item]
+        for message in send:
+            await ws.send(message)
+        async for message in ws:
+            got.append(message)
+            if limit and len(got) >= limit:
+                break
+    return got
+
+
+def stdout_of(messages: list[bytes | str]) -> bytes:
+    return b"".join(m[1:] for m in messages if isinstance(m, bytes) and m[:1] == b"\x01")
+
+
+def status_of(messages: list[bytes | str]) -> dict[str, object]:
+    errors = [m for m in messages if isinstance(m, bytes) and m[:1] == b"\x03"]
+    assert errors, f"no status on the error channel in {messages[:5]}"
+    doc: dict[str, object] = json.loads(errors[-1][1:])
+    return doc
+
+
+def test_exec_echo_gives_exactly_hello_and_success(
+    node: tuple[Server, Client, Path],  # noqa: F811
+    charts: ChartSet,
+) -> None:
+    _srv, client, logs = node
+    since = time.time_ns()
+    cid = running(client, logs, "echo", "sleep", "1000")
+    url = client.runtime.Exec(
+        api_pb2.ExecRequest(container_id=cid, cmd=["echo", "-n", "hello"], stdout=True, stderr=True)
+    ).url
+    messages = asyncio.run(session(url, V4))
+    assert messages[0] == b"\x01", "the ready frame: empty, on the lowest writable channel"
+    assert stdout_of(messages) == b"hello"
+    assert status_of(messages) == {"metadata": {}, "status": "Success"}
+    time.sleep(0.2)
+    assert_conforms(client.recent(since_unix_nano=since), charts)
+
+
+def test_tty_exec_takes_input_resizes_and_reports_exit_3(
+    node: tuple[Server, Client, Path],  # noqa: F811
+) -> None:
+    _srv, client, logs = node
+    cid = running(client, logs, "tty", "sleep", "1000")
+    url = client.runtime.Exec(
+        api_pb2.ExecRequest(container_id=cid, cmd=["sh"], tty=True, stdin=True, stdout=True)
+    ).url
+    resize = b"\x04" + json.dumps({"Width": 132, "Height": 43}).encode()
+    messages = asyncio.run(session(url, V4, [resize, b"\x00stty size; exit 3\n"]))
+    assert b"43 132" in stdout_of(messages)
+    status = status_of(messages)
+    assert status["reason"] == "NonZeroExitCode"
+    assert status["details"] == {"causes": [{"reason": "ExitCode", "message": "3"}]}
+
+
+def test_attach_sends_stdin_and_ends_when_stdin_closes(
+    node: tuple[Server, Client, Path],  # noqa: F811
+) -> None:
+    _srv, client, logs = node
+    cid = running(client, logs, "att", "/bin/sh", stdin=True, stdin_once=True)
+    url = client.runtime.Attach(
+        api_pb2.AttachRequest(container_id=cid, stdin=True, stdout=True, stderr=True)
+    ).url
+    messages = asyncio.run(session(url, V5, [b"\x00echo -n hello\n", bytes([255, 0])]))
+    assert stdout_of(messages) == b"hello"
+    status = client.runtime.ContainerStatus(api_pb2.ContainerStatusRequest(container_id=cid)).status
+    assert status.state == api_pb2.CONTAINER_EXITED, "stdin closed: sh ended, and stdin_once"
+
+
+def test_twenty_sessions_at_once(node: tuple[Server, Client, Path]) -> None:  # noqa: F811
+    _srv, client, logs = node
+    cid = running(client, logs, "many", "sleep", "1000")
+    urls = [
+        client.runtime.Exec(
+            api_pb2.ExecRequest(container_id=cid, cmd=["echo", "-n", str(i)], stdout=True)
+        ).url
+        for i in range(20)
+    ]
+
+    async def all_of_them() -> list[list[bytes | str]]:
+        return await asyncio.gather(*(session(u, V4) for u in urls))
+
+    results = asyncio.run(all_of_them())
+    assert [stdout_of(r) for r in results] == [str(i).encode() for i in range(20)]
+    assert all(status_of(r)["status"] == "Success" for r in results)
+
+
+def test_bad_tokens_are_refused(node: tuple[Server, Client, Path]) -> None:  # noqa: F811
+    _srv, client, logs = node
+    cid = running(client, logs, "tok", "sleep", "1000")
+    url = client.runtime.Exec(api_pb2.ExecRequest(container_id=cid, cmd=["true"], stdout=True)).url
+    asyncio.run(session(url, V4))
+    for bad in (url, url.rsplit("/", 1)[0] + "/AAAAAAAAAAA", url.replace("/exec/", "/attach/")):
+        with pytest.raises(InvalidStatus) as err:
+            asyncio.run(session(bad, V4))
+        assert err.value.response.status_code == 404
+
+
+def test_a_client_that_leaves_mid_exec_leaves_no_process(
+    node: tuple[Server, Client, Path],  # noqa: F811
+) -> None:
+    _srv, client, logs = node
+    cid = running(client, logs, "leave", "sleep", "1000")
+    url = client.runtime.Exec(
+        api_pb2.ExecRequest(container_id=cid, cmd=["sh", "-c", "echo go; sleep 777"], stdout=True)
+    ).url
+    asyncio.run(session(url, V4, limit=2))  # the ready frame and "go", then away
+    for _ in range(50):
+        ps = client.runtime.ExecSync(
+            api_pb2.ExecSyncRequest(container_id=cid, cmd=["ps", "-o", "args"])
+        ).stdout
+        if b"sleep 777" not in ps:
+            break
+        time.sleep(0.1)
+    assert b"sleep 777" not in ps
+
+
+def _rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def test_a_hundred_megabytes_arrive_intact_in_bounded_memory(
+    node: tuple[Server, Client, Path],  # noqa: F811
+) -> None:
+    srv, client, logs = node
+    cid = running(client, logs, "big", "sleep", "1000")
+    size = 100_000_000
+    url = client.runtime.Exec(
+        api_pb2.ExecRequest(
+            container_id=cid, cmd=["head", "-c", str(size), "/dev/urandom"], stdout=True
+        )
+    ).url
+    before = _rss_kib(srv.process.pid)
+    peak = before
+
+    async def stream() -> tuple[int, str, dict[str, object]]:
+        nonlocal peak
+        digest = hashlib.sha256()
+        total = count = 0
+        status: dict[str, object] = {}
+        async with ws_connect(ws_url(url), subprotocols=[V4], max_size=None) as ws:  # type: ignore[list-item]
+            async for message in ws:
+                assert isinstance(message, bytes)
+                if message[:1] == b"\x01":
+                    digest.update(message[1:])
+                    total += len(message) - 1
+                    count += 1
+                    if count % 64 == 0:
+                        peak = max(peak, _rss_kib(srv.process.pid))
+                elif message[:1] == b"\x03":
+                    status = json.loads(message[1:])
+        return total, digest.hexdigest(), status
+
+    total, _digest, status = asyncio.run(stream())
+    assert total == size and status["status"] == "Success"
+    assert peak - before < 64 * 1024, f"the server grew by {(peak - before) // 1024} MiB"
+
+
+def test_port_forward_reaches_a_server_in_the_pod(
+    node: tuple[Server, Client, Path],  # noqa: F811
+    charts: ChartSet,
+) -> None:
+    _srv, client, logs = node
+    since = time.time_ns()
+    sandbox = pod(client, logs, "pf")
+    serve = (
+        "mkdir -p /www && echo forwarded > /www/index.html && exec busybox httpd -f -p 8080 -h /www"
+    )
+    cid = container(client, sandbox, "httpd", "sh", "-c", serve)
+    client.runtime.StartContainer(api_pb2.StartContainerRequest(container_id=cid))
+    time.sleep(0.5)
+    url = client.runtime.PortForward(
+        api_pb2.PortForwardRequest(pod_sandbox_id=sandbox[0], port=[8080])
+    ).url
+    assert "/cri/portforward/" in url
+
+    async def fetch() -> bytes:
+        body = b""
+        async with ws_connect(ws_url(url), subprotocols=[V4], max_size=None) as ws:  # type: ignore[list-item]
+            first = [await ws.recv(), await ws.recv()]
+            assert first == [b"\x00" + struct.pack("<H", 8080), b"\x01" + struct.pack("<H", 8080)]
+            await ws.send(b"\x00GET / HTTP/1.0\r\nHost: pod\r\n\r\n")
+            try:
+                while True:
+                    message = await asyncio.wait_for(ws.recv(), 5)
+                    assert isinstance(message, bytes)
+                    if message[:1] == b"\x00":
+                        body += message[1:]
+                        if b"forwarded" in body:
+                            break
+            except TimeoutError:
+                pass
+        return body
+
+    body = asyncio.run(fetch())
+    assert b"200 OK" in body and b"forwarded" in body
+    assert_conforms(client.recent(since_unix_nano=since), charts)
