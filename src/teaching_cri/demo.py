@@ -162,6 +162,104 @@ def main(socket: Path | None = None, svg_dir: Path | None = None, color: bool | 
 
 
 LOCAL_IMAGE = "teaching-cri.local/busybox:latest"
+ECHO_STDIN = "while read line; do echo you said: $line; done; echo stdin closed, bye"
+
+
+def containers(
+    walk: Walkthrough, client: Client, sandbox_id: str, sandbox: api_pb2.PodSandboxConfig
+) -> None:
+    """create → start → exec → attach → stop → remove, in the demo pod."""
+    rt = client.runtime
+    if not client.image.ImageStatus(
+        api_pb2.ImageStatusRequest(image=api_pb2.ImageSpec(image=LOCAL_IMAGE))
+    ).HasField("image"):
+        print("\n(no local busybox image: the container walk needs busybox-static)")
+        return
+    config = api_pb2.ContainerConfig(
+        metadata=api_pb2.ContainerMetadata(name="echo"),
+        image=api_pb2.ImageSpec(image=LOCAL_IMAGE),
+        command=["sh", "-c", ECHO_STDIN],
+        stdin=True,
+        stdin_once=True,
+        linux=api_pb2.LinuxContainerConfig(
+            security_context=api_pb2.LinuxContainerSecurityContext(
+                namespace_options=api_pb2.NamespaceOption(pid=api_pb2.CONTAINER)
+            )
+        ),
+    )
+    created = walk.call(
+        "CreateContainer",
+        "CreateContainer: a busybox shell that echoes its stdin",
+        rt.CreateContainer,
+        api_pb2.CreateContainerRequest(
+            pod_sandbox_id=sandbox_id, config=config, sandbox_config=sandbox
+        ),
+    )
+    if created is None:
+        return
+    cid = created.container_id
+    walk.call(
+        "StartContainer",
+        "StartContainer: runc starts it under its shim",
+        rt.StartContainer,
+        api_pb2.StartContainerRequest(container_id=cid),
+    )
+    walk.call(
+        "ExecSync",
+        "ExecSync: a command in the running container, output returned",
+        rt.ExecSync,
+        api_pb2.ExecSyncRequest(container_id=cid, cmd=["sh", "-c", "echo hello from $(hostname)"]),
+    )
+    response = walk.call(
+        "Exec",
+        "Exec: a URL for the streaming server",
+        rt.Exec,
+        api_pb2.ExecRequest(container_id=cid, cmd=["ls", "/"], stdout=True, stderr=True),
+    )
+    if response is not None:
+        print("\n--- over the websocket (v4.channel.k8s.io):")
+        print(stream(response.url, []).decode(errors="replace").strip())
+    response = walk.call(
+        "Attach",
+        "Attach: the container's own stdio, a URL again",
+        rt.Attach,
+        api_pb2.AttachRequest(container_id=cid, stdin=True, stdout=True),
+    )
+    if response is not None:
+        print("\n--- attached (v5.channel.k8s.io), writing two lines, then closing stdin:")
+        said = stream(response.url, [b"\x00hello\n", b"\x00from the demo\n", bytes([255, 0])], V5)
+        print(said.decode(errors="replace").strip())
+    walk.call(
+        "ContainerStatus",
+        "ContainerStatus: it ended when its stdin closed",
+        rt.ContainerStatus,
+        api_pb2.ContainerStatusRequest(container_id=cid),
+    )
+    walk.call(
+        "RemoveContainer",
+        "RemoveContainer: its runtime state, rootfs and log go",
+        rt.RemoveContainer,
+        api_pb2.RemoveContainerRequest(container_id=cid),
+    )
+
+
+V4, V5 = "v4.channel.k8s.io", "v5.channel.k8s.io"
+
+
+def stream(url: str, send: list[bytes], protocol: str = V4) -> bytes:
+    """A session with the streaming server: its stdout, what the client sees."""
+    from websockets.sync.client import connect as ws_connect
+    from websockets.typing import Subprotocol
+
+    out = b""
+    address = "ws://" + url.removeprefix("http://")  # kubectl dials it the same way
+    with ws_connect(address, subprotocols=[Subprotocol(protocol)]) as ws:
+        for message in send:
+            ws.send(message)
+        for received in ws:
+            if isinstance(received, bytes) and received[:1] == b"\x01":
+                out += received[1:]
+    return out
 
 
 def pods(walk: Walkthrough, client: Client) -> None:
@@ -211,6 +309,7 @@ def pods(walk: Walkthrough, client: Client) -> None:
         rt.PodSandboxStats,
         api_pb2.PodSandboxStatsRequest(pod_sandbox_id=sandbox_id),
     )
+    containers(walk, client, sandbox_id, config)
     walk.call(
         "StopPodSandbox",
         "StopPodSandbox: network down, infra stopped",
