@@ -262,3 +262,100 @@ def test_port_forward_reaches_a_server_in_the_pod(
     body = asyncio.run(fetch())
     assert b"200 OK" in body and b"forwarded" in body
     assert_conforms(client.recent(since_unix_nano=since), charts)
+
+
+def _self_signed(directory: Path) -> tuple[Path, Path]:
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    import ipaddress
+
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=1))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = directory / "stream.crt", directory / "stream.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_path, key_path
+
+
+def test_the_streaming_server_speaks_tls_when_given_a_certificate(short_tmp: Path) -> None:
+    import ssl
+
+    from conftest import start_server
+    from test_containers import IS_ROOT
+
+    if not IS_ROOT:
+        pytest.skip("containers need root here")
+    from teaching_cri.api import admin_pb2
+
+    cert, key = _self_signed(short_tmp)
+    srv = start_server(
+        short_tmp / "tls", "--stream-tls-cert", str(cert), "--stream-tls-key", str(key)
+    )
+    try:
+        client = srv.client()
+        client.admin.BuildLocalImage(admin_pb2.BuildLocalImageRequest(name=IMAGE))
+        host = api_pb2.LinuxPodSandboxConfig(
+            security_context=api_pb2.LinuxSandboxSecurityContext(
+                namespace_options=api_pb2.NamespaceOption(network=api_pb2.NODE)
+            )
+        )
+        pod_config = api_pb2.PodSandboxConfig(
+            metadata=api_pb2.PodSandboxMetadata(name="tls", namespace="d", uid="u"),
+            linux=host,
+            log_directory=str(short_tmp / "logs"),
+        )
+        sandbox_id = client.runtime.RunPodSandbox(
+            api_pb2.RunPodSandboxRequest(config=pod_config)
+        ).pod_sandbox_id
+        cid = container(client, (sandbox_id, pod_config), "tls", "sleep", "1000")
+        client.runtime.StartContainer(api_pb2.StartContainerRequest(container_id=cid))
+        url = client.runtime.Exec(
+            api_pb2.ExecRequest(container_id=cid, cmd=["echo", "-n", "secret"], stdout=True)
+        ).url
+        assert url.startswith("https://127.0.0.1:")
+        trust = ssl.create_default_context(cafile=str(cert))
+
+        async def over_tls() -> list[bytes | str]:
+            got: list[bytes | str] = []
+            address = "wss://" + url.removeprefix("https://")
+            async with ws_connect(address, subprotocols=[V4], ssl=trust) as ws:  # type: ignore[list-item]
+                async for message in ws:
+                    got.append(message)
+            return got
+
+        messages = asyncio.run(over_tls())
+        assert stdout_of(messages) == b"secret"
+        assert status_of(messages)["status"] == "Success"
+        client.runtime.StopPodSandbox(api_pb2.StopPodSandboxRequest(pod_sandbox_id=sandbox_id))
+        client.runtime.RemovePodSandbox(api_pb2.RemovePodSandboxRequest(pod_sandbox_id=sandbox_id))
+    finally:
+        srv.stop()
+    assert "secret" not in srv.output() and url.rsplit("/", 1)[1] not in srv.output(), (
+        "no token in the log"
+    )

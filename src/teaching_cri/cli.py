@@ -35,6 +35,8 @@ def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     p.add_argument("--runc", help="the OCI runtime binary, runc or crun (runc, from PATH)")
     p.add_argument("--pause-image", help="the pods' infra image (registry.k8s.io/pause:3.10)")
     p.add_argument("--cni-conf-dir", help="where the CNI network configs are (/etc/cni/net.d)")
+    p.add_argument("--stream-tls-cert", help="PEM certificate: the streaming server speaks TLS")
+    p.add_argument("--stream-tls-key", help="PEM key of --stream-tls-cert")
     p.add_argument("--log-level", help=f"{', '.join(LOG_LEVELS)} (info)")
     p.add_argument("--trace-file", help="also write every trace event to this JSONL file")
     p.add_argument("--trace", choices=("on", "off"), help="emit trace events (on)")
@@ -152,6 +154,8 @@ def _serve(args: argparse.Namespace) -> int:
     )
     # grpc's own debug messages (one per callback) would drown ours.
     logging.getLogger("grpc").setLevel(max(logging.INFO, logging.getLogger().level))
+    # The websockets library logs request paths, and a path holds a token.
+    logging.getLogger("websockets").setLevel(logging.WARNING)
     try:
         asyncio.run(run(config))
     except (StartupError, StateError, ChartError) as exc:

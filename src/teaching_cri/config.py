@@ -73,6 +73,8 @@ class Config:
     trace: bool = True
     runc: str = "runc"  # the OCI runtime binary: a path, or a name looked up on PATH (crun works)
     pause_image: str = DEFAULT_PAUSE_IMAGE
+    stream_tls_cert: Path | None = None  # both or neither: the streaming server speaks TLS
+    stream_tls_key: Path | None = None
     cni_conf_dir: Path = Path("/etc/cni/net.d")
     registry: RegistryConfig = field(default_factory=RegistryConfig)
     # The default socket's directory is ours to create; a socket path the user
@@ -93,6 +95,8 @@ class Config:
             "runtime": self.runtime,
             "runc": self.runc,
             "pause-image": self.pause_image,
+            "stream-tls-cert": str(self.stream_tls_cert or ""),
+            "stream-tls-key": str(self.stream_tls_key or ""),
             "cni-conf-dir": str(self.cni_conf_dir),
             "log-level": self.log_level,
             "trace-file": str(self.trace_file) if self.trace_file else "",
@@ -113,6 +117,8 @@ KEYS = (
     "runtime",
     "runc",
     "pause-image",
+    "stream-tls-cert",
+    "stream-tls-key",
     "cni-conf-dir",
     "log-level",
     "trace-file",
@@ -221,6 +227,13 @@ def resolve(values: Mapping[str, str | None], config_file: Path | None = None) -
     runtime = merged.get("runtime", "auto")
     runc = merged.get("runc", "runc")
     pause_image = merged.get("pause-image", DEFAULT_PAUSE_IMAGE)
+    tls = [merged.get(k) for k in ("stream-tls-cert", "stream-tls-key")]
+    if any(tls) and not all(tls):
+        raise ConfigError("stream-tls-cert and stream-tls-key go together: give both or neither")
+    tls_cert, tls_key = (Path(t).absolute() if t else None for t in tls)
+    for name, path in (("stream-tls-cert", tls_cert), ("stream-tls-key", tls_key)):
+        if path is not None and not os.access(path, os.R_OK):
+            raise ConfigError(f"{name} {path}: not a readable file")
     cni_conf_dir = Path(merged.get("cni-conf-dir", "/etc/cni/net.d")).absolute()
     level = merged.get("log-level", "info").lower()
     trace_path = merged.get("trace-file")
@@ -266,6 +279,8 @@ def resolve(values: Mapping[str, str | None], config_file: Path | None = None) -
         runtime=runtime,
         runc=runc,
         pause_image=pause_image,
+        stream_tls_cert=tls_cert,
+        stream_tls_key=tls_key,
         cni_conf_dir=cni_conf_dir,
         log_level=level,
         trace_file=trace_file,

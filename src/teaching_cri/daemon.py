@@ -16,6 +16,7 @@ import logging
 import os
 import signal
 import socket
+import ssl
 import stat
 from collections.abc import Iterator
 from pathlib import Path
@@ -241,21 +242,29 @@ class Daemon:
             return
         if host not in ("127.0.0.1", "::1", "localhost"):
             log.warning("streaming server on %s: reachable from other machines", host)
+        tls = None
+        if self.config.stream_tls_cert and self.config.stream_tls_key:
+            tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            try:
+                tls.load_cert_chain(self.config.stream_tls_cert, self.config.stream_tls_key)
+            except (OSError, ssl.SSLError) as exc:
+                raise StartupError(f"stream-tls-cert/key: {exc}") from None
         self.streaming = StreamingServer(
             runtime_service.request_cache,
             runtime_service.containers,
             self.tracer or Tracer(self.charts, enabled=False),
             host,
             port,
+            tls=tls,
         )
         try:
             await self.streaming.start()
         except OSError as exc:
             self.streaming = None
             raise StartupError(f"stream-address {host}:{port}: {exc.strerror}") from None
-        runtime_service.stream_base = (
-            f"http://{host if ':' not in host else f'[{host}]'}:{self.streaming.port}"
-        )
+        scheme = "https" if tls else "http"
+        shown = f"[{host}]" if ":" in host else host
+        runtime_service.stream_base = f"{scheme}://{shown}:{self.streaming.port}"
         log.info("streaming server on %s", runtime_service.stream_base)
 
     async def _open_backend(self, found: BackendProbe) -> None:
