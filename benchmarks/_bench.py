@@ -639,3 +639,19 @@ def exits(removed: str) -> Iterator[None]:
     except BenchError as e:
         print(f"failed: {e}", file=sys.stderr)
         sys.exit(1)
+
+
+# --- A process's memory ------------------------------------------------------------------
+
+
+def rss_bytes(pid: int) -> int | None:
+    """The resident set of process ``pid`` (``VmRSS`` in ``/proc/<pid>/status``),
+    in bytes; None if it is gone (or is a zombie, which has none)."""
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None

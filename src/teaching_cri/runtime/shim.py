@@ -349,7 +349,7 @@ class Shim:
             self.listener.bind(path)
         finally:
             os.close(dir_fd)
-        self.listener.listen(16)
+        self.listener.listen(socket.SOMAXCONN)  # execs and attaches may come in bursts
         self.listener.setblocking(False)
         self.sel.register(self.listener, selectors.EVENT_READ, ("listen", None))
 

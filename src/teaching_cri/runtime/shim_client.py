@@ -179,7 +179,16 @@ class Channel:
         except FileNotFoundError:
             raise NotFound(f"no shim state at {state_dir}") from None
         try:
-            reader, writer = await asyncio.open_unix_connection(shim.socket_path("", dir_fd))
+            for attempt in range(50):
+                try:
+                    reader, writer = await asyncio.open_unix_connection(
+                        shim.socket_path("", dir_fd)
+                    )
+                    break
+                except BlockingIOError:  # the shim's accept queue is full: it is busy
+                    await asyncio.sleep(0.01 * (attempt + 1))
+            else:
+                raise FailedPrecondition("the container's shim is too busy to answer")
         except (ConnectionRefusedError, FileNotFoundError) as exc:
             raise FailedPrecondition(
                 f"the container's shim is not running ({exc.strerror})"
