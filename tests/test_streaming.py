@@ -370,3 +370,52 @@ def test_the_streaming_server_speaks_tls_when_given_a_certificate(short_tmp: Pat
     assert "secret" not in srv.output() and url.rsplit("/", 1)[1] not in srv.output(), (
         "no token in the log"
     )
+
+
+def test_sessions_beyond_the_limit_are_refused(short_tmp: Path) -> None:
+    from conftest import start_server
+    from test_containers import IS_ROOT
+
+    if not IS_ROOT:
+        pytest.skip("containers need root here")
+    from teaching_cri.api import admin_pb2
+
+    srv = start_server(short_tmp / "lim", "--stream-max-sessions", "1")
+    try:
+        client = srv.client()
+        client.admin.BuildLocalImage(admin_pb2.BuildLocalImageRequest(name=IMAGE))
+        host = api_pb2.LinuxPodSandboxConfig(
+            security_context=api_pb2.LinuxSandboxSecurityContext(
+                namespace_options=api_pb2.NamespaceOption(network=api_pb2.NODE)
+            )
+        )
+        config = api_pb2.PodSandboxConfig(
+            metadata=api_pb2.PodSandboxMetadata(name="lim", namespace="d", uid="u"),
+            linux=host,
+            log_directory=str(short_tmp / "logs"),
+        )
+        sandbox_id = client.runtime.RunPodSandbox(
+            api_pb2.RunPodSandboxRequest(config=config)
+        ).pod_sandbox_id
+        cid = container(client, (sandbox_id, config), "lim", "sleep", "1000")
+        client.runtime.StartContainer(api_pb2.StartContainerRequest(container_id=cid))
+
+        def url() -> str:
+            request = api_pb2.ExecRequest(container_id=cid, cmd=["sleep", "2"], stdout=True)
+            return ws_url(client.runtime.Exec(request).url)
+
+        async def two() -> int:
+            first, second = url(), url()
+            async with ws_connect(first, subprotocols=[V4]):  # type: ignore[list-item]
+                await asyncio.sleep(0.3)
+                try:
+                    async with ws_connect(second, subprotocols=[V4]):  # type: ignore[list-item]
+                        return 101
+                except InvalidStatus as exc:
+                    return exc.response.status_code
+
+        assert asyncio.run(two()) == 503
+        client.runtime.StopPodSandbox(api_pb2.StopPodSandboxRequest(pod_sandbox_id=sandbox_id))
+        client.runtime.RemovePodSandbox(api_pb2.RemovePodSandboxRequest(pod_sandbox_id=sandbox_id))
+    finally:
+        srv.stop()

@@ -37,6 +37,7 @@ def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     p.add_argument("--cni-conf-dir", help="where the CNI network configs are (/etc/cni/net.d)")
     p.add_argument("--stream-tls-cert", help="PEM certificate: the streaming server speaks TLS")
     p.add_argument("--stream-tls-key", help="PEM key of --stream-tls-cert")
+    p.add_argument("--stream-max-sessions", help="streaming sessions at a time (128)")
     p.add_argument("--log-level", help=f"{', '.join(LOG_LEVELS)} (info)")
     p.add_argument("--trace-file", help="also write every trace event to this JSONL file")
     p.add_argument("--trace", choices=("on", "off"), help="emit trace events (on)")

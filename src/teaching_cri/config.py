@@ -74,6 +74,7 @@ class Config:
     runc: str = "runc"  # the OCI runtime binary: a path, or a name looked up on PATH (crun works)
     pause_image: str = DEFAULT_PAUSE_IMAGE
     stream_tls_cert: Path | None = None  # both or neither: the streaming server speaks TLS
+    stream_max_sessions: int = 128  # iSulad's MAX_SESSION_NUM
     stream_tls_key: Path | None = None
     cni_conf_dir: Path = Path("/etc/cni/net.d")
     registry: RegistryConfig = field(default_factory=RegistryConfig)
@@ -96,6 +97,7 @@ class Config:
             "runc": self.runc,
             "pause-image": self.pause_image,
             "stream-tls-cert": str(self.stream_tls_cert or ""),
+            "stream-max-sessions": str(self.stream_max_sessions),
             "stream-tls-key": str(self.stream_tls_key or ""),
             "cni-conf-dir": str(self.cni_conf_dir),
             "log-level": self.log_level,
@@ -119,6 +121,7 @@ KEYS = (
     "pause-image",
     "stream-tls-cert",
     "stream-tls-key",
+    "stream-max-sessions",
     "cni-conf-dir",
     "log-level",
     "trace-file",
@@ -227,6 +230,9 @@ def resolve(values: Mapping[str, str | None], config_file: Path | None = None) -
     runtime = merged.get("runtime", "auto")
     runc = merged.get("runc", "runc")
     pause_image = merged.get("pause-image", DEFAULT_PAUSE_IMAGE)
+    max_sessions_text = merged.get("stream-max-sessions", "128")
+    if not max_sessions_text.isdigit() or not 1 <= int(max_sessions_text) <= 100_000:
+        raise ConfigError(f"stream-max-sessions {max_sessions_text!r}: a number, 1 or more")
     tls = [merged.get(k) for k in ("stream-tls-cert", "stream-tls-key")]
     if any(tls) and not all(tls):
         raise ConfigError("stream-tls-cert and stream-tls-key go together: give both or neither")
@@ -280,6 +286,7 @@ def resolve(values: Mapping[str, str | None], config_file: Path | None = None) -
         runc=runc,
         pause_image=pause_image,
         stream_tls_cert=tls_cert,
+        stream_max_sessions=int(max_sessions_text),
         stream_tls_key=tls_key,
         cni_conf_dir=cni_conf_dir,
         log_level=level,

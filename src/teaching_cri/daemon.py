@@ -256,6 +256,7 @@ class Daemon:
             host,
             port,
             tls=tls,
+            max_sessions=self.config.stream_max_sessions,
         )
         try:
             await self.streaming.start()
