@@ -275,6 +275,29 @@ def test_port_forward_reaches_a_server_in_the_pod(
     assert_conforms(client.recent(since_unix_nano=since), charts)
 
 
+def host_pod_with_a_sleeper(client: Client, base: Path, name: str) -> tuple[str, str]:
+    """A pod on the host's network (no CNI config needed) and a running container."""
+    from teaching_cri.api import admin_pb2
+
+    client.admin.BuildLocalImage(admin_pb2.BuildLocalImageRequest(name=IMAGE))
+    host = api_pb2.LinuxPodSandboxConfig(
+        security_context=api_pb2.LinuxSandboxSecurityContext(
+            namespace_options=api_pb2.NamespaceOption(network=api_pb2.NODE)
+        )
+    )
+    config = api_pb2.PodSandboxConfig(
+        metadata=api_pb2.PodSandboxMetadata(name=name, namespace="d", uid="u"),
+        linux=host,
+        log_directory=str(base / "logs"),
+    )
+    sandbox_id = client.runtime.RunPodSandbox(
+        api_pb2.RunPodSandboxRequest(config=config)
+    ).pod_sandbox_id
+    cid = container(client, (sandbox_id, config), name, "sleep", "1000")
+    client.runtime.StartContainer(api_pb2.StartContainerRequest(container_id=cid))
+    return sandbox_id, cid
+
+
 def _self_signed(directory: Path) -> tuple[Path, Path]:
     import datetime
 
@@ -322,30 +345,13 @@ def test_the_streaming_server_speaks_tls_when_given_a_certificate(short_tmp: Pat
 
     if not IS_ROOT:
         pytest.skip("containers need root here")
-    from teaching_cri.api import admin_pb2
-
     cert, key = _self_signed(short_tmp)
     srv = start_server(
         short_tmp / "tls", "--stream-tls-cert", str(cert), "--stream-tls-key", str(key)
     )
     try:
         client = srv.client()
-        client.admin.BuildLocalImage(admin_pb2.BuildLocalImageRequest(name=IMAGE))
-        host = api_pb2.LinuxPodSandboxConfig(
-            security_context=api_pb2.LinuxSandboxSecurityContext(
-                namespace_options=api_pb2.NamespaceOption(network=api_pb2.NODE)
-            )
-        )
-        pod_config = api_pb2.PodSandboxConfig(
-            metadata=api_pb2.PodSandboxMetadata(name="tls", namespace="d", uid="u"),
-            linux=host,
-            log_directory=str(short_tmp / "logs"),
-        )
-        sandbox_id = client.runtime.RunPodSandbox(
-            api_pb2.RunPodSandboxRequest(config=pod_config)
-        ).pod_sandbox_id
-        cid = container(client, (sandbox_id, pod_config), "tls", "sleep", "1000")
-        client.runtime.StartContainer(api_pb2.StartContainerRequest(container_id=cid))
+        sandbox_id, cid = host_pod_with_a_sleeper(client, short_tmp, "tls")
         url = client.runtime.Exec(
             api_pb2.ExecRequest(container_id=cid, cmd=["echo", "-n", "secret"], stdout=True)
         ).url
@@ -378,27 +384,10 @@ def test_sessions_beyond_the_limit_are_refused(short_tmp: Path) -> None:
 
     if not IS_ROOT:
         pytest.skip("containers need root here")
-    from teaching_cri.api import admin_pb2
-
     srv = start_server(short_tmp / "lim", "--stream-max-sessions", "1")
     try:
         client = srv.client()
-        client.admin.BuildLocalImage(admin_pb2.BuildLocalImageRequest(name=IMAGE))
-        host = api_pb2.LinuxPodSandboxConfig(
-            security_context=api_pb2.LinuxSandboxSecurityContext(
-                namespace_options=api_pb2.NamespaceOption(network=api_pb2.NODE)
-            )
-        )
-        config = api_pb2.PodSandboxConfig(
-            metadata=api_pb2.PodSandboxMetadata(name="lim", namespace="d", uid="u"),
-            linux=host,
-            log_directory=str(short_tmp / "logs"),
-        )
-        sandbox_id = client.runtime.RunPodSandbox(
-            api_pb2.RunPodSandboxRequest(config=config)
-        ).pod_sandbox_id
-        cid = container(client, (sandbox_id, config), "lim", "sleep", "1000")
-        client.runtime.StartContainer(api_pb2.StartContainerRequest(container_id=cid))
+        sandbox_id, cid = host_pod_with_a_sleeper(client, short_tmp, "lim")
 
         def url() -> str:
             request = api_pb2.ExecRequest(container_id=cid, cmd=["sleep", "2"], stdout=True)
