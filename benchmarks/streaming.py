@@ -697,8 +697,9 @@ def main() -> None:
     parser.add_argument(
         "--source",
         choices=("head", "cat"),
-        default="head",
-        help="what writes the bytes: head -c N /dev/zero (default), or cat of a file of N",
+        default="cat",
+        help="what writes the bytes: cat of a file of N (default, the issue's runc exec cat),"
+        " or head -c N /dev/zero (busybox head writes 4 KiB at a time and is itself the limit)",
     )
     add_runc_args(parser)
     add_server_args(parser, "tcri-bench2", "10.238.0.0/16")

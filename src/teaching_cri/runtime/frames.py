@@ -95,7 +95,8 @@ class FrameDecoder:
             end = HEADER.size + length
             if len(self._buffer) < end:
                 break
-            frames.append((kind, bytes(self._buffer[HEADER.size : end])))
+            with memoryview(self._buffer) as view:  # one copy, not a slice and a copy
+                frames.append((kind, bytes(view[HEADER.size : end])))
             del self._buffer[:end]
         return frames
 

@@ -29,6 +29,8 @@ from ..errors import FailedPrecondition, Internal, NotFound
 from . import frames, shim
 
 SPAWN_TIMEOUT = 60.0
+READ_SIZE = 256 * 1024  # from a shim: several of its frames per read
+MAX_JOINED = 1 << 20  # output joined into one piece at most (a websocket message)
 _BOOT = (
     "import sys; sys.path.insert(0, sys.argv[1]); "
     "from teaching_cri.runtime.{module} import main; main(sys.argv[2:])"
@@ -218,10 +220,14 @@ class Channel:
             return channel, {"exit": value}
         return channel, value
 
+    def ready(self) -> list[tuple[int, bytes]]:
+        """Frames decoded already, waiting for ``next_frame``: no I/O to look."""
+        return self._ready
+
     async def next_frame(self) -> tuple[int, bytes] | None:
         while not self._ready:
             try:
-                data = await self.reader.read(65536)
+                data = await self.reader.read(READ_SIZE)
             except (ConnectionError, OSError):
                 data = b""
             if not data:
@@ -259,15 +265,25 @@ class ProcessStream:
         return cls(*await Channel.open(state_dir, hello))
 
     async def output(self) -> AsyncIterator[tuple[str, bytes]]:
+        """The process's output in order; frames of one stream that have
+        arrived together are joined, so a process writing 4 KiB at a time
+        costs one message downstream, not one per write."""
         while self.exit is None:
             frame = await self._channel.next_frame()
             if frame is None:
                 return
             kind, payload = frame
-            if kind == frames.STDOUT:
-                yield "stdout", payload
-            elif kind == frames.STDERR:
-                yield "stderr", payload
+            if kind in (frames.STDOUT, frames.STDERR):
+                ready = self._channel.ready()
+                if ready and ready[0][0] == kind:
+                    parts = [payload]
+                    size = len(payload)
+                    while ready and ready[0][0] == kind and size < MAX_JOINED:
+                        more = ready.pop(0)[1]
+                        parts.append(more)
+                        size += len(more)
+                    payload = b"".join(parts)
+                yield ("stdout" if kind == frames.STDOUT else "stderr"), payload
             elif kind == frames.EXIT:
                 self.exit = frames.decode_json(payload)
             elif kind == frames.ERROR:

@@ -91,17 +91,10 @@ class WebsocketTransport:
             with step("session_closed_is_closed"):
                 closed = self.ws.close_code is not None
             decide("buffer_empty", False)
-            with step("message_front_message"):
-                pass
             with step("lws_write_message"):
                 await self.ws.send(message)
-            with step("pop_message"):
-                pass
             decide("buffer_empty", True)
             decide("session_closed", closed)
-            if not closed:
-                with step("lws_callback_on_writable_writeable"):
-                    pass
 
     async def receive(self) -> Incoming | None:
         while True:
