@@ -112,6 +112,13 @@ class SandboxManager:
         self.pause_image = pause_image
         self.privileged_network = privileged_network  # root: pinned netns and CNI
         self.records.mkdir(parents=True, exist_ok=True, mode=0o700)
+        # Every record, read once here: lookups (each Status, Stop, Remove, List)
+        # never go to the disk, which only takes the writes.
+        self._index: dict[str, Sandbox] = {}
+        for path in sorted(self.records.glob("*/sandbox.json")):
+            with contextlib.suppress(OSError, ValueError, TypeError):
+                sandbox = Sandbox(**json.loads(path.read_text()))
+                self._index[sandbox.id] = sandbox
         self.on_event: list[Callable[[str, str], None]] = []
         self.containers: Any = None  # the ContainerManager, once there is one
         self._cpu_samples: dict[str, tuple[int, int]] = {}
@@ -124,13 +131,14 @@ class SandboxManager:
     def _save(self, sandbox: Sandbox) -> None:
         self._path(sandbox.id).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         atomic_write_json(self._path(sandbox.id), asdict(sandbox))
+        self._index[sandbox.id] = sandbox
+
+    def _drop(self, sandbox: Sandbox) -> None:
+        shutil.rmtree(self.records / sandbox.id, ignore_errors=True)
+        self._index.pop(sandbox.id, None)
 
     def all(self) -> list[Sandbox]:
-        out = []
-        for path in sorted(self.records.glob("*/sandbox.json")):
-            with contextlib.suppress(OSError, ValueError, TypeError):
-                out.append(Sandbox(**json.loads(path.read_text())))
-        return out
+        return [self._index[k] for k in sorted(self._index)]
 
     def find(self, sandbox_id: str) -> Sandbox | None:
         """By full id or a unique prefix of it, as crictl and the kubelet use them."""
@@ -511,7 +519,7 @@ class SandboxManager:
     # -- undo helpers ----------------------------------------------------------------
 
     async def _forget(self, sandbox: Sandbox) -> None:
-        shutil.rmtree(self.records / sandbox.id, ignore_errors=True)
+        self._drop(sandbox)
         await self._release_files(sandbox)
         shutil.rmtree(self.files / sandbox.id, ignore_errors=True)
 
@@ -700,7 +708,7 @@ class SandboxManager:
 
     @step("sandbox_manager_delete_sandbox")
     def sandbox_manager_delete_sandbox(self, sandbox: Sandbox) -> None:
-        shutil.rmtree(self.records / sandbox.id, ignore_errors=True)
+        self._drop(sandbox)
 
     # -- PodSandboxStatus, ListPodSandbox ---------------------------------------------
 
@@ -775,15 +783,10 @@ class SandboxManager:
     @step("get_cgroup_parent_and_sandbox_key")
     def get_cgroup_parent_and_sandbox_key(self, sandbox: Sandbox) -> tuple[str, int]:
         """The pod's cgroup, and the infra's pid: its /proc/<pid>/net is the pod's."""
-        pid = 0
-        if self.backend is not None and sandbox.id in self.backend.list_ids():
-            with contextlib.suppress(CRIError):
-                pid = self.backend_pid(sandbox.id)
-        return cgroups.pod_parent(sandbox.id), pid
+        return cgroups.pod_parent(sandbox.id), self.backend_pid(sandbox.id)
 
     def backend_pid(self, container_id: str) -> int:
-        record = getattr(self.backend, "record", None)
-        return int(record(container_id).get("pid", 0)) if record else 0
+        return self.backend.pid_of(container_id) if self.backend is not None else 0
 
     @step("sandbox_get_annotations")
     def sandbox_get_annotations(self, sandbox: Sandbox) -> dict[str, str]:

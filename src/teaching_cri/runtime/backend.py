@@ -165,6 +165,9 @@ class Backend(abc.ABC):
     def pod_of(self, container_id: str) -> str: ...
 
     @abc.abstractmethod
+    def pid_of(self, container_id: str) -> int: ...
+
+    @abc.abstractmethod
     async def release_pod(self, pod_id: str) -> None: ...
 
     @abc.abstractmethod

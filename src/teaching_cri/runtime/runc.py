@@ -412,6 +412,13 @@ class RuncBackend(Backend):
         except (NotFound, OSError, ValueError):
             return ""
 
+    def pid_of(self, container_id: str) -> int:
+        """The container's init pid (0 if it is gone)."""
+        try:
+            return int(self.record(container_id).get("pid", 0))
+        except (NotFound, OSError, ValueError):
+            return 0
+
     def uses_image(self, image_id: str) -> bool:
         return image_id in self._images.values()
 

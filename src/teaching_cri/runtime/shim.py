@@ -73,13 +73,12 @@ EXIT = "exit.json"
 RUNC_LOG = "runc.log"
 
 
-def socket_path(state_dir: str, dir_fd: int) -> str:
+def socket_path(dir_fd: int) -> str:
     """``shim.sock`` addressed through an open descriptor of its directory.
 
     A unix socket path may be at most 107 bytes and a state dir named after a
     64-hex container id is close to that; ``/proc/self/fd/<n>/shim.sock`` is
     short whatever the directory is called."""
-    del state_dir
     return f"/proc/self/fd/{dir_fd}/{SOCKET}"
 
 
@@ -342,7 +341,7 @@ class Shim:
     def listen(self) -> None:
         dir_fd = os.open(self.state_dir, os.O_RDONLY | os.O_DIRECTORY)
         try:
-            path = socket_path(self.state_dir, dir_fd)
+            path = socket_path(dir_fd)
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
             self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

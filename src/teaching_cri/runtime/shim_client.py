@@ -183,9 +183,7 @@ class Channel:
         try:
             for attempt in range(50):
                 try:
-                    reader, writer = await asyncio.open_unix_connection(
-                        shim.socket_path("", dir_fd)
-                    )
+                    reader, writer = await asyncio.open_unix_connection(shim.socket_path(dir_fd))
                     break
                 except BlockingIOError:  # the shim's accept queue is full: it is busy
                     await asyncio.sleep(0.01 * (attempt + 1))

@@ -96,6 +96,10 @@ class RequestCache:
     def save(self, token: str, entry: CachedRequest) -> None:
         self._entries[token] = entry
 
+    def peek(self, token: str) -> CachedRequest | None:
+        """The request a token holds, left in place."""
+        return self._entries.get(token)
+
     def check(self, method: str, token: str) -> str:
         """What a token is, without using it: "valid", "unknown", "expired",
         "used" or "bad method" (the streaming server's filter asks)."""

@@ -314,7 +314,7 @@ class StreamingServer:
                 await self.closed(ws)
 
     def ready_channel(self, session: Session) -> int:
-        entry = self.cache._entries.get(session.token)
+        entry = self.cache.peek(session.token)
         if entry is None:
             return 3
         return lowest_writable(entry.request.stdout, entry.request.stderr)
