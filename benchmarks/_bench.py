@@ -35,6 +35,7 @@ import itertools
 import json
 import os
 import platform
+import shutil
 import signal
 import statistics
 import subprocess
@@ -445,7 +446,7 @@ class BenchServer:
     with the built-in infra as its pause image. A subclass adds the calls its
     benchmark makes and, in ``clear``, removes what they left."""
 
-    def __init__(self, base: Path, conf_dir: Path, trace: str) -> None:
+    def __init__(self, base: Path, conf_dir: Path, trace: str, extra: Sequence[str] = ()) -> None:
         self.base = base
         self.socket = base / "cri.sock"
         self.state = base / "state"
@@ -469,6 +470,7 @@ class BenchServer:
             trace,
             "--log-level",
             "warning",
+            *extra,
         ]
         with self.log.open("wb") as out:
             # Its own session: a Ctrl-C on the terminal is ours to handle, not its.
@@ -655,3 +657,28 @@ def rss_bytes(pid: int) -> int | None:
     except (OSError, ValueError, IndexError):
         return None
     return None
+
+
+def pod_bench_unavailable(script: str, runc: str | None, runc_name: str) -> str:
+    """Why a benchmark of containers in a pod cannot run here, or ""."""
+    if os.geteuid() != 0:
+        return f"{script} needs root (runc, cgroups, network namespaces, CNI); use sudo"
+    if runc is None:
+        return f"{runc_name!r} not found (apt-get install runc)"
+    if not Path("/bin/busybox").is_file():
+        return "/bin/busybox not found (apt-get install busybox-static)"
+    for tool, package in (("umount", "mount"), ("ip", "iproute2")):
+        if shutil.which(tool) is None:
+            return f"{tool} not found (apt-get install {package})"
+    return missing_plugins()
+
+
+def tear_down_pod_host(tmp: Path, pod: str, bridge: str) -> None:
+    """What a pod benchmark leaves on the host once its server is gone: mounts
+    under ``tmp``, the pod's cgroup, the bridge."""
+    unmount_under(tmp)
+    if pod:
+        remove_cgroup(cgroups.pod_parent(pod))
+    run_quiet("ip", "link", "del", bridge)
+    if run_quiet("ip", "link", "show", bridge).returncode == 0:
+        print(f"warning: the bridge {bridge} could not be deleted", file=sys.stderr)

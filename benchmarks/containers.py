@@ -115,18 +115,17 @@ from _bench import (
     ignore_signals,
     live_shims,
     machine,
-    missing_plugins,
     must,
     new_parser,
     node_times,
     p95,
+    pod_bench_unavailable,
     print_leftovers,
-    remove_cgroup,
     run_quiet,
     runc_leftovers,
     spans,
     split,
-    unmount_under,
+    tear_down_pod_host,
     verdict,
     write_conflist,
 )
@@ -280,11 +279,11 @@ async def bare_template(tmp: Path, context: SandboxContext) -> dict[str, Any]:
 class Server(BenchServer):
     """Our server, with the image, the pod and the containers in it."""
 
-    def __init__(self, base: Path, conf_dir: Path, trace: str) -> None:
+    def __init__(self, base: Path, conf_dir: Path, trace: str, extra: Sequence[str] = ()) -> None:
         self.pod_id = ""
         self.pod_config = api_pb2.PodSandboxConfig()
         self.containers: set[str] = set()  # made and not yet removed
-        super().__init__(base, conf_dir, trace)
+        super().__init__(base, conf_dir, trace, extra)
 
     def build_image(self) -> None:
         assert self.client is not None
@@ -801,26 +800,11 @@ def run(args: argparse.Namespace, runc: str, tmp: Path, interrupt: Interrupt) ->
         if server is not None:
             server.stop()
             server.reap(runc)
-        unmount_under(tmp)
-        if pod:
-            remove_cgroup(cgroups.pod_parent(pod))
-        run_quiet("ip", "link", "del", args.bridge)
-        if run_quiet("ip", "link", "show", args.bridge).returncode == 0:
-            print(f"warning: the bridge {args.bridge} could not be deleted", file=sys.stderr)
+        tear_down_pod_host(tmp, pod, args.bridge)
 
 
 def unavailable(runc: str | None, runc_name: str) -> str:
-    """Why the benchmark cannot run here, or ""."""
-    if os.geteuid() != 0:
-        return "containers.py needs root (runc, cgroups, network namespaces, CNI); use sudo"
-    if runc is None:
-        return f"{runc_name!r} not found (apt-get install runc)"
-    if not Path("/bin/busybox").is_file():
-        return "/bin/busybox not found (apt-get install busybox-static)"
-    for tool, package in (("umount", "mount"), ("ip", "iproute2")):
-        if shutil.which(tool) is None:
-            return f"{tool} not found (apt-get install {package})"
-    return missing_plugins()
+    return pod_bench_unavailable("containers.py", runc, runc_name)
 
 
 def main() -> None:

@@ -80,7 +80,6 @@ import argparse
 import asyncio
 import contextlib
 import json
-import os
 import shutil
 import statistics
 import subprocess
@@ -100,9 +99,7 @@ from websockets.typing import Subprotocol
 from websockets.version import version as websockets_version
 
 from teaching_cri.api import api_pb2
-from teaching_cri.client import connect, wait_for_socket
 from teaching_cri.image.build import BusyboxUnavailable
-from teaching_cri.manager.sandbox import BUILT_IN_INFRA
 from teaching_cri.runtime import cgroups
 
 from _bench import (
@@ -120,16 +117,14 @@ from _bench import (
     ignore_signals,
     live_shims,
     machine,
-    missing_plugins,
     must,
     new_parser,
     node_times,
     p95,
+    pod_bench_unavailable,
     print_leftovers,
-    remove_cgroup,
     rss_bytes,
-    run_quiet,
-    unmount_under,
+    tear_down_pod_host,
     verdict,
     write_conflist,
 )
@@ -156,52 +151,11 @@ LATENCY_TABLE = Table(44)
 
 
 class Server(PodServer):
-    """``containers.py``'s server (the image, the pod, its containers), started
-    with ``--stream-address``: ``BenchServer`` takes no extra flags, so its start
-    is repeated here with one more."""
+    """``containers.py``'s server (the image, the pod, its containers), its
+    streaming server on a free port."""
 
     def __init__(self, base: Path, conf_dir: Path, trace: str) -> None:
-        self.pod_id = ""
-        self.pod_config = api_pb2.PodSandboxConfig()
-        self.containers: set[str] = set()
-        self.base = base
-        self.socket = base / "cri.sock"
-        self.state = base / "state"
-        self.log = base / "server.log"
-        argv = [
-            sys.executable,
-            "-m",
-            "teaching_cri",
-            "serve",
-            "--socket",
-            str(self.socket),
-            "--root",
-            str(base / "root"),
-            "--state",
-            str(self.state),
-            "--cni-conf-dir",
-            str(conf_dir),
-            "--pause-image",
-            BUILT_IN_INFRA,
-            "--stream-address",
-            STREAM_ADDRESS,
-            "--trace",
-            trace,
-            "--log-level",
-            "warning",
-        ]
-        with self.log.open("wb") as out:
-            # Its own session: a Ctrl-C on the terminal is ours to handle, not its.
-            self.process = subprocess.Popen(
-                argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-            )
-        self.client = None
-        try:
-            wait_for_socket(self.socket, timeout=30)
-        except TimeoutError:
-            self.stop()
-            raise BenchError(f"the server did not start:\n{self.tail()}") from None
-        self.client = connect(self.socket)
+        super().__init__(base, conf_dir, trace, ("--stream-address", STREAM_ADDRESS))
 
     def exec_url(self, container_id: str, cmd: Sequence[str]) -> str:
         """The Exec RPC, stdout only, no tty: the streaming URL (``http://...``)."""
@@ -657,26 +611,11 @@ def run(args: argparse.Namespace, runc: str, tmp: Path, interrupt: Interrupt) ->
         if server is not None:
             server.stop()
             server.reap(runc)
-        unmount_under(tmp)
-        if pod:
-            remove_cgroup(cgroups.pod_parent(pod))
-        run_quiet("ip", "link", "del", args.bridge)
-        if run_quiet("ip", "link", "show", args.bridge).returncode == 0:
-            print(f"warning: the bridge {args.bridge} could not be deleted", file=sys.stderr)
+        tear_down_pod_host(tmp, pod, args.bridge)
 
 
 def unavailable(runc: str | None, runc_name: str) -> str:
-    """Why the benchmark cannot run here, or ""."""
-    if os.geteuid() != 0:
-        return "streaming.py needs root (runc, cgroups, network namespaces, CNI); use sudo"
-    if runc is None:
-        return f"{runc_name!r} not found (apt-get install runc)"
-    if not Path("/bin/busybox").is_file():
-        return "/bin/busybox not found (apt-get install busybox-static)"
-    for tool, package in (("umount", "mount"), ("ip", "iproute2")):
-        if shutil.which(tool) is None:
-            return f"{tool} not found (apt-get install {package})"
-    return missing_plugins()
+    return pod_bench_unavailable("streaming.py", runc, runc_name)
 
 
 def main() -> None:
