@@ -346,4 +346,6 @@ async def open_repository(
             continue
     if isinstance(error, CRIError):
         raise error
+    if isinstance(error, httpx.TransportError):  # refused, unresolvable, timed out
+        raise RegistryUnavailable(f"{ref.repository}: no registry reachable: {error!r}")
     raise RegistryError(f"{ref.repository}: no registry answered: {error}")
