@@ -21,6 +21,7 @@ from typing import Any
 
 from ..api import api_pb2
 from ..errors import InvalidArgument
+from .propagation import OPTION_OF, check_host_path, rootfs_propagation
 
 OCI_VERSION = "1.0.2"  # what Debian 12's runc 1.1 understands
 
@@ -284,19 +285,17 @@ def _mount(destination: str, kind: str, source: str, options: list[str]) -> dict
 
 
 def config_mounts(config: api_pb2.ContainerConfig) -> list[dict[str, Any]]:
-    """CRI mounts as bind mounts: read-only and propagation as asked."""
-    propagation = {
-        api_pb2.PROPAGATION_PRIVATE: "rprivate",
-        api_pb2.PROPAGATION_HOST_TO_CONTAINER: "rslave",
-        api_pb2.PROPAGATION_BIDIRECTIONAL: "rshared",
-    }
+    """CRI mounts as bind mounts: read-only and propagation as asked. A propagation
+    the host path's mount cannot give is refused here, before runc would make a
+    bind that silently propagates nothing (``propagation.check_host_path``)."""
     mounts = []
     for m in config.mounts:
         if not m.container_path.startswith("/"):
             raise InvalidArgument(f"mount {m.container_path!r}: container_path must be absolute")
         if not m.host_path:
             raise InvalidArgument(f"mount {m.container_path!r}: host_path is empty")
-        options = ["rbind", propagation.get(m.propagation, "rprivate")]
+        check_host_path(m)
+        options = ["rbind", OPTION_OF.get(m.propagation, "rprivate")]
         options.append("ro" if m.readonly else "rw")
         mounts.append(_mount(m.container_path, "bind", m.host_path, options))
     return mounts
@@ -600,6 +599,8 @@ def generate_spec(
             "readonlyPaths": [] if sc.privileged else list(READONLY_PATHS),
         },
     }
+    if rootfs_propagation(config):
+        spec["linux"]["rootfsPropagation"] = rootfs_propagation(config)
     if cgroups_path:
         spec["linux"]["cgroupsPath"] = cgroups_path
     return spec, notes
