@@ -574,34 +574,160 @@ def test_trailing_zeros_and_a_missing_end_marker_are_fine(tmp_path: Path) -> Non
     assert tree(tmp_path) == {"a": "file 644 b'a'"}
 
 
-def test_a_blob_that_changes_between_the_passes_is_noticed(tmp_path: Path) -> None:
-    class Swapping(io.BytesIO):
-        """Serves ``second`` from the second rewind on: pass 2 reads another archive."""
+# --- where an archive may end: Go's archive/tar rules -----------------------------------------
+# Some image builders end a layer right after the last entry's data: no padding of the data to
+# the 512-byte block, no end-of-archive blocks. Go's reader (containerd, CRI-O, docker) takes
+# any end inside the padding, and after zero, one or two zero blocks, as the end of the archive
+# (reader.go: tryReadFull of the padding, readHeader's "EOF is okay here"); an end inside an
+# entry's data, or inside a header or end block, is io.ErrUnexpectedEOF.
 
-        def __init__(self, first: bytes, second: bytes) -> None:
-            super().__init__(first)
-            self.second, self.rewinds = second, 0
 
-        def seek(self, pos: int, whence: int = 0) -> int:
-            if (pos, whence) == (0, 0):
-                self.rewinds += 1
-                if self.rewinds == 2:
-                    self.truncate(0)
-                    super().seek(0)
-                    self.write(self.second)
-            return super().seek(pos, whence)
+def data_end(blob: bytes) -> int:
+    """Where the last entry's data ends in the plain tar ``blob`` (before its padding)."""
+    with tarfile.open(fileobj=io.BytesIO(blob)) as tar:
+        last = tar.getmembers()[-1]
+    return int(last.offset_data + last.size)
 
+
+def two_files() -> bytes:
+    return layer(d("x"), f("x/a", b"alpha"), f("x/b", b"hello\n"))
+
+
+@pytest.mark.parametrize("compression", ["tar", "gzip", "zstd"])
+@pytest.mark.parametrize(
+    "cut",
+    ["unpadded", "partly padded", "padded, no end blocks", "one end block", "both end blocks"],
+)
+def test_a_layer_may_end_where_gos_tar_reader_lets_it(
+    tmp_path: Path, compression: str, cut: str
+) -> None:
+    raw = two_files()
+    end = data_end(raw)
+    keep = {
+        "unpadded": end,
+        "partly padded": end + 100,
+        "padded, no end blocks": end + (-end % 512),
+        "one end block": end + (-end % 512) + 512,
+        "both end blocks": end + (-end % 512) + 1024,
+    }[cut]
+    stats = apply(compress(raw[:keep], compression), tmp_path, compression)
+    assert tree(tmp_path) == {
+        "x": "dir 755",
+        "x/a": "file 644 b'alpha'",
+        "x/b": "file 644 b'hello\\n'",
+    }
+    assert stats.entries == 3 and stats.bytes == 11
+
+
+def test_an_unpadded_last_entry_is_applied_in_overlay_mode_too(tmp_path: Path) -> None:
+    if not IS_ROOT:
+        pytest.skip("overlay mode needs root")
+    raw = two_files()
+    apply(raw[: data_end(raw)], tmp_path / "l", mode="overlay")
+    assert (tmp_path / "l" / "x" / "b").read_bytes() == b"hello\n"
+
+
+def test_an_empty_archive_is_an_empty_layer(tmp_path: Path) -> None:
+    """Go reads no entries from an empty stream, and no error."""
+    assert apply(b"", tmp_path).entries == 0
+    assert apply(compress(b"", "gzip"), tmp_path, "gzip").entries == 0
+    assert tree(tmp_path) == {}
+
+
+@pytest.mark.parametrize("compression", ["tar", "gzip"])
+@pytest.mark.parametrize("missing", [1, 4, 5])
+def test_an_entry_whose_data_is_cut_short_is_refused(
+    rootfs: Path, compression: str, missing: int
+) -> None:
+    raw = two_files()
+    blob = compress(raw[: data_end(raw) - missing], compression)
+    before = snapshot(rootfs)
+    with pytest.raises(
+        LayerError,
+        match=rf"corrupt or truncated .*the data of 'x/b' is cut short: {6 - missing} of its 6",
+    ):
+        apply(blob, rootfs, compression)
+    assert snapshot(rootfs) == before
+
+
+def test_data_cut_short_by_more_than_a_block_is_named_too(rootfs: Path) -> None:
+    raw = layer(f("first", b"1"), f("big", b"x" * 100_000))
+    before = snapshot(rootfs)
+    with pytest.raises(LayerError, match=r"the data of 'big' is cut short: \d+ of its 100000"):
+        apply(raw[:50_000], rootfs)
+    assert snapshot(rootfs) == before
+
+
+@pytest.mark.parametrize("length", [1, 100, 200])
+def test_a_header_cut_short_is_refused(rootfs: Path, length: int) -> None:
+    raw = two_files()
+    start = data_end(raw)
+    start += -start % 512
+    blob = raw[:start] + layer(f("late", b"l"))[:length]
+    before = snapshot(rootfs)
+    with pytest.raises(LayerError, match=rf"ends {length} bytes into the block at offset {start}"):
+        apply(blob, rootfs)
+    assert snapshot(rootfs) == before
+
+
+def test_a_header_cut_short_where_its_tail_was_zeros_is_refused(rootfs: Path) -> None:
+    """A header whose missing part would have been zeros still parses when the reader makes
+    up zeros past the end: its absence is noticed all the same."""
+    header = tarfile.TarInfo("late").tobuf(tarfile.USTAR_FORMAT)
+    assert not header[265:].strip(b"\0"), "no owner names, no device numbers: zeros"
+    raw = layer(f("a", b"a"))
+    blob = raw[:1024] + header[:300]
+    before = snapshot(rootfs)
+    with pytest.raises(LayerError, match="the header of 'late' is cut short"):
+        apply(blob, rootfs)
+    assert snapshot(rootfs) == before
+
+
+def test_a_partial_end_block_is_refused(rootfs: Path) -> None:
+    """Go: an end block cut short is io.ErrUnexpectedEOF, whether or not it is all zeros."""
+    raw = layer(f("a", b"a"))
+    with pytest.raises(LayerError, match="ends 100 bytes into the block at offset 1024"):
+        apply(raw[:1024] + bytes(100), rootfs)
+    with pytest.raises(LayerError, match="ends 100 bytes into the block at offset 1536"):
+        apply(raw[:1536] + bytes(100), rootfs)
+
+
+def test_a_zero_block_then_a_header_is_refused(rootfs: Path) -> None:
+    """Go's readHeader: one zero block followed by a non-zero block is ErrHeader."""
+    raw = layer(f("a", b"a"))
+    blob = raw[:1024] + bytes(512) + layer(f("hidden", b"h"))
+    before = snapshot(rootfs)
+    with pytest.raises(LayerError, match="damaged tar header at offset 1536, after a zero block"):
+        apply(blob, rootfs)
+    assert snapshot(rootfs) == before
+
+
+def test_a_blob_that_changes_between_the_passes_is_noticed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     first, second = layer(f("a", b"a"), f("b", b"b")), layer(f("a", b"a"), f("c", b"c"))
+    blobs: list[io.BytesIO] = []
+    real_apply = unpack._apply
+
+    def swap_then_apply(*args: object, **kw: object) -> LayerStats:
+        """Someone rewrites the plain tar after pass 1 checked it, before pass 2 reads it."""
+        blob = blobs[-1]
+        blob.seek(0)
+        blob.truncate()
+        blob.write(second)
+        return real_apply(*args, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(unpack, "_apply", swap_then_apply)
     (tmp_path / "merged").mkdir()
-    blob = Swapping(first, second)
+    blobs.append(io.BytesIO(first))
     with pytest.raises(LayerError, match="changed between validation and apply: entry 1"):
-        apply_layer(blob, tmp_path / "merged", media_type=OCI_TAR)
-    assert blob.rewinds == 2
+        apply_layer(blobs[-1], tmp_path / "merged", media_type=OCI_TAR)
     # Merge mode changes the target in place, so "a" is there: the caller drops the snapshot.
     assert tree(tmp_path / "merged") == {"a": "file 644 b'a'"}
     if IS_ROOT:  # overlay mode extracts aside, and removes the attempt
+        blobs.append(io.BytesIO(first))
         with pytest.raises(LayerError, match="changed between validation and apply"):
-            apply_layer(Swapping(first, second), tmp_path / "l", media_type=OCI_TAR, mode="overlay")
+            apply_layer(blobs[-1], tmp_path / "l", media_type=OCI_TAR, mode="overlay")
         assert sorted(p.name for p in tmp_path.iterdir()) == ["merged"]
 
 

@@ -82,10 +82,14 @@ works like a careful installer:
    stream is only detectable at its end, by its checksum); parse every tar
    header from the spool, noting where each entry's data lies, and check that
    all data is really there and that a damaged header does not pass for the end
-   of the archive. Check every name, then simulate the layer against the current
-   tree (``lstat`` only, never following symlinks) to refuse writes through
-   symlinks, dangling or escaping hard links, and unsupported entries. Last, a
-   rough check that the files fit on the disk.
+   of the archive. The archive may end where Go's archive/tar (containerd's,
+   CRI-O's, docker's reader) lets it: right after the last entry's data, unpadded
+   and without end-of-archive blocks, as some image builders write layers; not
+   inside an entry's data or inside a header. Check every name, then simulate
+   the layer against the current tree (``lstat`` only, never following
+   symlinks) to refuse writes through symlinks, dangling or escaping hard
+   links, and unsupported entries. Last, a rough check that the files fit on
+   the disk.
 2. **Apply**: perform exactly the planned changes, copying each file's bytes
    from the spool at the offset pass 1 noted (no second decompression, no second
    header parse: that halves the work on layers of many small files); deletions
@@ -143,7 +147,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 from types import MappingProxyType
-from typing import BinaryIO, Final, Literal
+from typing import BinaryIO, Final, Literal, cast
 
 from teaching_cri.errors import FailedPrecondition
 
@@ -434,10 +438,53 @@ def _unpacked(
     return _Archive(spool, private=True)
 
 
-def _open_tar(archive: _Archive) -> tarfile.TarFile:
+class _ZeroTail:
+    """The archive as tarfile is given it: the real bytes, then zeros up to the next block
+    boundary and two blocks more (the padding and end-of-archive blocks a writer may leave
+    out). tarfile refuses an archive whose last entry is not padded ("unexpected end of
+    data"); Go's archive/tar, and with it containerd, CRI-O and docker, accepts it. The zeros
+    stand for nothing that was there: :func:`_check_complete` and :func:`_check_end` judge the
+    real bytes, by Go's rules, afterwards."""
+
+    def __init__(self, archive: _Archive, end: int) -> None:
+        self._archive = archive
+        self._end = end
+        self._zeros_end = archive.start + _round_up(end - archive.start) + 2 * tarfile.BLOCKSIZE
+        self._pos = archive.start
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        base = {os.SEEK_SET: 0, os.SEEK_CUR: self._pos, os.SEEK_END: self._zeros_end}[whence]
+        self._pos = base + offset
+        return self._pos
+
+    def read(self, size: int = -1) -> bytes:
+        if size < 0:
+            size = max(0, self._zeros_end - self._pos)
+        data = b""
+        if self._pos < self._end:
+            data = self._archive.read_at(self._pos, min(size, self._end - self._pos))
+        after = self._pos + len(data)
+        if after >= self._end:  # zeros only past the real end, never in place of real bytes
+            data += bytes(max(0, min(size - len(data), self._zeros_end - after)))
+        self._pos += len(data)
+        return data
+
+
+def _round_up(n: int) -> int:
+    return -(-n // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
+
+
+def _open_tar(archive: _Archive, end: int) -> tarfile.TarFile:
     """Seekable mode ("r:"): tarfile reads each header and seeks over the data."""
-    archive.goto(archive.start)
-    return tarfile.open(fileobj=archive.file, mode="r:", encoding="utf-8", errors="surrogateescape")
+    return tarfile.open(
+        fileobj=cast(BinaryIO, _ZeroTail(archive, end)),  # read, seek and tell: all tarfile uses
+        mode="r:",
+        encoding="utf-8",
+        errors="surrogateescape",
+    )
 
 
 def _members(tar: tarfile.TarFile) -> Iterator[tarfile.TarInfo]:
@@ -587,37 +634,64 @@ def _pieces(member: tarfile.TarInfo) -> tuple[tuple[int, int], ...]:
 
 def _scan(archive: _Archive, media_type: str) -> list[_Entry]:
     """Pass 1a: read and check every header of the decompressed archive; nothing written."""
-    entries = _read_headers(archive, media_type)
-    _check_data_present(entries, archive.size(), media_type)
-    return entries
-
-
-def _read_headers(archive: _Archive, media_type: str) -> list[_Entry]:
+    end = archive.size()
+    entries: list[_Entry] = []
     try:
-        with _open_tar(archive) as tar:
-            entries = [_entry(member) for member in _members(tar)]
-            # tarfile takes a damaged header (after the first) for the end of the archive and
-            # stops without a word; a real end is zeros (or nothing at all).
-            end = archive.read_at(tar.offset, tarfile.BLOCKSIZE)
-            if end.strip(b"\0"):
-                raise LayerError(
-                    f"layer is corrupt ({media_type}): damaged tar header at offset {tar.offset}, "
-                    f"after entry {entries[-1].raw if entries else None!r}"
-                )
+        with _open_tar(archive, end) as tar:
+            for member in _members(tar):
+                entries.append(_entry(member))
+            after = tar.offset  # the block boundary after the last entry's data
     except LayerError:
         raise
     except (tarfile.TarError, OSError) as e:
+        _check_complete(entries, end, media_type)  # the clearer message, if it applies
         raise LayerError(f"layer is corrupt or truncated ({media_type}): {e}") from e
+    _check_complete(entries, end, media_type)
+    _check_end(archive, after, end, media_type, entries[-1].raw if entries else None)
     return entries
 
 
-def _check_data_present(entries: list[_Entry], end: int, media_type: str) -> None:
-    """Seekable tarfile skips file data unread, so a truncated archive is noticed here."""
+def _truncated(media_type: str, what: str) -> LayerError:
+    return LayerError(f"layer is corrupt or truncated ({media_type}): {what}")
+
+
+def _check_complete(entries: list[_Entry], end: int, media_type: str) -> None:
+    """Every header, and every byte of data its size promises, must be in the archive (Go:
+    io.ErrUnexpectedEOF). Only the padding after the data may be missing; tarfile skips data
+    unread and saw zeros past the end, so this is checked here, on the real length."""
     for entry in entries:
-        if entry.data_offset + sum(length for _, length in entry.pieces) > end:
+        if entry.data_offset > end:
+            raise _truncated(media_type, f"the header of {entry.raw!r} is cut short")
+        want = sum(length for _, length in entry.pieces)
+        if entry.data_offset + want > end:
+            raise _truncated(
+                media_type,
+                f"the data of {entry.raw!r} is cut short: {end - entry.data_offset} of its "
+                f"{want} bytes are there",
+            )
+
+
+def _check_end(archive: _Archive, after: int, end: int, media_type: str, last: str | None) -> None:
+    """What follows the last entry, by the rules of Go's archive/tar (reader.go ``next`` and
+    ``readHeader``): the archive may end anywhere in the last entry's padding, or after it,
+    or after one zero block, or after two (then anything may follow). It may not end inside
+    a block (a header or end block cut short), and a block that is not zeros is a damaged
+    header (tarfile takes one for the end of the archive without a word)."""
+    for block_start in (after, after + tarfile.BLOCKSIZE):
+        if end <= block_start:
+            return
+        block = archive.read_at(block_start, tarfile.BLOCKSIZE)
+        if len(block) < tarfile.BLOCKSIZE:
+            raise _truncated(
+                media_type,
+                f"the archive ends {len(block)} bytes into the block at offset {block_start}: "
+                "a tar header (or end-of-archive block) cut short",
+            )
+        if block.strip(b"\0"):
+            zero_before = block_start != after
             raise LayerError(
-                f"layer is corrupt or truncated ({media_type}): the data of {entry.raw!r} "
-                "ends past the end of the archive"
+                f"layer is corrupt ({media_type}): damaged tar header at offset {block_start}, "
+                + ("after a zero block" if zero_before else f"after entry {last!r}")
             )
 
 
