@@ -22,6 +22,11 @@ from teaching_cri.trace.charts import ChartSet
 
 IS_ROOT = os.geteuid() == 0
 
+# The conformance suite's node fixture (tests/conformance/cri_node.py), for
+# every test that asks for a root node with a CNI network.
+sys.path.insert(0, str(Path(__file__).parent / "conformance"))
+pytest_plugins = ["cri_node"]
+
 
 @pytest.fixture(scope="session")
 def charts() -> ChartSet:

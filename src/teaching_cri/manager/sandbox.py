@@ -21,6 +21,7 @@ import asyncio
 import base64
 import contextlib
 import json
+import logging
 import os
 import re
 import secrets
@@ -37,7 +38,8 @@ from ..api import api_pb2
 from ..errors import AlreadyExists, CRIError, FailedPrecondition, InvalidArgument, NotFound
 from ..fsutil import MNT_DETACH, MS_NODEV, MS_NOEXEC, MS_NOSUID, atomic_write_json, mount, umount
 from ..image.manager import ImageManager
-from ..image.registry import Credentials
+from ..image.registry import Credentials, RegistryUnavailable
+from ..image.store import ImageRecord
 from ..runtime import cgroups
 from ..runtime.backend import Backend, CreateRequest
 from ..runtime.spec import ImageRunConfig, SandboxContext, generate_spec
@@ -51,8 +53,12 @@ INFRA_LABEL = ("cri.isulad.type", "podSandbox")  # iSulad's label on the infra c
 BUILT_IN_INFRA = "teaching-cri.local/pause:builtin"
 SETUP_NETWORK_FIRST = "cri.sandbox.network.setup.v2"  # iSulad 2.0's pod annotation
 SHM_SIZE = 64 << 20
+log = logging.getLogger(__name__)
 RUNTIME_HANDLERS = ("",)  # the default handler only: runc (or the tier standing in for it)
 _NAME_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+HOST_NAME_MAX = 64  # bytes: what sethostname(2) takes
+_HOSTNAME_LABEL = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?$")
+PAUSE_RETRY_AFTER = 300.0  # seconds a failed pause-image pull is remembered
 
 
 @dataclass
@@ -72,6 +78,7 @@ class Sandbox:
     cni_result: dict[str, Any] = field(default_factory=dict)
     cni_network: dict[str, Any] = field(default_factory=dict)  # the conflist used at ADD
     infra_image: str = ""
+    infra_fallback: str = ""  # why the built-in infra stands in for the pause image
     resources: dict[str, int] = field(default_factory=dict)  # UpdatePodSandboxResources
 
     @property
@@ -89,6 +96,22 @@ class Sandbox:
 def sandbox_name(metadata: api_pb2.PodSandboxMetadata) -> str:
     """The infra container's name, as the kubelet's dockershim named it and iSulad does."""
     return f"k8s_POD_{metadata.name}_{metadata.namespace}_{metadata.uid}_{metadata.attempt}"
+
+
+def check_hostname(hostname: str) -> None:
+    """An explicit hostname the kernel (at most 64 bytes) or a resolver (RFC 1123
+    labels) would refuse is the client's mistake, said before anything is made:
+    runc would otherwise fail at create with ``sethostname: invalid argument``."""
+    size = len(hostname.encode())
+    if size > HOST_NAME_MAX:
+        raise InvalidArgument(
+            f"hostname {hostname[:80]!r}: {size} bytes, the kernel takes at most {HOST_NAME_MAX}"
+        )
+    if not all(_HOSTNAME_LABEL.match(label) for label in hostname.split(".")):
+        raise InvalidArgument(
+            f"hostname {hostname!r}: not an RFC 1123 host name (dot-separated labels of "
+            "letters, digits and '-', each starting and ending with a letter or digit)"
+        )
 
 
 class SandboxManager:
@@ -122,6 +145,8 @@ class SandboxManager:
         self.on_event: list[Callable[[str, str], None]] = []
         self.containers: Any = None  # the ContainerManager, once there is one
         self._cpu_samples: dict[str, tuple[int, int]] = {}
+        self._pause_failure: tuple[float, CRIError] | None = None
+        self._warned_fallback = ""
 
     # -- the store ---------------------------------------------------------------
 
@@ -167,7 +192,14 @@ class SandboxManager:
 
     async def run(self, config: api_pb2.PodSandboxConfig, runtime_handler: str) -> str:
         sandbox = self.prepare_sandbox_data(config, runtime_handler)
-        sandbox.infra_image = await self.ensure_sandbox_image_exists()  # always an infra
+        if decide("host_network_in_user_namespace", self._user_namespace_host_network(sandbox)):
+            raise FailedPrecondition(
+                "a host-network pod cannot run under rootless-runc: its containers join the "
+                "infra's user namespace, and runc 1.1 cannot do that without a network "
+                "namespace of their own. Run the server as root, use --runtime processes, "
+                "or leave namespace_options.network unset (the pod then has loopback only)"
+            )
+        sandbox.infra_image = await self.ensure_sandbox_image_exists(sandbox)
         self.prepare_sandbox_checkpoint(sandbox, config)
         undo: list[Callable[[], Any]] = [lambda: self._forget(sandbox)]
         try:
@@ -181,8 +213,9 @@ class SandboxManager:
             if decide("setup_network_first", first and not sandbox.host_network):
                 await self._network(sandbox, config, undo)
                 decide("infra_started", False)
-            await self.sandbox_create(sandbox, config, context)
+            # Before the create: a failed runc create has already made the pod's cgroup.
             undo.append(lambda: self._remove_infra(sandbox))
+            await self.sandbox_create(sandbox, config, context)
             await self.sandbox_start(sandbox)
             if sandbox.host_network:
                 branch("network_ready", "host")
@@ -205,6 +238,13 @@ class SandboxManager:
         self.mailbox_publish(sandbox.id, "started")
         return sandbox.id
 
+    def _user_namespace_host_network(self, sandbox: Sandbox) -> bool:
+        return (
+            sandbox.host_network
+            and self.backend is not None
+            and self.backend.name == "rootless-runc"
+        )
+
     @step("prepare_sandbox_data")
     def prepare_sandbox_data(
         self, config: api_pb2.PodSandboxConfig, runtime_handler: str
@@ -220,6 +260,8 @@ class SandboxManager:
             raise InvalidArgument(
                 f"runtime handler {runtime_handler!r} is unknown; known: the default ('')"
             )
+        if config.hostname:
+            check_hostname(config.hostname)
         name = sandbox_name(md)
         if any(s.name == name for s in self.all()):
             raise AlreadyExists(f"pod sandbox name {name!r} is in use")
@@ -230,19 +272,46 @@ class SandboxManager:
         return sandbox
 
     @step("ensure_sandbox_image_exists")
-    async def ensure_sandbox_image_exists(self) -> str:
-        """The pause image, pulled if missing; offline, the built-in infra."""
+    async def ensure_sandbox_image_exists(self, sandbox: Sandbox) -> str:
+        """The pause image, pulled if missing. Only an unreachable registry (an
+        offline laptop) puts the built-in infra in its place; any other failed
+        pull (not found, unauthorized, corrupt) fails the call with its error."""
         image = self.images.resolve(self.pause_image)
-        if image is None:
-            with contextlib.suppress(CRIError, OSError), quiet():
-                image = await self.images.pull(self.pause_image, Credentials())
         if decide("pause_image_available", image is not None):
             assert image is not None
             return image.id
-        return await self.use_built_in_infra()
+        image, failure = await self.pull_pause_image()
+        if image is not None:
+            return image.id
+        assert failure is not None
+        if not decide("registry_unreachable", isinstance(failure, RegistryUnavailable)):
+            raise failure
+        return await self.use_built_in_infra(sandbox, failure)
+
+    @step("pull_pause_image")
+    async def pull_pause_image(self) -> tuple[ImageRecord | None, CRIError | None]:
+        """A pull, unless one failed less than PAUSE_RETRY_AFTER ago: without
+        that memory every RunPodSandbox of an offline node would wait for the
+        registry again."""
+        when, failure = self._pause_failure or (0.0, None)
+        if failure is not None and time.monotonic() - when < PAUSE_RETRY_AFTER:
+            annotate(remembered=f"{failure} ({time.monotonic() - when:.0f} s ago)")
+            return None, failure
+        try:
+            with quiet():  # PullImage's own chart; here the pull is one step
+                return await self.images.pull(self.pause_image, Credentials()), None
+        except (CRIError, OSError) as exc:
+            kind = type(exc) if isinstance(exc, CRIError) else FailedPrecondition
+            error = kind(f"pulling the pause image {self.pause_image}: {exc}")
+            self._pause_failure = (time.monotonic(), error)
+            return None, error
 
     @step("use_built_in_infra")
-    async def use_built_in_infra(self) -> str:
+    async def use_built_in_infra(self, sandbox: Sandbox, failure: CRIError) -> str:
+        sandbox.infra_fallback = f"the built-in infra: {failure}"
+        if self._warned_fallback != str(failure):
+            self._warned_fallback = str(failure)
+            log.warning("pause image unreachable, pods use the built-in infra: %s", failure)
         image = self.images.resolve(BUILT_IN_INFRA)
         if image is None:
             with quiet():
@@ -264,7 +333,9 @@ class SandboxManager:
         """The sandbox's files: hostname, /etc/hosts, resolv.conf from DNSConfig, /dev/shm."""
         d = self.files / sandbox.id
         d.mkdir(parents=True, exist_ok=True, mode=0o755)
-        hostname = config.hostname or config.metadata.name
+        # Empty: the node's name, as containerd does (the pod's name may be
+        # 253 characters, the kernel takes 64 bytes).
+        hostname = config.hostname or os.uname().nodename
         if sandbox.host_network:
             hostname = os.uname().nodename
         (d / "hostname").write_text(hostname + "\n")
@@ -834,6 +905,7 @@ class SandboxManager:
             else ("host" if sandbox.host_network else "cni"),
             "cni_result": sandbox.cni_result,
             "infra_image": sandbox.infra_image,
+            "infra_fallback": sandbox.infra_fallback,
             "runtime_handler": sandbox.runtime_handler,
             "resources": sandbox.resources,
             "resources_enforced": bool(self.backend and not self.backend.rootless),
