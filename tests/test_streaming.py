@@ -7,8 +7,12 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import os
+import socket
 import struct
+import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,10 +21,12 @@ from websockets.exceptions import InvalidStatus
 
 from teaching_cri.api import api_pb2
 from teaching_cri.client import Client
+from teaching_cri.streaming import nsconnect
 from teaching_cri.trace.charts import ChartSet
 from teaching_cri.trace.conformance import assert_conforms
+from teaching_cri.trace.events import TraceEvent
 
-from conftest import Server
+from conftest import Server, start_server
 from test_containers import IMAGE, container, node, pod  # noqa: F401 - node is a fixture
 
 V4 = "v4.channel.k8s.io"
@@ -234,21 +240,22 @@ def test_a_hundred_megabytes_arrive_intact_in_bounded_memory(
     assert peak - before < 64 * 1024, f"the server grew by {(peak - before) // 1024} MiB"
 
 
-def test_port_forward_reaches_a_server_in_the_pod(
-    node: tuple[Server, Client, Path],  # noqa: F811
-    charts: ChartSet,
-) -> None:
-    _srv, client, logs = node
-    since = time.time_ns()
-    sandbox = pod(client, logs, "pf")
-    serve = (
-        "mkdir -p /www && echo forwarded > /www/index.html && exec busybox httpd -f -p 8080 -h /www"
+def http_server(port: int) -> tuple[str, ...]:
+    """A container command: busybox's httpd on ``port``, serving "forwarded".
+    Relative paths: the processes tier's working directory is the image's root
+    but its ``/`` is the host's."""
+    return (
+        "sh",
+        "-c",
+        "mkdir -p www && echo forwarded > www/index.html && "
+        f"exec busybox httpd -f -p {port} -h www",
     )
-    cid = container(client, sandbox, "httpd", "sh", "-c", serve)
-    client.runtime.StartContainer(api_pb2.StartContainerRequest(container_id=cid))
-    time.sleep(0.5)
+
+
+def forward_and_fetch(client: Client, sandbox_id: str, port: int) -> bytes:
+    """GET / through a port-forward session to ``port`` of the pod: the bytes back."""
     url = client.runtime.PortForward(
-        api_pb2.PortForwardRequest(pod_sandbox_id=sandbox[0], port=[8080])
+        api_pb2.PortForwardRequest(pod_sandbox_id=sandbox_id, port=[port])
     ).url
     assert "/cri/portforward/" in url
 
@@ -256,7 +263,7 @@ def test_port_forward_reaches_a_server_in_the_pod(
         body = b""
         async with ws_connect(ws_url(url), subprotocols=[V4], max_size=None) as ws:  # type: ignore[list-item]
             first = [await ws.recv(), await ws.recv()]
-            assert first == [b"\x00" + struct.pack("<H", 8080), b"\x01" + struct.pack("<H", 8080)]
+            assert first == [b"\x00" + struct.pack("<H", port), b"\x01" + struct.pack("<H", port)]
             await ws.send(b"\x00GET / HTTP/1.0\r\nHost: pod\r\n\r\n")
             try:
                 while True:
@@ -266,13 +273,149 @@ def test_port_forward_reaches_a_server_in_the_pod(
                         body += message[1:]
                         if b"forwarded" in body:
                             break
+                    elif message[:1] == b"\x01":
+                        raise AssertionError(f"error channel: {message[1:]!r}")
             except TimeoutError:
                 pass
         return body
 
-    body = asyncio.run(fetch())
+    return asyncio.run(fetch())
+
+
+def way_taken(events: list[TraceEvent]) -> list[str]:
+    """The labels of the port-forward sessions' ``way_into_the_pod_netns`` decisions."""
+    return [e.label for e in events if e.node == "way_into_the_pod_netns"]
+
+
+def test_port_forward_reaches_a_server_in_the_pod(
+    node: tuple[Server, Client, Path],  # noqa: F811
+    charts: ChartSet,
+) -> None:
+    """As root (runc) a thread of the server enters the pod's network namespace;
+    without root (rootless-runc) a helper process joins the pod's user
+    namespace first; the trace says which."""
+    srv, client, logs = node
+    since = time.time_ns()
+    sandbox = pod(client, logs, "pf")
+    cid = container(client, sandbox, "httpd", *http_server(8080))
+    client.runtime.StartContainer(api_pb2.StartContainerRequest(container_id=cid))
+    time.sleep(0.5)
+    body = forward_and_fetch(client, sandbox[0], 8080)
     assert b"200 OK" in body and b"forwarded" in body
-    assert_conforms(client.recent(since_unix_nano=since), charts)
+    events = client.recent(since_unix_nano=since)
+    assert_conforms(events, charts)
+    tier = (
+        json.loads(
+            client.runtime.Status(api_pb2.StatusRequest(verbose=True)).info.get("backend", "{}")
+        )
+        .get("details", {})
+        .get("tier")
+    )
+    expected = {"runc": "setns", "rootless-runc": "helper", "processes": "shared"}
+    if tier in expected:
+        assert way_taken(events) == [expected[tier]], f"tier {tier}"
+    else:
+        assert way_taken(events), f"no way traced (tier {tier!r}):\n{srv.output()[-2000:]}"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+    return port
+
+
+@pytest.mark.parametrize("runtime", ["unprivileged", "processes"])
+def test_port_forward_in_an_unprivileged_pod(
+    short_tmp: Path, runtime: str, charts: ChartSet
+) -> None:
+    """The unprivileged tiers: rootless-runc's pod has its own network
+    namespace in its own user namespace (a helper joins both; as root a thread
+    may enter it directly); the processes tier has no namespaces, so the pod is
+    on the host's network and the server connects directly."""
+    if not Path("/bin/busybox").exists():
+        pytest.skip("busybox-static is needed for the local image")
+    from teaching_cri.api import admin_pb2
+
+    srv = start_server(short_tmp / runtime, "--runtime", runtime)
+    try:
+        client = srv.client()
+        client.admin.BuildLocalImage(admin_pb2.BuildLocalImageRequest(name=IMAGE))
+        since = time.time_ns()
+        sandbox = pod(client, short_tmp / "logs", f"pf-{runtime}")
+        port = free_port()  # the processes tier serves on the host's network
+        cid = container(client, sandbox, "httpd", *http_server(port))
+        client.runtime.StartContainer(api_pb2.StartContainerRequest(container_id=cid))
+        time.sleep(0.5)
+        body = forward_and_fetch(client, sandbox[0], port)
+        assert b"200 OK" in body and b"forwarded" in body, srv.output()[-2000:]
+        events = client.recent(since_unix_nano=since)
+        assert_conforms(events, charts)
+        details = json.loads(
+            client.runtime.Status(api_pb2.StatusRequest(verbose=True)).info["backend"]
+        )["details"]
+        if details["tier"] == "processes":
+            expected = "shared"
+        else:
+            expected = "setns" if os.geteuid() == 0 else "helper"
+        assert way_taken(events) == [expected]
+        client.runtime.StopPodSandbox(api_pb2.StopPodSandboxRequest(pod_sandbox_id=sandbox[0]))
+        client.runtime.RemovePodSandbox(api_pb2.RemovePodSandboxRequest(pod_sandbox_id=sandbox[0]))
+    finally:
+        srv.stop()
+
+
+@pytest.fixture
+def namespaced_http_server() -> Iterator[str]:
+    """A Python http.server on 127.0.0.1:8080 in a fresh user and network
+    namespace of ours (unshare: as any user where user namespaces are allowed):
+    its network namespace's path."""
+    probe = subprocess.run(["unshare", "--user", "--map-root-user", "--net", "true"], check=False)
+    if probe.returncode != 0:
+        pytest.skip("unshare --user --net is not allowed here (user namespaces off?)")
+    script = "ip link set lo up && exec python3 -m http.server 8080 --bind 127.0.0.1"
+    proc = subprocess.Popen(
+        ["unshare", "--user", "--map-root-user", "--net", "sh", "-c", script],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        netns = f"/proc/{proc.pid}/ns/net"
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                nsconnect.connect(netns, 8080, nsconnect.HELPER).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise
+                time.sleep(0.1)
+        yield netns
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.mark.parametrize("way", ["default", nsconnect.HELPER])
+def test_nsconnect_connects_inside_a_namespace_and_says_why_not(
+    namespaced_http_server: str, way: str
+) -> None:
+    """Both ways into a namespace of another user namespace give an ordinary
+    connected socket; a port nobody listens on is ECONNREFUSED, from the helper too."""
+    netns = namespaced_http_server
+    chosen = nsconnect.way_into(netns)
+    assert chosen == (nsconnect.SETNS if os.geteuid() == 0 else nsconnect.HELPER)
+    assert nsconnect.way_into("/proc/self/ns/net") == nsconnect.SHARED
+    use = chosen if way == "default" else way
+    sock = nsconnect.connect(netns, 8080, use)
+    try:
+        sock.setblocking(True)
+        sock.sendall(b"GET / HTTP/1.0\r\n\r\n")
+        assert sock.recv(64).startswith(b"HTTP/1.0 200")
+    finally:
+        sock.close()
+    with pytest.raises(ConnectionRefusedError):
+        nsconnect.connect(netns, 8081, use)
 
 
 def host_pod_with_a_sleeper(client: Client, base: Path, name: str) -> tuple[str, str]:

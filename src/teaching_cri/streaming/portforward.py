@@ -7,27 +7,27 @@ on each is the port, a little-endian uint16, so the client can tell them
 apart. Bytes the client writes on a data channel go to that port inside
 the pod's network namespace, and what the port answers comes back.
 
-Reaching "inside the pod": a socket belongs to the network namespace of the
-thread that creates it. A short-lived thread enters the pod's namespace
-(setns), connects, and hands the connected socket back; the event loop then
-uses it like any other.
+Reaching "inside the pod" is :mod:`.nsconnect`'s: a socket belongs to the
+network namespace it was created in, so something inside the pod's namespace
+connects (a thread of ours as root, a single-threaded helper process that
+joins the pod's user namespace without root, nobody when the pod shares the
+server's network) and the event loop then uses the socket like any other.
+Which way was taken is the decision ``way_into_the_pod_netns``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
-import os
 import socket
 import struct
-import threading
 from typing import TYPE_CHECKING, Any
 
 from websockets.exceptions import ConnectionClosed
 
 from ..errors import FailedPrecondition, NotFound
 from ..trace.tracer import branch, decide, step
+from . import nsconnect
 from .channel import ChannelError, Protocol
 
 if TYPE_CHECKING:
@@ -35,37 +35,14 @@ if TYPE_CHECKING:
 
     from ..manager.container import ContainerManager
 
-CLONE_NEWNET = 0x40000000
 
-
-def connect_in_namespace(netns: str, port: int) -> socket.socket:
-    """A TCP connection to 127.0.0.1:port made from inside ``netns``."""
-    result: dict[str, Any] = {}
-
-    def enter_and_connect() -> None:
-        try:
-            libc = ctypes.CDLL(None, use_errno=True)
-            fd = os.open(netns, os.O_RDONLY)
-            try:
-                if libc.setns(fd, CLONE_NEWNET) != 0:
-                    err = ctypes.get_errno()
-                    raise OSError(err, os.strerror(err), netns)
-            finally:
-                os.close(fd)
-            sock = socket.create_connection(("127.0.0.1", port), timeout=10)
-            sock.setblocking(False)
-            result["socket"] = sock
-        except OSError as exc:
-            result["error"] = exc
-
-    thread = threading.Thread(target=enter_and_connect, name=f"portforward-{port}")
-    thread.start()
-    thread.join()
-    if "error" in result:
-        exc = result["error"]
-        raise FailedPrecondition(f"port {port} in the pod: {exc.strerror or exc}")
-    sock: socket.socket = result["socket"]
-    return sock
+def connect_in_namespace(netns: str, port: int, way: str = "") -> socket.socket:
+    """A connected, non-blocking TCP socket to 127.0.0.1:port inside ``netns``,
+    or FailedPrecondition saying why not (blocks: run it in a thread)."""
+    try:
+        return nsconnect.connect(netns, port, way)
+    except OSError as exc:
+        raise FailedPrecondition(f"port {port} in the pod: {exc.strerror or exc}") from None
 
 
 def pod_network_namespace(manager: ContainerManager, sandbox_id: str) -> str:
@@ -96,6 +73,8 @@ async def serve_port_forward(
         await close_with_error(ws, str(exc))
         return
     decide("get_pod_network_namespace", True)
+    way = nsconnect.way_into(netns)
+    branch("way_into_the_pod_netns", way, netns=netns)
     with step("write_port_on_data_and_error_channels"):
         for i, port in enumerate(ports):
             for channel in (2 * i, 2 * i + 1):  # each channel opens with its port
@@ -105,7 +84,7 @@ async def serve_port_forward(
     for i, port in enumerate(ports):
         branch("for_each_port", "next")
         try:
-            sock = await asyncio.to_thread(connect_in_namespace, netns, port)
+            sock = await asyncio.to_thread(connect_in_namespace, netns, port, way)
         except FailedPrecondition as exc:
             decide("connect_in_pod_netns", False)
             with step("write_error_on_error_channel"):
