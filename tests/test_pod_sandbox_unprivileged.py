@@ -16,6 +16,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import grpc
 import pytest
 from test_cli import as_nobody, skip_unless_nobody_can_run_us
 
@@ -179,5 +180,39 @@ def test_a_container_in_an_unprivileged_pod(
         rt.StopPodSandbox(api_pb2.StopPodSandboxRequest(pod_sandbox_id=sandbox_id))
         rt.RemovePodSandbox(api_pb2.RemovePodSandboxRequest(pod_sandbox_id=sandbox_id))
         assert_conforms(client.recent(since_unix_nano=since), charts)
+    finally:
+        srv.stop()
+
+
+def test_a_host_network_pod_under_rootless_runc_is_refused_saying_why(
+    short_tmp: Path, charts: ChartSet
+) -> None:
+    """runc 1.1 cannot put a container in the infra's user namespace without a
+    network namespace of its own; the pod is refused before anything is made,
+    naming the way out, and the chart's branch shows it."""
+    srv = start_server(short_tmp / "h", "--runtime", "unprivileged")
+    try:
+        client = srv.client()
+        since = time.time_ns()
+        config = api_pb2.PodSandboxConfig(
+            metadata=api_pb2.PodSandboxMetadata(name="hostnet", namespace="d", uid="u3"),
+            linux=api_pb2.LinuxPodSandboxConfig(
+                security_context=api_pb2.LinuxSandboxSecurityContext(
+                    namespace_options=api_pb2.NamespaceOption(network=api_pb2.NODE)
+                )
+            ),
+        )
+        with pytest.raises(grpc.RpcError) as refused:
+            client.runtime.RunPodSandbox(api_pb2.RunPodSandboxRequest(config=config))
+        assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        details = str(refused.value.details())
+        assert "host-network" in details and "rootless-runc" in details
+        assert "--runtime processes" in details
+        assert not client.runtime.ListPodSandbox(api_pb2.ListPodSandboxRequest()).items
+        assert not list((srv.root / "sandboxes").iterdir())
+        events = client.recent(since_unix_nano=since, charts=["RunPodSandbox"])
+        assert_conforms(events, charts)
+        chosen = [e.label for e in events if e.node == "host_network_in_user_namespace"]
+        assert chosen[0] == "Y"
     finally:
         srv.stop()

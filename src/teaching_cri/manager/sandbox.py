@@ -192,7 +192,7 @@ class SandboxManager:
 
     async def run(self, config: api_pb2.PodSandboxConfig, runtime_handler: str) -> str:
         sandbox = self.prepare_sandbox_data(config, runtime_handler)
-        if decide("host_network_in_user_namespace", self._user_namespace_host_network(sandbox)):
+        if decide("host_network_in_user_namespace", self._user_namespace_host_network(config)):
             raise FailedPrecondition(
                 "a host-network pod cannot run under rootless-runc: its containers join the "
                 "infra's user namespace, and runc 1.1 cannot do that without a network "
@@ -238,12 +238,10 @@ class SandboxManager:
         self.mailbox_publish(sandbox.id, "started")
         return sandbox.id
 
-    def _user_namespace_host_network(self, sandbox: Sandbox) -> bool:
-        return (
-            sandbox.host_network
-            and self.backend is not None
-            and self.backend.name == "rootless-runc"
-        )
+    def _user_namespace_host_network(self, config: api_pb2.PodSandboxConfig) -> bool:
+        host_network = config.linux.security_context.namespace_options.network == api_pb2.NODE
+        backend = self.backend
+        return host_network and backend is not None and backend.name == "rootless-runc"
 
     @step("prepare_sandbox_data")
     def prepare_sandbox_data(
