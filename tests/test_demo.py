@@ -8,6 +8,8 @@ import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+from teaching_cri.config import default_socket
+
 from conftest import Server
 
 
@@ -31,7 +33,7 @@ def test_demo_against_a_running_server_draws_every_call(server: Server, tmp_path
     )
     assert any(p.startswith("path: Status → new RuntimeStatus") for p in paths)
     assert any("validate pod CIDR ✗ error" in p for p in paths), "the bad CIDR call fails"
-    assert "INVALID_ARGUMENT" in out and "UNIMPLEMENTED" in out
+    assert "INVALID_ARGUMENT" in out
     if os.geteuid() == 0:  # a pod's life, drawn (runc needs root; unprivileged tiers differ)
         assert any(p.startswith("path: RunPodSandbox → PrepareSandboxData") for p in paths)
         assert any(p.startswith("path: RemovePodSandbox") for p in paths)
@@ -78,3 +80,43 @@ def test_demo_starts_its_own_server_unless_given_a_socket() -> None:
     assert proc.returncode == 0, proc.stderr
     assert "starting a server for the demo" in proc.stdout
     assert "path: Version →" in proc.stdout
+    ending = last_section(proc.stdout)
+    socket = default_socket()
+    assert ending.startswith("=== What you can do next")
+    assert "teaching-cri serve" in ending, "the demo's own server is gone: start one"
+    assert f"crictl --runtime-endpoint unix://{socket} version" in ending
+
+
+def last_section(out: str) -> str:
+    return out[out.rindex("\n=== ") + 1 :]
+
+
+# Sentences that were true once: what they announce has happened (or is only planned).
+STALE = (
+    "join this walk",
+    "come next",
+    "comes next",
+    "not built yet",
+    "notebook",
+    "the book",
+    "UNIMPLEMENTED",
+)
+
+
+def test_the_walk_ends_with_what_a_learner_can_do_now(server: Server) -> None:
+    """The last section names commands that work today, with the exact socket,
+    and nothing the walk already showed or the project has not built."""
+    proc = run_demo("--socket", str(server.socket))
+    assert proc.returncode == 0, proc.stderr
+    ending = last_section(proc.stdout)
+    assert ending.startswith("=== What you can do next")
+    endpoint = f"unix://{server.socket}"
+    for command in (
+        f"crictl --runtime-endpoint {endpoint} version",
+        f"teaching-cri trace follow --socket {server.socket}",
+        f"teaching-cri trace show Version --socket {server.socket}",
+        "teaching-cri charts",
+    ):
+        assert command in ending, command
+    stale = [s for s in STALE if s.lower() in proc.stdout.lower()]
+    assert not stale, f"stale sentences in the demo: {stale}"

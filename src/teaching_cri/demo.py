@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
@@ -25,6 +26,7 @@ import grpc
 
 from .api import admin_pb2, api_pb2
 from .client import Client, connect, wait_for_socket
+from .config import default_socket
 from .trace.charts import ChartSet
 from .trace.render import render_svg, render_text
 
@@ -149,16 +151,46 @@ def main(socket: Path | None = None, svg_dir: Path | None = None, color: bool | 
             )
         images(walk, client)
         pods(walk, client)
-        print("\n=== What comes next")
-        try:
-            list(rt.StreamContainers(api_pb2.StreamContainersRequest()))
-        except grpc.RpcError as exc:
-            print(f"StreamContainers: {exc.code().name}: {exc.details()}")
-        print(
-            "(containers, and the streaming server behind Exec and Attach's URLs, join this walk"
-            " next)"
-        )
+        print("\n=== What you can do next")
+        print("\n".join(next_steps(socket)))
     return 0
+
+
+def next_steps(socket: Path | None) -> list[str]:
+    """The walk's last words: how to go on by hand. Only commands that work
+    today, with the exact socket: the demo's own server (no ``--socket``) is
+    gone when the demo ends, so then the learner starts one of their own."""
+    lines = []
+    if socket is None:
+        socket = default_socket()
+        lines += [
+            "This demo's server stops with it. Start one of your own (it keeps running):",
+            "  teaching-cri serve",
+            f"  (its socket: {socket})",
+        ]
+        follow = "teaching-cri trace follow"
+        show = "teaching-cri trace show Version --format svg -o version.svg"
+    else:
+        lines.append(f"The server on {socket} is still running.")
+        follow = f"teaching-cri trace follow --socket {socket}"
+        show = f"teaching-cri trace show Version --socket {socket} --format svg -o version.svg"
+    endpoint = f"unix://{socket}"
+    lines += [
+        "Talk CRI to it with crictl, Kubernetes' command-line client for CRI runtimes:",
+        f"  crictl --runtime-endpoint {endpoint} version",
+        f"  crictl --runtime-endpoint {endpoint} pods",
+        f"  crictl --runtime-endpoint {endpoint} ps -a",
+    ]
+    if shutil.which("crictl") is None:
+        lines.append("  (crictl comes with Kubernetes' cri-tools; it is not on this PATH)")
+    lines += [
+        "Watch every step of every call, live, in another terminal:",
+        f"  {follow}",
+        "Draw the latest Version call (crictl version makes one), with the path it took:",
+        f"  {show}",
+        "See the charts themselves: teaching-cri charts (teaching-cri charts Version draws one)",
+    ]
+    return lines
 
 
 LOCAL_IMAGE = "teaching-cri.local/busybox:latest"
