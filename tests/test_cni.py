@@ -60,6 +60,60 @@ def test_each_plugin_gets_the_name_version_prev_result_and_its_capabilities() ->
     assert second["runtimeConfig"] == runtime, "only to plugins that declare the capability"
 
 
+def test_the_default_network_publishes_host_ports_through_portmap() -> None:
+    """containerd's conflist shape: the bridge, then portmap asking for the mappings;
+    only portmap is told them (the bridge declares no capability)."""
+    net = NetworkConfig.from_document(default_conflist("10.9.0.0/24", "b0"))
+    assert [p["type"] for p in net.plugins] == ["bridge", "portmap"]
+    runtime = {"portMappings": [{"hostPort": 80, "containerPort": 80, "protocol": "tcp"}]}
+    assert "runtimeConfig" not in net.plugin_config(net.plugins[0], None, runtime)
+    portmap = net.plugin_config(net.plugins[1], {"ips": []}, runtime)
+    assert portmap["runtimeConfig"] == runtime and portmap["snat"] is True
+    assert "runtimeConfig" not in net.plugin_config(net.plugins[1], {"ips": []}, {}), "no ports"
+    unasked = net.plugin_config(net.plugins[1], None, {"bandwidth": {"ingressRate": 1}})
+    assert "runtimeConfig" not in unasked, "a capability the plugin does not declare"
+
+
+async def test_every_verb_hands_the_mappings_on_del_too(tmp_path: Path) -> None:
+    """portmap's DEL finds the rules to remove from the mappings it is given again
+    (and does nothing without them), so DEL must carry the same runtimeConfig."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name in ("first", "second"):
+        plugin = bin_dir / name
+        plugin.write_text(
+            "#!/bin/sh\n"
+            f'cat > "{tmp_path}/$CNI_COMMAND-{name}.json"\n'
+            'echo \'{"cniVersion": "1.0.0", "ips": [{"address": "10.9.0.2/24"}]}\'\n'
+        )
+        plugin.chmod(0o755)
+    net = NetworkConfig.from_document(
+        {
+            "cniVersion": "1.0.0",
+            "name": "n",
+            "plugins": [
+                {"type": "first"},
+                {"type": "second", "capabilities": {"portMappings": True}},
+            ],
+        }
+    )
+    mappings = {"portMappings": [{"hostPort": 8080, "containerPort": 80, "protocol": "tcp"}]}
+    cni = CNI(tmp_path / "net.d", (bin_dir,))
+    attachment = Attachment("pod", "/proc/self/ns/net", runtime_config=mappings)
+    result = await cni.add(net, attachment)
+    await cni.delete(net, attachment, result)
+
+    def seen(verb: str, name: str) -> dict[str, object]:
+        doc: dict[str, object] = json.loads((tmp_path / f"{verb}-{name}.json").read_text())
+        return doc
+
+    assert "runtimeConfig" not in seen("ADD", "first") and "prevResult" not in seen("ADD", "first")
+    assert seen("ADD", "second")["runtimeConfig"] == mappings
+    assert seen("ADD", "second")["prevResult"] == result
+    assert seen("DEL", "second")["runtimeConfig"] == mappings
+    assert seen("DEL", "second")["prevResult"] == result
+
+
 def test_results_and_errors_are_read_as_the_spec_writes_them() -> None:
     result = {
         "ips": [{"address": "10.88.0.5/16", "gateway": "10.88.0.1"}, {"address": "fd00::5/64"}]
@@ -206,10 +260,12 @@ def test_cni_install_writes_a_usable_default_and_keeps_what_is_there(tmp_path: P
     done = install("--subnet", "10.77.0.0/16")
     assert done.returncode == 0, done.stderr
     doc = json.loads((tmp_path / "10-teaching-cri.conflist").read_text())
-    assert [p["type"] for p in doc["plugins"]] == ["bridge"]
+    assert [p["type"] for p in doc["plugins"]] == ["bridge", "portmap"]
+    assert doc["plugins"][1]["capabilities"] == {"portMappings": True}
     assert doc["plugins"][0]["ipam"]["ranges"] == [[{"subnet": "10.77.0.0/16"}]]
     present = all(
-        any((d / t).is_file() for d in DEFAULT_CNI_BIN_DIRS) for t in ("bridge", "host-local")
+        any((d / t).is_file() for d in DEFAULT_CNI_BIN_DIRS)
+        for t in ("bridge", "host-local", "portmap")
     )
     assert cni_status(tmp_path).ready == present, "usable exactly when the plugins are here"
     again = install()

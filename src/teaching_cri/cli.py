@@ -87,7 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
     cni = sub.add_parser("cni", help="pod networking")
     csub = cni.add_subparsers(dest="cni_command", required=True)
     install = csub.add_parser(
-        "install", help="write a default bridge + host-local network config for pods"
+        "install",
+        help="write a default network config for pods: bridge + host-local, portmap for hostPorts",
     )
     install.add_argument("--conf-dir", type=Path, default=Path("/etc/cni/net.d"))
     install.add_argument("--subnet", default="10.88.0.0/16")

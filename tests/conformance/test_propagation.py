@@ -94,7 +94,7 @@ def _container_with(
 def _in(node: Node, cid: str, script: str) -> str:
     res = exec_sync(node.client, cid, "sh", "-c", script)
     assert res.exit_code == 0, res.stderr.decode()
-    return res.stdout.decode()
+    return str(res.stdout.decode())
 
 
 def _host_mounts_into(shared: Path) -> Path:

@@ -213,8 +213,24 @@ def default_conflist(
     subnet: str = "10.88.0.0/16", bridge: str = "tcri0", data_dir: str = ""
 ) -> dict[str, Any]:
     """What ``teaching-cri cni install`` writes: a bridge with host-local
-    addresses, the usual first network of a one-machine cluster. No masquerade:
-    pods talk to each other and to this machine, nothing leaves it."""
+    addresses, the usual first network of a one-machine cluster, then ``portmap``
+    for the pods' hostPorts (as containerd's own conflist). No masquerade of
+    the pods' traffic: pods talk to each other and to this machine, nothing
+    leaves it.
+
+    ``portmap`` asks for the ``portMappings`` capability, so only it is handed
+    the sandbox's mappings (``runtimeConfig``); with none it passes the bridge's
+    result on untouched. For each mapping its ADD writes iptables NAT rules:
+    ``CNI-HOSTPORT-DNAT`` (from PREROUTING and OUTPUT, for local destination
+    addresses) jumps, by a rule commented with the pod's id, to a chain of the
+    pod's own (``CNI-DN-<hash>``) that DNATs the host port to the pod's address;
+    DEL, given the same mappings, removes both.
+    ``snat`` (its default, said here) makes the host itself a client too:
+    a connection to ``127.0.0.1:<hostPort>`` is DNATed to the pod but still has
+    the source 127.0.0.1, which the kernel will not route off the loopback, so
+    the plugin sets ``route_localnet`` on the bridge and masquerades such
+    connections (``CNI-HOSTPORT-SETMARK``, ``CNI-HOSTPORT-MASQ``) to come from
+    the bridge's address, to which the pod can answer."""
     ipam: dict[str, Any] = {
         "type": "host-local",
         "ranges": [[{"subnet": subnet}]],
@@ -233,6 +249,7 @@ def default_conflist(
                 "ipMasq": False,
                 "hairpinMode": True,
                 "ipam": ipam,
-            }
+            },
+            {"type": "portmap", "capabilities": {"portMappings": True}, "snat": True},
         ],
     }
