@@ -72,6 +72,9 @@ def test_the_default_network_publishes_host_ports_through_portmap() -> None:
     assert "runtimeConfig" not in net.plugin_config(net.plugins[1], {"ips": []}, {}), "no ports"
     unasked = net.plugin_config(net.plugins[1], None, {"bandwidth": {"ingressRate": 1}})
     assert "runtimeConfig" not in unasked, "a capability the plugin does not declare"
+    for declared in ({"portMappings": False}, ["portMappings"], "portMappings"):
+        odd = {"type": "portmap", "capabilities": declared}
+        assert "runtimeConfig" not in net.plugin_config(odd, None, runtime), declared
 
 
 async def test_every_verb_hands_the_mappings_on_del_too(tmp_path: Path) -> None:

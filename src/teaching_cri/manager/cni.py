@@ -72,7 +72,9 @@ class NetworkConfig:
         conf["cniVersion"] = self.cni_version
         if prev_result is not None:
             conf["prevResult"] = dict(prev_result)
-        wanted = {k: v for k, v in runtime_config.items() if plugin.get("capabilities", {}).get(k)}
+        capabilities = plugin.get("capabilities")
+        asked = capabilities if isinstance(capabilities, dict) else {}
+        wanted = {k: v for k, v in runtime_config.items() if asked.get(k) is True}
         if wanted:
             conf["runtimeConfig"] = wanted
         return conf

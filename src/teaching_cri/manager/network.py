@@ -2,7 +2,7 @@
 
 This is the part of iSulad's CNI plugin manager that ``Status`` asks
 (``m_pluginManager->Status``): a conf dir holding a config whose plugins all
-exist as binaries. Setting up pod networks arrives with the pod sandboxes.
+exist as binaries. Running the plugins for a pod is ``cni.py``'s.
 """
 
 from __future__ import annotations
