@@ -20,6 +20,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 
+import grpc
 import pytest
 
 from teaching_cri.api import api_pb2
@@ -139,6 +140,29 @@ def test_a_host_port_reaches_the_pod_until_the_pod_stops(portmap_chains: None, n
     assert own_chain not in _nat_rules()
     with pytest.raises(OSError):
         _get("127.0.0.1", port, timeout=1.0)
+
+
+@needs_root_node
+def test_a_taken_host_port_is_refused_before_the_pod_is_made(
+    portmap_chains: None, node: Node
+) -> None:
+    port = _free_port()
+    first = pod_config("first", port_mappings=[_map(port)])
+    first_id = run_pod(node.client, first)
+    with pytest.raises(grpc.RpcError) as err:
+        run_pod(node.client, pod_config("second", port_mappings=[_map(port)]))
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert f":{port}/tcp" in (err.value.details() or "")
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        held = holder.getsockname()[1]
+        with pytest.raises(grpc.RpcError) as err:
+            run_pod(node.client, pod_config("third", port_mappings=[_map(held)]))
+        assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert f":{held}/tcp is in use" in (err.value.details() or "")
+    items = node.client.runtime.ListPodSandbox(api_pb2.ListPodSandboxRequest()).items
+    assert [item.id for item in items] == [first_id], "nothing made for the refused pods"
 
 
 # -- check_host_ports: admission, without a node -------------------------------------
