@@ -39,6 +39,7 @@ from ..errors import (
 from ..fsutil import atomic_write_json
 from ..image.manager import ImageManager
 from ..image.store import ImageRecord
+from ..runtime import seccomp
 from ..runtime.backend import Backend, CreateRequest, ExecResult, ExitStatus, parse_signal
 from ..runtime.runc import merge_resources
 from ..runtime.spec import (
@@ -48,8 +49,9 @@ from ..runtime.spec import (
     config_mounts,
     devices,
     generate_spec,
+    security_paths,
 )
-from ..trace.tracer import annotate, decide, quiet, step
+from ..trace.tracer import annotate, branch, decide, quiet, step
 from .events import Mailbox
 from .sandbox import READY, Sandbox, SandboxManager
 
@@ -160,8 +162,10 @@ class ContainerManager:
         backend: Backend,
         images: ImageManager,
         sandboxes: SandboxManager,
+        seccomp_profile_root: Path | None = None,
     ) -> None:
         self.records = root / "containers"
+        self.seccomp_profile_root = seccomp_profile_root or root / "seccomp"
         self.records.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.backend = backend
         self.images = images
@@ -357,10 +361,32 @@ class ContainerManager:
     def pack_create_container_host_config_security_context(
         self, config: api_pb2.ContainerConfig, image: ImageRecord
     ) -> list[str]:
+        """Checked here, before anything exists: the user fields, the masked and
+        read-only paths, and the seccomp profile, read and resolved against the
+        container's capabilities; the chart's "seccomp profile ?" records which
+        kind (or "invalid", with the error naming the field and value)."""
         sc = config.linux.security_context
         if sc.HasField("run_as_user") and sc.run_as_username:
             raise InvalidArgument("security context: run_as_user and run_as_username both set")
-        return capabilities(config)
+        if (
+            sc.HasField("run_as_group")
+            and not sc.HasField("run_as_user")
+            and not sc.run_as_username
+        ):
+            raise InvalidArgument(
+                f"security context: run_as_group {sc.run_as_group.value} is set without "
+                "run_as_user or run_as_username"
+            )
+        caps = capabilities(config)
+        security_paths(config)
+        try:
+            choice = seccomp.choose(sc, self.seccomp_profile_root)
+            seccomp.linux_seccomp(choice, caps)
+        except InvalidArgument as exc:
+            branch("seccomp_profile", "invalid", error=str(exc))
+            raise
+        branch("seccomp_profile", choice.kind, source=choice.source or choice.why)
+        return caps
 
     @step("update_create_config")
     def update_create_config(
@@ -407,6 +433,8 @@ class ContainerManager:
                         "io.kubernetes.cri.container-type": "container",
                         "io.kubernetes.cri.sandbox-id": sandbox.id,
                     },
+                    seccomp_profile_root=self.seccomp_profile_root,
+                    seccomp_enforced=self.backend.name != "processes",
                 )
                 stop_signal = ImageRunConfig.from_config(image.config).stop_signal
                 container = Container(

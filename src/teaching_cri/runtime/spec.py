@@ -21,6 +21,7 @@ from typing import Any
 
 from ..api import api_pb2
 from ..errors import InvalidArgument
+from . import seccomp
 from .propagation import OPTION_OF, check_host_path, rootfs_propagation
 
 OCI_VERSION = "1.0.2"  # what Debian 12's runc 1.1 understands
@@ -404,21 +405,42 @@ class SandboxContext:
     shm: str = ""  # the pod's /dev/shm, shared by its containers (IPC)
 
 
-def check_seccomp(config: api_pb2.ContainerConfig, notes: SpecNotes) -> None:
-    """A seccomp profile is checked but not applied: teaching-cri has no
-    profiles yet, and the container's notes say so rather than pretend."""
-    sc = config.linux.security_context
-    if not sc.HasField("seccomp"):
-        return
-    profile = sc.seccomp
-    missing = not profile.localhost_ref or not Path(profile.localhost_ref).is_file()
-    if profile.profile_type == api_pb2.SecurityProfile.Localhost and missing:
-        raise InvalidArgument(
-            f"seccomp: localhost profile {profile.localhost_ref!r} does not exist"
+def seccomp_profile(
+    config: api_pb2.ContainerConfig,
+    caps: Sequence[str],
+    notes: SpecNotes,
+    profile_root: Path | None,
+    *,
+    enforced: bool = True,
+) -> dict[str, Any] | None:
+    """The spec's ``linux.seccomp`` (None: unconfined) for the profile the
+    security context names (:mod:`.seccomp`; CreateContainer's "seccomp
+    profile ?"); ``enforced`` False is a tier that cannot filter, whose
+    container's notes say what was not applied rather than pretend."""
+    choice = seccomp.choose(config.linux.security_context, profile_root)
+    profile = seccomp.linux_seccomp(choice, caps)
+    if profile is not None and not enforced:
+        notes.clamped["seccomp"] = (
+            f"{choice.kind} ({choice.source}) not applied: plain processes have no seccomp filter"
         )
-    if profile.profile_type != api_pb2.SecurityProfile.Unconfined:
-        kind = api_pb2.SecurityProfile.ProfileType.Name(profile.profile_type)
-        notes.clamped["seccomp"] = f"{kind} asked for, not applied: no seccomp filtering here"
+        return None
+    return profile
+
+
+def security_paths(config: api_pb2.ContainerConfig) -> tuple[list[str], list[str]]:
+    """maskedPaths and readonlyPaths: the request's lists when it sends them
+    (the kubelet does, from the pod's procMount), the defaults when it sends
+    none, and none at all for a privileged container, as containerd."""
+    sc = config.linux.security_context
+    if sc.privileged:
+        return [], []
+    for name in ("masked_paths", "readonly_paths"):
+        for path in getattr(sc, name):
+            if not path.startswith("/"):
+                raise InvalidArgument(f"security context: {name} {path!r} is not absolute")
+    masked = list(sc.masked_paths) or list(MASKED_PATHS)
+    readonly = list(sc.readonly_paths) or list(READONLY_PATHS)
+    return masked, readonly
 
 
 def namespaces(
@@ -546,15 +568,22 @@ def generate_spec(
     cgroups_path: str = "",
     annotations: Mapping[str, str] | None = None,
     extra_mounts: Sequence[Mapping[str, Any]] = (),
+    seccomp_profile_root: Path | None = None,
+    seccomp_enforced: bool = True,
 ) -> tuple[dict[str, Any], SpecNotes]:
-    """The whole ``config.json`` (and what had to be adjusted)."""
+    """The whole ``config.json`` (and what had to be adjusted). Relative
+    Localhost seccomp profiles are found under ``seccomp_profile_root``;
+    ``seccomp_enforced`` False: the backend cannot filter (the notes say so)."""
     notes = SpecNotes()
     sandbox = sandbox or SandboxContext(hostname=hostname)
     if config.working_dir and not config.working_dir.startswith("/"):
         raise InvalidArgument(f"working_dir {config.working_dir!r} is not an absolute path")
-    check_seccomp(config, notes)
     sc = config.linux.security_context
     caps = capabilities(config)
+    masked_paths, readonly_paths = security_paths(config)
+    seccomp_filter = seccomp_profile(
+        config, caps, notes, seccomp_profile_root, enforced=seccomp_enforced
+    )
     mounts = default_mounts()
     pod_mounts, shared_shm = sandbox_mounts(sandbox, sc.readonly_rootfs)
     if shared_shm:
@@ -595,10 +624,12 @@ def generate_spec(
             "resources": limits,
             "namespaces": namespaces(config, sandbox.namespaces),
             "devices": device_nodes,
-            "maskedPaths": [] if sc.privileged else list(MASKED_PATHS),
-            "readonlyPaths": [] if sc.privileged else list(READONLY_PATHS),
+            "maskedPaths": masked_paths,
+            "readonlyPaths": readonly_paths,
         },
     }
+    if seccomp_filter is not None:
+        spec["linux"]["seccomp"] = seccomp_filter
     if rootfs_propagation(config):
         spec["linux"]["rootfsPropagation"] = rootfs_propagation(config)
     if cgroups_path:
