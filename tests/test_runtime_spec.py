@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -16,6 +17,7 @@ from teaching_cri.api import api_pb2
 from teaching_cri.errors import InvalidArgument
 from teaching_cri.image.build import BusyboxUnavailable, build_busybox_image
 from teaching_cri.image.manager import ImageManager
+from teaching_cri.runtime import seccomp
 from teaching_cri.runtime.spec import (
     DEFAULT_CAPABILITIES,
     ImageRunConfig,
@@ -295,3 +297,158 @@ def test_a_privileged_container_gets_the_hosts_devices(tmp_path: Path) -> None:
     plain, _ = generate_spec(cfg(), IMAGE, tmp_path)
     assert plain["linux"]["devices"] == []
     assert plain["linux"]["resources"]["devices"] == [{"allow": False, "access": "rwm"}]
+
+
+def sec(**kw: object) -> api_pb2.ContainerConfig:
+    """A config whose security context has ``kw``."""
+    return cfg(
+        command=["/bin/true"],
+        linux=api_pb2.LinuxContainerConfig(
+            security_context=api_pb2.LinuxContainerSecurityContext(**kw)  # type: ignore[arg-type]
+        ),
+    )
+
+
+Profile = api_pb2.SecurityProfile
+DOCKER_FORM = {
+    "defaultAction": "SCMP_ACT_ERRNO",
+    "defaultErrnoRet": 1,
+    "archMap": [
+        {"architecture": "SCMP_ARCH_X86_64", "subArchitectures": ["SCMP_ARCH_X86"]},
+        {"architecture": "SCMP_ARCH_AARCH64", "subArchitectures": ["SCMP_ARCH_ARM"]},
+    ],
+    "syscalls": [
+        {"names": ["read", "write"], "action": "SCMP_ACT_ALLOW", "comment": "always"},
+        {"name": "mount", "action": "SCMP_ACT_ALLOW", "includes": {"caps": ["CAP_SYS_ADMIN"]}},
+        {"names": ["arch_prctl"], "action": "SCMP_ACT_ALLOW", "includes": {"arches": ["amd64"]}},
+        {"names": ["ptrace"], "action": "SCMP_ACT_ALLOW", "includes": {"minKernel": "4.8"}},
+        {
+            "names": ["clone"],
+            "action": "SCMP_ACT_ALLOW",
+            "args": [{"index": 0, "value": 2114060288, "op": "SCMP_CMP_MASKED_EQ"}],
+            "excludes": {"caps": ["CAP_SYS_ADMIN"]},
+        },
+    ],
+}
+
+
+def rule_names(profile: dict[str, object]) -> list[str]:
+    return [n for rule in profile["syscalls"] for n in rule["names"]]  # type: ignore[attr-defined]
+
+
+def test_a_docker_form_profile_resolves_for_the_machine_and_capabilities() -> None:
+    """moby's rules: archMap picks this machine's architectures; includes need
+    every condition, excludes drop a rule on any; comments are not OCI."""
+    amd64 = seccomp.to_oci(DOCKER_FORM, [], arch=("amd64", "SCMP_ARCH_X86_64"), kernel=(6, 1))
+    assert amd64["architectures"] == ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86"]
+    assert amd64["defaultErrnoRet"] == 1
+    assert rule_names(amd64) == ["read", "write", "arch_prctl", "ptrace", "clone"]
+    assert "comment" not in amd64["syscalls"][0] and "includes" not in str(amd64)
+    admin = seccomp.to_oci(
+        DOCKER_FORM, ["CAP_SYS_ADMIN"], arch=("arm64", "SCMP_ARCH_AARCH64"), kernel=(4, 4)
+    )
+    assert admin["architectures"] == ["SCMP_ARCH_AARCH64", "SCMP_ARCH_ARM"]
+    assert rule_names(admin) == ["read", "write", "mount"]
+
+
+def test_the_default_profile_follows_the_containers_capabilities() -> None:
+    plain = seccomp.to_oci(seccomp.default_profile(), DEFAULT_CAPABILITIES)
+    assert plain["defaultAction"] == "SCMP_ACT_ERRNO"
+    allowed = set(rule_names(plain))
+    assert {"read", "execve", "chown", "chroot"} <= allowed  # CAP_SYS_CHROOT is a default
+    assert not {"sethostname", "mount", "unshare", "reboot"} & allowed
+    clone3 = next(r for r in plain["syscalls"] if r["names"] == ["clone3"])
+    assert clone3["action"] == "SCMP_ACT_ERRNO" and clone3["errnoRet"] == 38  # ENOSYS
+    admin = seccomp.to_oci(seccomp.default_profile(), [*DEFAULT_CAPABILITIES, "CAP_SYS_ADMIN"])
+    assert {"sethostname", "mount", "unshare", "clone3"} <= set(rule_names(admin))
+
+
+@pytest.mark.parametrize(
+    ("document", "words"),
+    [
+        ([], "a JSON object"),
+        ({"syscalls": []}, "defaultAction None"),
+        ({"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [{"action": "SCMP_ACT_ERRNO"}]}, "names"),
+        (
+            {"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [{"names": ["x"], "action": "NO"}]},
+            "syscalls[0].action 'NO'",
+        ),
+        (
+            {"defaultAction": "SCMP_ACT_ALLOW", "architectures": ["a"], "archMap": [{}]},
+            "both",
+        ),
+        (
+            {
+                "defaultAction": "SCMP_ACT_ALLOW",
+                "syscalls": [{"names": ["x"], "action": "SCMP_ACT_ALLOW", "args": [{"op": "?"}]}],
+            },
+            "args[0].op",
+        ),
+    ],
+)
+def test_what_is_not_a_seccomp_profile(document: object, words: str) -> None:
+    with pytest.raises(seccomp.ProfileError, match=re.escape(words)):
+        seccomp.check(document)
+
+
+def test_the_seccomp_profile_in_the_spec(tmp_path: Path) -> None:
+    root = tmp_path / "profiles"
+    (root / "team").mkdir(parents=True)
+    (root / "team" / "p.json").write_text(json.dumps(DOCKER_FORM))
+    elsewhere = tmp_path / "elsewhere.json"
+    elsewhere.write_text('{"defaultAction": "SCMP_ACT_LOG"}')
+
+    def filter_of(config: api_pb2.ContainerConfig) -> object:
+        spec, _ = generate_spec(config, IMAGE, tmp_path, seccomp_profile_root=root)
+        return spec["linux"].get("seccomp")
+
+    default = filter_of(sec(seccomp=Profile()))
+    assert isinstance(default, dict) and default["defaultAction"] == "SCMP_ACT_ERRNO"
+    assert filter_of(sec(seccomp_profile_path="docker/default")) == default
+    assert filter_of(sec(seccomp_profile_path="runtime/default")) == default
+    assert filter_of(sec()) is None  # no profile: unconfined, as containerd
+    assert filter_of(sec(seccomp_profile_path="unconfined")) is None
+    assert filter_of(sec(seccomp=Profile(profile_type=Profile.Unconfined))) is None
+    assert filter_of(sec(privileged=True, seccomp=Profile())) is None
+    local = Profile(profile_type=Profile.Localhost, localhost_ref="team/p.json")
+    assert rule_names(filter_of(sec(seccomp=local)))[:2] == ["read", "write"]  # type: ignore[arg-type]
+    assert filter_of(sec(seccomp_profile_path="localhost/team/p.json")) == filter_of(
+        sec(seccomp=local)
+    )
+    absolute = Profile(profile_type=Profile.Localhost, localhost_ref=str(elsewhere))
+    assert filter_of(sec(seccomp=absolute)) == {"defaultAction": "SCMP_ACT_LOG", "syscalls": []}
+    for escape in ("../elsewhere.json", "team/../../elsewhere.json"):
+        ref = Profile(profile_type=Profile.Localhost, localhost_ref=escape)
+        with pytest.raises(InvalidArgument, match="outside the seccomp profile root"):
+            filter_of(sec(seccomp=ref))
+
+
+def test_the_processes_tier_says_seccomp_was_not_applied(tmp_path: Path) -> None:
+    spec, notes = generate_spec(sec(seccomp=Profile()), IMAGE, tmp_path, seccomp_enforced=False)
+    assert "seccomp" not in spec["linux"]
+    assert (
+        "RuntimeDefault" in notes.clamped["seccomp"] and "not applied" in notes.clamped["seccomp"]
+    )
+    _, unconfined = generate_spec(sec(), IMAGE, tmp_path, seccomp_enforced=False)
+    assert "seccomp" not in unconfined.clamped
+
+
+def test_masked_and_readonly_paths_come_from_the_request(tmp_path: Path) -> None:
+    custom, _ = generate_spec(
+        sec(masked_paths=["/secret"], readonly_paths=["/tmp"]), IMAGE, tmp_path
+    )
+    assert custom["linux"]["maskedPaths"] == ["/secret"]
+    assert custom["linux"]["readonlyPaths"] == ["/tmp"]
+    default, _ = generate_spec(sec(), IMAGE, tmp_path)
+    assert "/proc/kcore" in default["linux"]["maskedPaths"]
+    assert "/proc/sys" in default["linux"]["readonlyPaths"]
+    privileged, _ = generate_spec(sec(privileged=True, masked_paths=["/x"]), IMAGE, tmp_path)
+    assert privileged["linux"]["maskedPaths"] == privileged["linux"]["readonlyPaths"] == []
+    with pytest.raises(InvalidArgument, match="masked_paths 'rel'"):
+        generate_spec(sec(masked_paths=["rel"]), IMAGE, tmp_path)
+
+
+@pytest.mark.parametrize("no_new_privs", [True, False])
+def test_no_new_privs_reaches_the_spec(tmp_path: Path, no_new_privs: bool) -> None:
+    spec, _ = generate_spec(sec(no_new_privs=no_new_privs), IMAGE, tmp_path)
+    assert spec["process"]["noNewPrivileges"] is no_new_privs
