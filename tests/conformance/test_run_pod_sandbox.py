@@ -191,3 +191,24 @@ def test_a_pause_image_the_registry_does_not_have_fails_the_pod(
                 srv.stop()
     except RegistryUnavailable as exc:
         pytest.skip(str(exc))
+
+
+def test_parallel_run_pod_sandbox_calls_for_one_name_make_one_pod(node: Node) -> None:
+    """The name check and the record are apart by awaits; five callers at once
+    must still get one pod and four ALREADY_EXISTS, as one after the other do."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    config = pod_config("same-name-at-once")
+
+    def attempt(_: int) -> str:
+        try:
+            return run_pod(node.client, config)
+        except grpc.RpcError as exc:
+            return exc.code().name
+
+    with ThreadPoolExecutor(5) as pool:
+        results = list(pool.map(attempt, range(5)))
+    made = [r for r in results if r != "ALREADY_EXISTS"]
+    assert len(made) == 1, results
+    listed = node.client.runtime.ListPodSandbox(api_pb2.ListPodSandboxRequest()).items
+    assert [p.id for p in listed] == made

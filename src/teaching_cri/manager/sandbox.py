@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import itertools
 import json
 import logging
 import os
@@ -46,6 +47,7 @@ from ..runtime.spec import ImageRunConfig, SandboxContext, generate_spec
 from ..trace.tracer import annotate, branch, decide, quiet, step
 from . import netns
 from .cni import CNI, LOOPBACK, Attachment, NetworkConfig, ips_of
+from .hostports import check_host_ports
 
 READY = "SANDBOX_READY"
 NOTREADY = "SANDBOX_NOTREADY"
@@ -146,6 +148,9 @@ class SandboxManager:
         self.containers: Any = None  # the ContainerManager, once there is one
         self._cpu_samples: dict[str, tuple[int, int]] = {}
         self._pause_failure: tuple[float, CRIError] | None = None
+        self._starting: dict[
+            str, api_pb2.PodSandboxConfig
+        ] = {}  # by name, while RunPodSandbox runs
         self._warned_fallback = ""
 
     # -- the store ---------------------------------------------------------------
@@ -192,6 +197,12 @@ class SandboxManager:
 
     async def run(self, config: api_pb2.PodSandboxConfig, runtime_handler: str) -> str:
         sandbox = self.prepare_sandbox_data(config, runtime_handler)
+        try:
+            return await self._run(sandbox, config)
+        finally:
+            del self._starting[sandbox.name]
+
+    async def _run(self, sandbox: Sandbox, config: api_pb2.PodSandboxConfig) -> str:
         if decide("host_network_in_user_namespace", self._user_namespace_host_network(config)):
             raise FailedPrecondition(
                 "a host-network pod cannot run under rootless-runc: its containers join the "
@@ -260,12 +271,17 @@ class SandboxManager:
             )
         if config.hostname:
             check_hostname(config.hostname)
+        # The pods whose network is up hold their hostPorts (portmap's rules), and
+        # so do those being made: a RunPodSandbox awaits between here and CNI ADD.
+        held = (s.config for s in self.all() if s.network_ready)
+        check_host_ports(config, itertools.chain(held, self._starting.values()))
         name = sandbox_name(md)
-        if any(s.name == name for s in self.all()):
+        if name in self._starting or any(s.name == name for s in self.all()):
             raise AlreadyExists(f"pod sandbox name {name!r} is in use")
         sandbox = Sandbox(
             secrets.token_hex(32), name, "", time.time_ns(), runtime_handler=runtime_handler
         )
+        self._starting[name] = config  # until run() returns: no await since the checks
         annotate(sandbox_id=sandbox.id, name=name)
         return sandbox
 
