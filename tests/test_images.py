@@ -18,10 +18,11 @@ import pytest
 from teaching_cri.api import api_pb2
 from teaching_cri.client import Client
 from teaching_cri.errors import FailedPrecondition
-from teaching_cri.image.build import BusyboxUnavailable, build_image, file_entry
+from teaching_cri.image.build import BusyboxUnavailable, LayerSpec, build_image, file_entry
 from teaching_cri.image.manager import ImageManager
 from teaching_cri.image.oci import host_platform
 from teaching_cri.image.push import push_layout
+from teaching_cri.image.reference import parse_reference
 from teaching_cri.image.registry import Credentials
 from teaching_cri.trace.charts import ChartSet
 from teaching_cri.trace.conformance import assert_conforms
@@ -413,3 +414,32 @@ def test_a_caller_giving_up_does_not_cancel_the_pull_for_others(
         impatient.result()
     assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     assert patient.result().image_ref == info.config_digest
+
+
+def test_one_image_through_two_manifests_keeps_one_record_and_no_orphans(
+    tmp_path: Path,
+) -> None:
+    """The same config (same layers, uncompressed) reached through a manifest with gzip
+    layers and another with plain ones: one image, both names, and the blobs only the
+    first manifest named are deleted once no record names them."""
+    entries = [file_entry("v", b"same\n")]
+    gz = build_image(tmp_path / "gz", [LayerSpec(entries, "gzip")], ref_name="t")
+    plain = build_image(tmp_path / "plain", [LayerSpec(entries, "none")], ref_name="t")
+    assert gz.config_digest == plain.config_digest and gz.manifest_digest != plain.manifest_digest
+    manager = ImageManager(tmp_path / "images")
+    first = asyncio.run(manager.import_layout(tmp_path / "gz", parse_reference("a.test/gz:1")))
+    second = asyncio.run(
+        manager.import_layout(tmp_path / "plain", parse_reference("b.test/plain:1"))
+    )
+    assert first.id == second.id == gz.config_digest
+    [record] = manager.images.list()
+    assert record.repo_tags == ["a.test/gz:1", "b.test/plain:1"]
+    assert record.manifest_digest == plain.manifest_digest
+    stored = set(manager.content.digests())
+    assert gz.layers[0].digest not in stored, "the gzip layer only the old manifest named"
+    assert plain.layers[0].digest in stored and gz.manifest_digest in stored, (
+        "a.test/gz@<manifest> still names the first manifest"
+    )
+    manager.remove(record)
+    assert list(manager.content.digests()) == []
+    assert manager.resolve("a.test/gz:1") is None and manager.resolve("b.test/plain:1") is None

@@ -1,8 +1,13 @@
 """RemoveImage and ImageFsInfo (charts: diagrams/RemoveImage.toml, diagrams/ImageFsInfo.toml).
 
 RemoveImage is idempotent, as CRI requires: removing an image that is not
-there succeeds. Removing it by one of its tags removes the image with all its
-tags; an image a container uses is refused with FAILED_PRECONDITION.
+there succeeds. An image is one config digest, whatever names it was pulled
+by; removing it by any one of them (a tag or digest, of any repository or
+registry, or its id) removes the image with all its names, as containerd's
+RemoveImage deletes every reference of the image it resolves and critest's
+"removing image from one registry should remove all tags from other
+registries" expects. An image a container uses is refused with
+FAILED_PRECONDITION.
 """
 
 from __future__ import annotations

@@ -10,8 +10,13 @@ reference at the same time share one download.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import re
+import secrets
+import shutil
 import tempfile
+import threading
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -56,6 +61,7 @@ _ID_PREFIX = re.compile(r"(sha256:)?[0-9a-f]{12,63}")
 MAX_CONFIG_BYTES = 8 * 1024 * 1024  # an image config is a small JSON document
 ImageConfig = dict[str, Any]  # the parsed image config (OCI image-spec config.md)
 PROGRESS_STEPS = 10  # progress events per layer, at most: enough for a progress bar
+_RETIRED = ".removed-"  # a snapshot being deleted: renamed aside first
 
 
 @dataclass(frozen=True)
@@ -79,6 +85,10 @@ class ImageManager:
         # any record names them: RemoveImage must not delete them (containerd
         # calls this a lease).
         self._leased: Counter[str] = Counter()
+        # Taking or dropping a lease, and deciding what is unreferenced and deleting
+        # it, exclude each other: RemoveImage (in a thread) cannot delete a blob in the
+        # moment between a pull committing its record and dropping its lease.
+        self._gc_lock = threading.Lock()
         # Which images containers use: the container store answers this once it exists.
         self.in_use: Callable[[str], bool] = lambda image_id: False
         self.collect_garbage()
@@ -88,6 +98,8 @@ class ImageManager:
         what failed or killed pulls left behind. Returns how many went."""
         keep_blobs, keep_chains = self._referenced()
         gone = 0
+        for leftover in self.snapshots.layers.glob(f"{_RETIRED}*"):  # a removal cut short
+            shutil.rmtree(leftover, ignore_errors=True)
         for digest in list(self.content.digests()):
             if digest not in keep_blobs and not self._leased[digest]:
                 self.content.delete(digest)
@@ -105,13 +117,28 @@ class ImageManager:
 
     def _referenced(self) -> tuple[set[str], set[str]]:
         records = self.images.list()
-        blobs = {
-            d
-            for r in records
-            for d in (r.manifest_digest, r.config_digest, *(x.digest for x in r.layers))
+        return {d for r in records for d in blobs_of(r)}, {
+            x.chain_id for r in records for x in r.layers
         }
-        blobs |= {d.rsplit("@", 1)[1] for r in records for d in r.repo_digests if "@" in d}
-        return blobs, {x.chain_id for r in records for x in r.layers}
+
+    def _delete_unreferenced(self, blobs: set[str], chains: list[str]) -> None:
+        """Of these blobs and snapshots, delete those no image record names and no
+        pull or import holds. A snapshot is only renamed aside under the lock (a
+        tree takes a while to delete), then deleted."""
+        retired: list[Path] = []
+        with self._gc_lock:
+            keep_blobs, keep_chains = self._referenced()
+            for digest in blobs:
+                if digest not in keep_blobs and not self._leased[digest]:
+                    self.content.delete(digest)
+            for chain in chains:
+                if chain not in keep_chains and not self._leased[chain]:
+                    aside = self.snapshots.layers / f"{_RETIRED}{secrets.token_hex(8)}"
+                    with contextlib.suppress(FileNotFoundError):
+                        os.rename(self.snapshots.path(chain), aside)
+                        retired.append(aside)
+        for path in retired:
+            shutil.rmtree(path, ignore_errors=True)
 
     # -- lookups -------------------------------------------------------------------
     def resolve(self, name: str) -> ImageRecord | None:
@@ -179,12 +206,14 @@ class ImageManager:
             # A manifest or config of the wrong shape: the image's fault, not ours.
             raise FailedPrecondition(f"malformed image: {type(exc).__name__}: {exc}") from None
         finally:
-            self._leased.subtract(leased)
-            self._leased += Counter()  # drop the zeros
+            with self._gc_lock:
+                self._leased.subtract(leased)
+                self._leased += Counter()  # drop the zeros
 
     def _lease(self, leased: list[str], *names: str) -> None:
-        leased.extend(names)
-        self._leased.update(names)
+        with self._gc_lock:
+            leased.extend(names)
+            self._leased.update(names)
 
     async def _fetch_and_commit_leased(
         self, source: BlobSource, top: Manifest, ref: Reference | None, leased: list[str]
@@ -351,6 +380,10 @@ class ImageManager:
             created=str(config.get("created", "")),
         )
         self.images.save(record)
+        if existing is not None:
+            # The same image through another manifest (another registry's, another
+            # compression): what only the old manifest named is no one's now.
+            self._delete_unreferenced(blobs_of(existing), [])
         return record
 
     # -- remove --------------------------------------------------------------------
@@ -360,17 +393,7 @@ class ImageManager:
         if self.in_use(record.id):
             raise FailedPrecondition(f"image {record.id} is in use by a container")
         self.images.remove(record.id)
-        keep_blobs, keep_chains = self._referenced()
-        for digest in (
-            record.manifest_digest,
-            record.config_digest,
-            *(x.digest for x in record.layers),
-        ):
-            if digest not in keep_blobs and not self._leased[digest]:
-                self.content.delete(digest)
-        for layer in record.layers:
-            if layer.chain_id not in keep_chains and not self._leased[layer.chain_id]:
-                self.snapshots.remove(layer.chain_id)
+        self._delete_unreferenced(blobs_of(record), [x.chain_id for x in record.layers])
 
     # -- fs info -------------------------------------------------------------------
     def image_fs_usage(self) -> FsUsage:
@@ -394,6 +417,13 @@ class BlobSource(Protocol):
         writer: BlobWriter,
         progress: Callable[[int], Awaitable[None] | None] | None = None,
     ) -> None: ...
+
+
+def blobs_of(record: ImageRecord) -> set[str]:
+    """Every blob an image record names: its manifest, config and layers, and the
+    manifest or index each of its digested names (``repo@sha256:…``) was pulled by."""
+    blobs = {record.manifest_digest, record.config_digest, *(x.digest for x in record.layers)}
+    return blobs | {d.rsplit("@", 1)[1] for d in record.repo_digests if "@" in d}
 
 
 @step("extract_archive")

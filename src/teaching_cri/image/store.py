@@ -188,10 +188,14 @@ class ImageStore:
         return self._images.get(image_id)
 
     def list(self) -> list[ImageRecord]:
-        return sorted(self._images.values(), key=lambda r: (r.repo_tags[:1], r.id))
+        with self._lock:  # RemoveImage changes the records from a thread
+            records = list(self._images.values())
+        return sorted(records, key=lambda r: (r.repo_tags[:1], r.id))
 
     def by_name(self, name: str) -> ImageRecord | None:
-        for record in self._images.values():
+        with self._lock:
+            records = list(self._images.values())
+        for record in records:
             if name in record.repo_tags or name in record.repo_digests:
                 return record
         return None
