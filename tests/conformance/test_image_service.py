@@ -26,6 +26,7 @@ from __future__ import annotations
 import io
 import tarfile
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import grpc
@@ -336,3 +337,16 @@ def test_containers_of_either_name_report_the_one_image_id(
     assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert info.config_digest in (err.value.details() or "")
     assert image_status(client, names[0]).image.id == info.config_digest, "nothing removed"
+
+
+def test_names_of_one_image_pulled_at_once_make_one_image(
+    client: Client, one_image_many_names: tuple[ImageInfo, list[str]]
+) -> None:
+    """The kubelet pulls in parallel (serializeImagePulls: false): two names of one image
+    at the same moment still make one image with both names."""
+    info, names = one_image_many_names
+    with ThreadPoolExecutor(len(names)) as pool:
+        refs = list(pool.map(lambda n: pull(client, n), names))
+    assert refs == [info.config_digest] * len(names)
+    [image] = list_images(client)
+    assert sorted(image.repo_tags) == sorted(names)
