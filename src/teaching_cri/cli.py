@@ -35,6 +35,10 @@ def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     p.add_argument("--runc", help="the OCI runtime binary, runc or crun (runc, from PATH)")
     p.add_argument("--pause-image", help="the pods' infra image (registry.k8s.io/pause:3.10)")
     p.add_argument("--cni-conf-dir", help="where the CNI network configs are (/etc/cni/net.d)")
+    p.add_argument(
+        "--seccomp-profile-root",
+        help="where relative Localhost seccomp profiles are (<root>/seccomp)",
+    )
     p.add_argument("--stream-tls-cert", help="PEM certificate: the streaming server speaks TLS")
     p.add_argument("--stream-tls-key", help="PEM key of --stream-tls-cert")
     p.add_argument("--stream-max-sessions", help="streaming sessions at a time (128)")

@@ -287,7 +287,11 @@ class Daemon:
             privileged_network=found.name == "runc",
         )
         self.runtime.containers = ContainerManager(
-            self.config.root, self.backend, self.images, self.runtime.sandboxes
+            self.config.root,
+            self.backend,
+            self.images,
+            self.runtime.sandboxes,
+            seccomp_profile_root=self.config.profile_root,
         )
         await self.runtime.containers.load()
         if recovered:

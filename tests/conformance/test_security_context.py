@@ -164,11 +164,16 @@ def test_a_localhost_profile_blocks_sethostname_even_with_sys_admin(
     ]
 
 
-def test_a_relative_localhost_profile_is_under_the_profile_root(node: Node) -> None:
+@pytest.mark.parametrize("flag", [False, True], ids=["default-root", "seccomp-profile-root"])
+def test_a_relative_localhost_profile_is_under_the_profile_root(node: Node, flag: bool) -> None:
+    profiles = node.server.root / "seccomp"
+    if flag:
+        profiles = node.base / "profiles"
+        node.restart("--seccomp-profile-root", str(profiles))
     c = node.client
     pod = pod_config("seccomp-root")
     pod_id = run_pod(c, pod)
-    profile_file(node.server.root / "seccomp" / "team", "block-chmod.json", BLOCK_CHMOD)
+    profile_file(profiles / "team", "block-chmod.json", BLOCK_CHMOD)
     sc = Security(
         seccomp=SecurityProfile(
             profile_type=SecurityProfile.Localhost, localhost_ref="team/block-chmod.json"
