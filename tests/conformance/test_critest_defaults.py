@@ -70,3 +70,22 @@ def test_the_pod_status_echoes_the_metadata_and_reports_an_ip(node: Node) -> Non
     assert status.state == api_pb2.SANDBOX_READY
     assert status.network.ip, "a CNI pod has an IP"
     assert status.linux.namespaces.options.network == api_pb2.POD
+
+
+def test_a_mount_whose_host_path_is_missing_gets_a_directory(node: Node) -> None:
+    """containerd makes a missing host path a directory before the bind; a
+    relative host path is refused, naming it."""
+    pod = default_pod("PodSandbox-for-mounts-")
+    pod_id = run_pod(node.client, pod)
+    host = node.base / "not" / "yet" / "there"
+    mounts = [api_pb2.Mount(container_path="/data", host_path=str(host))]
+    cid = create_container(node.client, pod_id, pod, "mounts", "top", mounts=mounts)
+    assert host.is_dir()
+    (host / "marker").write_text("from the host")
+    start(node.client, cid)
+    assert exec_sync(node.client, cid, "cat", "/data/marker").stdout == b"from the host"
+    relative = [api_pb2.Mount(container_path="/data", host_path="relative/dir")]
+    with pytest.raises(grpc.RpcError) as refused:
+        create_container(node.client, pod_id, pod, "relative", "top", mounts=relative)
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "relative/dir" in str(refused.value.details())

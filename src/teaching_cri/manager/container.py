@@ -19,6 +19,7 @@ import base64
 import contextlib
 import functools
 import json
+import os
 import secrets
 import signal
 import time
@@ -349,6 +350,17 @@ class ContainerManager:
 
     @step("generate_mount_bindings")
     def generate_mount_bindings(self, config: api_pb2.ContainerConfig) -> list[dict[str, Any]]:
+        """A host path that does not exist becomes a directory (0755), as
+        containerd makes it: runc would refuse the bind otherwise."""
+        for m in config.mounts:
+            if m.host_path.startswith("/") and not os.path.lexists(m.host_path):
+                try:
+                    os.makedirs(m.host_path, mode=0o755, exist_ok=True)
+                except OSError as exc:
+                    raise FailedPrecondition(
+                        f"mount {m.container_path!r}: creating host_path {m.host_path!r}: "
+                        f"{exc.strerror}"
+                    ) from None
         return config_mounts(config)
 
     @step("pack_create_container_host_config_devices")

@@ -293,8 +293,10 @@ def config_mounts(config: api_pb2.ContainerConfig) -> list[dict[str, Any]]:
     for m in config.mounts:
         if not m.container_path.startswith("/"):
             raise InvalidArgument(f"mount {m.container_path!r}: container_path must be absolute")
-        if not m.host_path:
-            raise InvalidArgument(f"mount {m.container_path!r}: host_path is empty")
+        if not m.host_path.startswith("/"):
+            raise InvalidArgument(
+                f"mount {m.container_path!r}: host_path {m.host_path!r} is not an absolute path"
+            )
         check_host_path(m)
         options = ["rbind", OPTION_OF.get(m.propagation, "rprivate")]
         options.append("ro" if m.readonly else "rw")
