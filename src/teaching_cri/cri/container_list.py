@@ -145,6 +145,7 @@ def update_base_status_from_inspect(c: Container, status: api_pb2.ContainerStatu
     status.state = c.state  # type: ignore[assignment]
     if c.state == "CONTAINER_EXITED":
         status.exit_code = c.exit_code
+    if c.state in ("CONTAINER_EXITED", "CONTAINER_UNKNOWN"):  # UNKNOWN: why we cannot tell
         status.reason = c.reason
         status.message = c.message
 

@@ -19,6 +19,7 @@ import base64
 import contextlib
 import functools
 import json
+import logging
 import os
 import secrets
 import signal
@@ -41,7 +42,14 @@ from ..fsutil import atomic_write_json
 from ..image.manager import ImageManager
 from ..image.store import ImageRecord
 from ..runtime import seccomp
-from ..runtime.backend import Backend, CreateRequest, ExecResult, ExitStatus, parse_signal
+from ..runtime.backend import (
+    Backend,
+    CreateRequest,
+    ExecResult,
+    ExitStatus,
+    RecordUnreadable,
+    parse_signal,
+)
 from ..runtime.runc import merge_resources
 from ..runtime.spec import (
     ImageRunConfig,
@@ -62,6 +70,8 @@ TYPE_SANDBOX = "podsandbox"
 LOG_PATH_LABEL = "cri.container.logpath"  # iSulad: CONTAINER_LOGPATH_LABEL_KEY
 SANDBOX_ID_LABEL = "cri.sandbox.id"
 
+log = logging.getLogger(__name__)
+RECORD_UNREADABLE = "RecordUnreadable"  # the reason of a container loaded from a bad record
 CREATED, RUNNING, EXITED, UNKNOWN = (
     "CONTAINER_CREATED",
     "CONTAINER_RUNNING",
@@ -189,8 +199,8 @@ class ContainerManager:
         for path in sorted(self.records.glob("*.json")):
             try:
                 container = Container(**json.loads(path.read_text()))
-            except (OSError, ValueError, TypeError):
-                continue
+            except (OSError, ValueError, TypeError) as exc:
+                container = self.unreadable_record(path, exc)
             self.containers[container.id] = container
             self.names[container.name] = container.id
             container.listing  # noqa: B018 - converted now, not in the first ListContainers
@@ -199,6 +209,32 @@ class ContainerManager:
         for orphan in self.backend.list_ids():
             if orphan not in self.containers and orphan not in sandboxes:
                 await self.forget_orphan(orphan)
+
+    def unreadable_record(self, path: Path, exc: Exception) -> Container:
+        """containerd's load policy: a record that cannot be read is never a
+        reason to kill or delete anything. The bad file is moved aside (and
+        logged); the container stays, UNKNOWN, with its runtime container left
+        alone, until RemoveContainer cleans up what it can find."""
+        aside = path.with_name(f"{path.name}.unreadable-{time.time_ns()}")
+        with contextlib.suppress(OSError):
+            path.rename(aside)
+        log.error("container record %s cannot be read (%s): moved to %s", path, exc, aside)
+        container_id = path.stem
+        container = Container(
+            container_id,
+            f"k8s_unreadable-{container_id}_unknown_unknown_unknown_0",
+            self.backend.pod_of(container_id),
+            "",
+            "",
+            "",
+            0,
+            "",
+            state=UNKNOWN,
+            reason=RECORD_UNREADABLE,
+            message=f"{path}: {exc}; the file is kept as {aside.name}",
+        )
+        self._save(container)
+        return container
 
     async def forget_orphan(self, container_id: str) -> None:
         """A runtime container with no record: a create cut short before its
@@ -209,12 +245,20 @@ class ContainerManager:
         await asyncio.to_thread(self.images.snapshots.remove_view, container_id)
 
     async def refresh(self, container: Container) -> None:
+        """The runtime's truth into the record; a container loaded from an
+        unreadable record stays UNKNOWN: the record no longer says what it is."""
+        if container.reason == RECORD_UNREADABLE:
+            return
         try:
             with quiet():
                 state = await self.backend.state(container.id)
         except NotFound:
             if container.state != EXITED:
                 container.state = UNKNOWN
+            return
+        except RecordUnreadable as exc:
+            container.state, container.reason = UNKNOWN, RECORD_UNREADABLE
+            container.message = str(exc)
             return
         before = (container.state, container.started_at, container.finished_at)
         if state.exit is not None:
@@ -605,7 +649,11 @@ class ContainerManager:
         """Forced: a running container is killed first."""
         with quiet():
             with contextlib.suppress(NotFound):
-                if (await self.backend.state(container.id)).exit is None:
+                try:
+                    running = (await self.backend.state(container.id)).exit is None
+                except RecordUnreadable:
+                    running = False  # delete() kills what runc knows of it
+                if running:
                     await self.backend.stop(container.id, 0)
                 await self.backend.delete(container.id)
             await asyncio.to_thread(self.images.snapshots.remove_view, container.id)

@@ -81,6 +81,7 @@ class Sandbox:
     cni_network: dict[str, Any] = field(default_factory=dict)  # the conflist used at ADD
     infra_image: str = ""
     infra_fallback: str = ""  # why the built-in infra stands in for the pause image
+    unreadable: str = ""  # loaded from a record that could not be read: why
     resources: dict[str, int] = field(default_factory=dict)  # UpdatePodSandboxResources
 
     @property
@@ -141,9 +142,11 @@ class SandboxManager:
         # never go to the disk, which only takes the writes.
         self._index: dict[str, Sandbox] = {}
         for path in sorted(self.records.glob("*/sandbox.json")):
-            with contextlib.suppress(OSError, ValueError, TypeError):
+            try:
                 sandbox = Sandbox(**json.loads(path.read_text()))
-                self._index[sandbox.id] = sandbox
+            except (OSError, ValueError, TypeError) as exc:
+                sandbox = self.unreadable_record(path, exc)
+            self._index[sandbox.id] = sandbox
         self.on_event: list[Callable[[str, str], None]] = []
         self.containers: Any = None  # the ContainerManager, once there is one
         self._cpu_samples: dict[str, tuple[int, int]] = {}
@@ -152,6 +155,29 @@ class SandboxManager:
             str, api_pb2.PodSandboxConfig
         ] = {}  # by name, while RunPodSandbox runs
         self._warned_fallback = ""
+
+    def unreadable_record(self, path: Path, exc: Exception) -> Sandbox:
+        """containerd's load policy, as for containers: the bad file moved aside
+        and logged, the pod kept NOTREADY with its infra and containers left
+        alone, so that RemovePodSandbox can clean up what it finds (the pinned
+        namespace, /dev/shm, the infra, the cgroup). What only the record knew
+        (the CNI result for DEL) is lost: the address stays allocated."""
+        aside = path.with_name(f"{path.name}.unreadable-{time.time_ns()}")
+        with contextlib.suppress(OSError):
+            path.rename(aside)
+        log.error("pod sandbox record %s cannot be read (%s): moved to %s", path, exc, aside)
+        sandbox_id = path.parent.name
+        pinned = self.netns_dir / sandbox_id
+        sandbox = Sandbox(
+            sandbox_id,
+            f"unreadable-{sandbox_id}",
+            "",
+            0,
+            netns=str(pinned) if pinned.exists() else "",
+            unreadable=f"{path}: {exc}; the file is kept as {aside.name}",
+        )
+        self._save(sandbox)
+        return sandbox
 
     # -- the store ---------------------------------------------------------------
 
@@ -920,6 +946,7 @@ class SandboxManager:
             "cni_result": sandbox.cni_result,
             "infra_image": sandbox.infra_image,
             "infra_fallback": sandbox.infra_fallback,
+            "record_unreadable": sandbox.unreadable,
             "runtime_handler": sandbox.runtime_handler,
             "resources": sandbox.resources,
             "resources_enforced": bool(self.backend and not self.backend.rootless),

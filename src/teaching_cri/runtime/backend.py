@@ -15,11 +15,17 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import InvalidArgument
+from ..errors import FailedPrecondition, InvalidArgument
 from .cgroups import CgroupStats
 from .shim_client import ProcessStream
 
 MAX_EXEC_OUTPUT = 16 << 20  # ExecSync keeps at most this much of stdout and of stderr
+
+
+class RecordUnreadable(FailedPrecondition):
+    """A container's runtime record (its ``container.json``) cannot be read.
+    Never a reason to kill or delete it: the manager reports it UNKNOWN and
+    RemoveContainer cleans it up."""
 
 
 @dataclass(frozen=True)

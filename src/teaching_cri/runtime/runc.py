@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import re
 import shutil
@@ -51,6 +52,7 @@ from .backend import (
     ExecResult,
     ExitCallback,
     ExitStatus,
+    RecordUnreadable,
     parse_signal,
 )
 from .rootless import make_rootless
@@ -63,6 +65,7 @@ from .shim_client import (
     request,
 )
 
+log = logging.getLogger(__name__)
 RECORD = "container.json"
 ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 KILL_WAIT = 10.0  # after SIGKILL, how long a container may take to be reaped
@@ -114,7 +117,13 @@ class RuncBackend(Backend):
         return d
 
     def record(self, container_id: str) -> dict[str, Any]:
-        data: dict[str, Any] = json.loads((self._known(container_id) / RECORD).read_text())
+        path = self._known(container_id) / RECORD
+        try:
+            data: dict[str, Any] = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise RecordUnreadable(f"{path} cannot be read: {exc}") from None
+        if not isinstance(data, dict):
+            raise RecordUnreadable(f"{path} is not a JSON object")
         return data
 
     def _save(self, container_id: str, record: dict[str, Any]) -> None:
@@ -365,8 +374,16 @@ class RuncBackend(Backend):
     @step("runtime_delete")
     async def delete(self, container_id: str) -> None:
         """Remove a container that is not running: runc's state, the cgroup, our dir.
-        A container created but never started is killed first (nothing to lose)."""
-        record = self.record(container_id)
+        A container created but never started is killed first (nothing to lose).
+        One whose record cannot be read is killed and deleted as runc knows it:
+        removing it is what the user asked for."""
+        try:
+            record = self.record(container_id)
+        except RecordUnreadable:
+            with contextlib.suppress(NotFound, FailedPrecondition):
+                await self._runc("delete", "--force", container_id)  # kills, and its cgroup
+            self._forget(container_id)
+            return
         if self.read_exit(container_id) is None:
             if record["started_at"]:
                 raise FailedPrecondition(
@@ -377,6 +394,9 @@ class RuncBackend(Backend):
             await self._runc("delete", "--force", container_id)
         if record.get("cgroups_path"):
             cgroups.remove(record["cgroups_path"])
+        self._forget(container_id)
+
+    def _forget(self, container_id: str) -> None:
         task = self._watchers.pop(container_id, None)
         if task is not None:
             task.cancel()
@@ -577,7 +597,13 @@ class RuncBackend(Backend):
             await self.delete_orphan(orphan)
         states = []
         for container_id in sorted(ours):
-            self._images[container_id] = str(self.record(container_id).get("image_id", ""))
+            try:
+                self._images[container_id] = str(self.record(container_id).get("image_id", ""))
+            except RecordUnreadable as exc:
+                # Never a reason to stop the server or touch the container: the
+                # manager reports it UNKNOWN, RemoveContainer cleans it up.
+                log.error("%s; the container is left alone and reported UNKNOWN", exc)
+                continue
             if self.read_exit(container_id) is None:
                 if self.shim_alive(container_id):
                     self._watch(container_id)
