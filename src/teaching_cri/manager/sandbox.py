@@ -269,8 +269,8 @@ class SandboxManager:
                         result = action()
                         if hasattr(result, "__await__"):
                             await result
-            if isinstance(exc, CRIError):
-                raise
+            if isinstance(exc, CRIError) or not isinstance(exc, Exception):
+                raise  # a cancellation (the client gave up) stays one
             raise FailedPrecondition(str(exc) or type(exc).__name__) from exc
         self.mailbox_publish(sandbox.id, "started")
         return sandbox.id
