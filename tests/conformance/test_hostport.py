@@ -27,9 +27,7 @@ from teaching_cri.api import api_pb2
 from teaching_cri.errors import FailedPrecondition, InvalidArgument
 from teaching_cri.manager.hostports import check_host_ports
 
-from cri_node import Node, create_container, needs_root_node, node, pod_config, run_pod, start
-
-__all__ = ["node"]  # the fixture, imported so pytest finds it
+from cri_node import Node, create_container, needs_root_node, pod_config, run_pod, start
 
 SHARED_CHAINS = ("CNI-HOSTPORT-DNAT", "CNI-HOSTPORT-SETMARK", "CNI-HOSTPORT-MASQ")
 HTTPD = "mkdir -p /www && echo hello from the pod > /www/index.html && exec httpd -f -p 80 -h /www"

@@ -57,14 +57,11 @@ from cri_node import (
     create_container,
     exec_sync,
     needs_root_node,
-    node,
     pod_config,
     run_pod,
     start,
 )
 from registry import Registry, RegistryUnavailable, run_registry
-
-__all__ = ["node"]  # the fixture, imported so pytest finds it
 
 GZIP_NOTE = b"written by a builder that pads nothing\n"
 TAR_NOTE = b"odd-sized, unpadded, no end blocks\n"

@@ -34,13 +34,10 @@ from cri_node import (
     create_container,
     exec_sync,
     needs_root_node,
-    node,
     pod_config,
     run_pod,
     start,
 )
-
-__all__ = ["node"]  # the fixture, imported so pytest finds it
 
 PRIVILEGED = api_pb2.LinuxContainerSecurityContext(privileged=True)
 
