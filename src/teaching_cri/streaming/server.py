@@ -33,6 +33,7 @@ from ..trace.tracer import Tracer, annotate, branch, decide, quiet, step
 from .channel import PROTOCOLS, ChannelError, Incoming, Protocol, lowest_writable, negotiate
 from .request_cache import RequestCache
 from .session import serve_process
+from .spdy_server import SpdyFrontEnd, front_door
 
 if TYPE_CHECKING:
     from ..manager.container import ContainerManager
@@ -161,7 +162,8 @@ class StreamingServer:
         self.max_sessions = max_sessions
         self.tls = tls
         self.server: Server | None = None
-        self.sessions: dict[ServerConnection, Session] = {}
+        self.sessions: dict[object, Session] = {}
+        self.spdy = SpdyFrontEnd(self)
         self._life: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
 
@@ -213,12 +215,13 @@ class StreamingServer:
             compression=None,  # container output is mostly incompressible, and CPU is not free
             max_size=MAX_FRAME,
             ssl=self.tls,
+            create_connection=front_door(self.spdy.handoff),  # SPDY/3.1 upgrades go there
         )
         if self.port == 0:
             self.port = self.server.sockets[0].getsockname()[1]
 
     @step("delete_session_data")
-    async def delete_session_data(self, ws: ServerConnection) -> None:
+    async def delete_session_data(self, ws: Any) -> None:
         """Closing a session runs its CLOSED clean-up (an exec'd process is killed)."""
         with contextlib.suppress(Exception):
             await ws.close(1001, "the server is shutting down")
@@ -257,39 +260,60 @@ class StreamingServer:
                     http.HTTPStatus.UPGRADE_REQUIRED, "a websocket upgrade is needed\n"
                 )
         with self.callbacks.callback("FILTER_PROTOCOL_CONNECTION"):
-            with step("get_token_url"):
-                match = _PATH.match(request.path)
-            if match is None:
-                branch("validate_url", "bad URL")
-                return ws.respond(http.HTTPStatus.NOT_FOUND, "no such streaming URL\n")
-            method, token = match.group(1), match.group(2)
-            annotate(method=method, token=shown(token))
-            verdict = self.cache.check(method, token)
-            if verdict != "valid":
-                branch("validate_url", verdict if verdict == "bad method" else f"{verdict} token")
-                return ws.respond(http.HTTPStatus.NOT_FOUND, f"{verdict} streaming token\n")
-            branch("validate_url", "Y")
-            if decide("socket_id_already_exist", ws in self.sessions):
-                return ws.respond(http.HTTPStatus.CONFLICT, "this connection has a session\n")
-            if decide("too_many_connection_sessions", len(self.sessions) >= self.max_sessions):
-                return ws.respond(
-                    http.HTTPStatus.SERVICE_UNAVAILABLE,
-                    f"at most {self.max_sessions} streaming sessions at a time\n",
-                )
             header = request.headers.get("Sec-WebSocket-Protocol", "")
             offered = [p.strip() for p in header.split(",") if p.strip()]
-            if offered and negotiate(offered) is None:
-                branch("negotiate_subprotocol", "no match")
-                return ws.respond(
+            verdict = self.admit(
+                request.path,
+                ws,
+                None if not offered else negotiate(offered) is not None,
+                (
                     http.HTTPStatus.BAD_REQUEST,
                     f"no supported subprotocol; offer one of {', '.join(PROTOCOLS)}\n",
-                )
-            branch("negotiate_subprotocol", "agreed" if offered else "none offered")
-            with step("generate_session_data"):
-                session = Session(method, token)
-            with step("save_session"):
-                self.sessions[ws] = session
-            return None
+                ),
+            )
+            if isinstance(verdict, Session):
+                return None
+            return ws.respond(*verdict)
+
+    def admit(
+        self,
+        path: str,
+        key: object,
+        agreed: bool | None,
+        no_match: tuple[http.HTTPStatus, str],
+    ) -> Session | tuple[http.HTTPStatus, str]:
+        """FILTER_PROTOCOL_CONNECTION's checks, whatever the wire (websocket or
+        SPDY): the URL, the token, the session count, the protocol both sides
+        speak (``agreed``: None when the client offered none). A new session,
+        saved under ``key``, or the refusal's status and text."""
+        with step("get_token_url"):
+            match = _PATH.match(path)
+        if match is None:
+            branch("validate_url", "bad URL")
+            return http.HTTPStatus.NOT_FOUND, "no such streaming URL\n"
+        method, token = match.group(1), match.group(2)
+        annotate(method=method, token=shown(token))
+        verdict = self.cache.check(method, token)
+        if verdict != "valid":
+            branch("validate_url", verdict if verdict == "bad method" else f"{verdict} token")
+            return http.HTTPStatus.NOT_FOUND, f"{verdict} streaming token\n"
+        branch("validate_url", "Y")
+        if decide("socket_id_already_exist", key in self.sessions):
+            return http.HTTPStatus.CONFLICT, "this connection has a session\n"
+        if decide("too_many_connection_sessions", len(self.sessions) >= self.max_sessions):
+            return (
+                http.HTTPStatus.SERVICE_UNAVAILABLE,
+                f"at most {self.max_sessions} streaming sessions at a time\n",
+            )
+        if agreed is False:
+            branch("negotiate_subprotocol", "no match")
+            return no_match
+        branch("negotiate_subprotocol", "agreed" if agreed else "none offered")
+        with step("generate_session_data"):
+            session = Session(method, token)
+        with step("save_session"):
+            self.sessions[key] = session
+        return session
 
     # -- ESTABLISHED, the stream task, CLOSED ----------------------------------------
 
@@ -400,7 +424,7 @@ class StreamingServer:
     async def close_session(self, ws: ServerConnection) -> None:
         await ws.close()
 
-    async def closed(self, ws: ServerConnection) -> None:
+    async def closed(self, ws: object) -> None:
         """CLOSED: the session's clean-up. An exec that lost its client before it
         finished is killed (its shim does it when the stream closes)."""
         session = self.sessions.get(ws)

@@ -1,0 +1,150 @@
+"""Exec over SPDY/3.1 on the streaming URL, with a small client built on our
+own core (streaming/spdy.py): the upgrade, its refusals, the streams by
+streamType, stdout and the v4 status, stdin's FIN, the websocket path beside it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from test_streaming import running, session, status_of, stdout_of
+
+from teaching_cri.api import api_pb2
+from teaching_cri.client import Client
+from teaching_cri.streaming import spdy
+from teaching_cri.trace.charts import ChartSet
+from teaching_cri.trace.conformance import assert_conforms
+
+from conftest import Server
+from test_containers import node  # noqa: F401 - a fixture
+
+
+async def upgrade(
+    url: str, versions: list[str]
+) -> tuple[int, dict[str, str], asyncio.StreamReader, asyncio.StreamWriter]:
+    parts = urlsplit(url)
+    reader, writer = await asyncio.open_connection(parts.hostname, parts.port)
+    head = [f"GET {parts.path} HTTP/1.1", f"Host: {parts.netloc}"]
+    head += ["Connection: Upgrade", "Upgrade: SPDY/3.1"]
+    head += [f"X-Stream-Protocol-Version: {v}" for v in versions]
+    writer.write(("\r\n".join(head) + "\r\n\r\n").encode())
+    raw = await reader.readuntil(b"\r\n\r\n")
+    lines = raw.decode().split("\r\n")
+    status = int(lines[0].split()[1])
+    headers: dict[str, str] = {}
+    for line in lines[1:]:
+        if ":" in line:
+            name, value = line.split(":", 1)
+            headers[name.lower()] = ", ".join(
+                filter(None, [headers.get(name.lower()), value.strip()])
+            )
+    return status, headers, reader, writer
+
+
+async def spdy_exec(
+    url: str, kinds: list[str], stdin: bytes = b"", version: str = "v4.channel.k8s.io"
+) -> dict[str, bytes]:
+    """Open a stream per kind (as client-go does, error first), send stdin
+    then FIN, collect every stream's bytes until the server closes."""
+    status, headers, reader, writer = await upgrade(url, [version])
+    assert status == 101, (status, headers)
+    assert headers["upgrade"] == "SPDY/3.1" and headers["x-stream-protocol-version"] == version
+    conn = spdy.Connection(client=True, flow_control=False)  # as spdystream: no windows
+    ids = {kind: conn.open_stream({"streamtype": kind}) for kind in kinds}
+    if "stdin" in ids:
+        conn.send_data(ids["stdin"], stdin, fin=True)
+    names = {sid: kind for kind, sid in ids.items()}
+    got = {kind: b"" for kind in kinds}
+    writer.write(conn.data_to_send())
+    while data := await asyncio.wait_for(reader.read(65536), 20):
+        conn.receive_data(data)
+        for event in conn.events():
+            if isinstance(event, spdy.DataReceived):
+                got[names[event.stream_id]] += event.data
+                conn.consumed(event.stream_id, len(event.data))
+        writer.write(conn.data_to_send())
+    writer.close()
+    return got
+
+
+def test_exec_over_spdy_gives_stdout_and_the_v4_status(
+    node: tuple[Server, Client, Path],  # noqa: F811
+    charts: ChartSet,
+) -> None:
+    _srv, client, logs = node
+    since = time.time_ns()
+    cid = running(client, logs, "spdyecho", "sleep", "1000")
+    request = api_pb2.ExecRequest(
+        container_id=cid,
+        cmd=["sh", "-c", "cat; echo -n err >&2; exit 3"],
+        stdin=True,
+        stdout=True,
+        stderr=True,
+    )
+    url = client.runtime.Exec(request).url
+    got = asyncio.run(spdy_exec(url, ["error", "stdin", "stdout", "stderr"], b"x" * 200_000))
+    assert got["stdout"] == b"x" * 200_000, "stdin's FIN closed the process's stdin"
+    assert got["stderr"] == b"err"
+    status = json.loads(got["error"])
+    assert status["reason"] == "NonZeroExitCode"
+    assert status["details"] == {"causes": [{"reason": "ExitCode", "message": "3"}]}
+    time.sleep(0.2)
+    assert_conforms(client.recent(since_unix_nano=since), charts)
+
+
+def test_a_v2_client_gets_no_status_on_success(
+    node: tuple[Server, Client, Path],  # noqa: F811
+) -> None:
+    _srv, client, logs = node
+    cid = running(client, logs, "spdyv2", "sleep", "1000")
+    request = api_pb2.ExecRequest(container_id=cid, cmd=["echo", "hi"], stdout=True)
+    url = client.runtime.Exec(request).url
+    got = asyncio.run(spdy_exec(url, ["error", "stdout"], version="v2.channel.k8s.io"))
+    assert got == {"error": b"", "stdout": b"hi\n"}
+
+
+def test_spdy_refusals_and_the_websocket_beside_it(
+    node: tuple[Server, Client, Path],  # noqa: F811
+) -> None:
+    _srv, client, logs = node
+    cid = running(client, logs, "spdyno", "sleep", "1000")
+
+    def url() -> str:
+        request = api_pb2.ExecRequest(container_id=cid, cmd=["echo", "-n", "ws"], stdout=True)
+        return client.runtime.Exec(request).url
+
+    async def refused(target: str, versions: list[str]) -> tuple[int, dict[str, str]]:
+        status, headers, _reader, writer = await upgrade(target, versions)
+        writer.close()
+        return status, headers
+
+    status, headers = asyncio.run(refused(url(), ["v9.channel.k8s.io"]))
+    assert status == 403
+    assert "v4.channel.k8s.io" in headers["x-accepted-stream-protocol-versions"]
+    assert asyncio.run(refused(url().rsplit("/", 1)[0] + "/nosuchtoken", []))[0] == 404
+    messages = asyncio.run(session(url(), "v4.channel.k8s.io"))
+    assert stdout_of(messages) == b"ws"
+    assert status_of(messages) == {"metadata": {}, "status": "Success"}
+
+
+def test_a_client_that_never_opens_its_streams_is_dropped(
+    node: tuple[Server, Client, Path],  # noqa: F811
+) -> None:
+    _srv, client, logs = node
+    cid = running(client, logs, "spdyslow", "sleep", "1000")
+    request = api_pb2.ExecRequest(container_id=cid, cmd=["echo", "hi"], stdout=True)
+    url = client.runtime.Exec(request).url
+
+    async def only_the_error_stream() -> bytes:
+        status, _headers, reader, writer = await upgrade(url, ["v4.channel.k8s.io"])
+        assert status == 101
+        conn = spdy.Connection(client=True)
+        conn.open_stream({"streamtype": "error"})
+        writer.write(conn.data_to_send())
+        writer.close()  # and leave: the server gives up on the streams it waits for
+        return await asyncio.wait_for(reader.read(), 10)
+
+    asyncio.run(only_the_error_stream())
