@@ -12,8 +12,11 @@ id 0), replenished by WINDOW_UPDATE as the reader consumes.
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import hashlib
 import json
+import os
 import socket
 import struct
 import threading
@@ -177,6 +180,7 @@ class Stream:
     headers: dict[str, str]
     reply: dict[str, str] | None = None  # the SYN_REPLY's headers, once it came
     send_window: int = INITIAL_WINDOW
+    recv_window: int = INITIAL_WINDOW
     received: bytearray = field(default_factory=bytearray)
     remote_closed: bool = False  # FIN seen (or the session ended)
     reset_status: int = 0  # RST_STREAM's status, 0 if none
@@ -229,10 +233,9 @@ class Session:
         recv: Callable[[], bytes],
         close: Callable[[], None],
         protocol: str,
-        pending: bytes = b"",
     ) -> None:
         self._send, self._recv, self._close, self.protocol = send, recv, close, protocol
-        self._buffer = bytearray(pending)
+        self._buffer = bytearray()
         self._codec, self._send_lock = HeaderCodec(), threading.Lock()
         self.cond = threading.Condition()
         self.streams: dict[int, Stream] = {}
@@ -252,10 +255,11 @@ class Session:
 
     def open_stream(self, headers: dict[str, str], timeout: float = 10) -> Stream:
         """SYN_STREAM, then wait for the SYN_REPLY (as client-go does before using it)."""
-        with self._send_lock, self.cond:  # ids must reach the wire in order
-            stream = Stream(self, self._next_id, headers, send_window=self._initial_window)
-            self._next_id += 2
-            self.streams[stream.id] = stream
+        with self._send_lock:  # ids and header blocks must reach the wire in order
+            with self.cond:
+                stream = Stream(self, self._next_id, headers, send_window=self._initial_window)
+                self._next_id += 2
+                self.streams[stream.id] = stream
             self._send(syn_stream(self._codec, stream.id, headers))
         with self.cond:
             if not self.cond.wait_for(
@@ -280,10 +284,17 @@ class Session:
             return n
 
     def consumed(self, stream: Stream, n: int) -> None:
+        """Gives ``n`` bytes back to the session's window and, while the server may
+        still send on it, to the stream's; nothing once the connection is gone."""
         with self.cond:
             self.recv_window += n
             stream_open = not stream.remote_closed
-        self.send(window_update(0, n) + (window_update(stream.id, n) if stream_open else b""))
+            stream.recv_window += n if stream_open else 0
+            if self.closed:
+                return
+        update = window_update(0, n) + (window_update(stream.id, n) if stream_open else b"")
+        with contextlib.suppress(OSError):  # the server may hang up meanwhile
+            self.send(update)
 
     def close(self) -> None:
         """GOAWAY, then the socket (client-go's Close resets streams and closes)."""
@@ -340,6 +351,9 @@ class Session:
                     self.violations.append(f"data for unknown stream {frame.stream_id}")
                 else:
                     stream.received += p
+                    stream.recv_window -= len(p)
+                    if stream.recv_window < 0:
+                        self.violations.append(f"stream {stream.id} window overrun")
                     stream.remote_closed |= bool(frame.flags & FLAG_FIN)
             elif frame.kind in (SYN_REPLY, HEADERS):
                 headers = self._codec.decompress(p[4:])  # always: keeps the context in step
@@ -372,13 +386,41 @@ class Session:
         return b""
 
 
-def _dial(url: str) -> tuple[socket.socket, str, str]:
-    parts = urlsplit(url)
-    if parts.scheme != "http":
-        raise ValueError(f"only http:// here, not {url}")
-    sock = socket.create_connection((parts.hostname, parts.port or 80), timeout=10)
-    sock.settimeout(None)
-    return sock, parts.netloc, parts.path + (f"?{parts.query}" if parts.query else "")
+class _Connection:
+    """A TCP connection after an HTTP/1.1 upgrade: reads go through a buffer (the
+    response's headers are read line by line, what follows is the new protocol)."""
+
+    def __init__(self, url: str, headers: list[str], method: str) -> None:
+        parts = urlsplit(url)
+        if parts.scheme != "http":
+            raise ValueError(f"only http:// here, not {url}")
+        self.sock = socket.create_connection((parts.hostname, parts.port or 80), timeout=10)
+        self.file = self.sock.makefile("rb")
+        path = parts.path + (f"?{parts.query}" if parts.query else "")
+        request = [f"{method} {path} HTTP/1.1", f"Host: {parts.netloc}", *headers]
+        self.sock.sendall(("\r\n".join(request) + "\r\n\r\n").encode())
+        status_line = self.file.readline().decode("latin-1")
+        self.headers: list[tuple[str, str]] = []
+        while (line := self.file.readline().decode("latin-1").strip()) != "":
+            name, _, value = line.partition(":")
+            self.headers.append((name.strip(), value.strip()))
+        self.status = int(status_line.split()[1]) if len(status_line.split()) > 1 else 0
+        if self.status != 101:
+            length = int(self.header("content-length") or -1)
+            with contextlib.suppress(OSError):
+                body = self.file.read(length) if length >= 0 else self.file.read()
+            self.close()
+            raise UpgradeRefused(self.status, self.headers, body)
+        self.sock.settimeout(None)
+
+    def header(self, name: str) -> str:
+        return next((v for n, v in self.headers if n.lower() == name), "")
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
+        self.file.close()
+        self.sock.close()
 
 
 def connect(url: str, protocols: Iterable[str]) -> Session:
@@ -386,71 +428,62 @@ def connect(url: str, protocols: Iterable[str]) -> Session:
     Upgrade``, ``Upgrade: SPDY/3.1`` and one ``X-Stream-Protocol-Version`` per
     protocol; the answer must be 101 naming one of them."""
     protocols = list(protocols)
-    sock, host, path = _dial(url)
-    lines = [
-        f"POST {path} HTTP/1.1",
-        f"Host: {host}",
-        "Content-Length: 0",
-        "Connection: Upgrade",
-        "Upgrade: SPDY/3.1",
-    ]
-    lines += [f"X-Stream-Protocol-Version: {p}" for p in protocols]
-    sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
-    response = b""
-    while b"\r\n\r\n" not in response:
-        chunk = sock.recv(65536)
-        if not chunk:
-            break
-        response += chunk
-    head, _, rest = response.partition(b"\r\n\r\n")
-    status_line, *header_lines = head.decode("latin-1").split("\r\n")
-    status = int(status_line.split()[1]) if len(status_line.split()) > 1 else 0
-    headers = [(n.strip(), v.strip()) for n, _, v in (h.partition(":") for h in header_lines)]
-    if status != 101:
-        sock.settimeout(2)
-        try:
-            while chunk := sock.recv(65536):
-                rest += chunk
-        except OSError:
-            pass
-        sock.close()
-        raise UpgradeRefused(status, headers, rest)
-    chosen = [v for n, v in headers if n.lower() == "x-stream-protocol-version"]
-    if len(chosen) != 1 or chosen[0] not in protocols:
-        sock.close()
-        raise ConnectionError(f"101 without one of {protocols} chosen: {headers}")
-
-    def close() -> None:
-        with contextlib.suppress(OSError):
-            sock.shutdown(socket.SHUT_RDWR)
-        sock.close()
-
-    return Session(sock.sendall, lambda: sock.recv(65536), close, chosen[0], pending=rest)
+    headers = ["Content-Length: 0", "Connection: Upgrade", "Upgrade: SPDY/3.1"]
+    headers += [f"X-Stream-Protocol-Version: {p}" for p in protocols]
+    conn = _Connection(url, headers, "POST")
+    chosen = conn.header("x-stream-protocol-version")
+    if chosen not in protocols:
+        conn.close()
+        raise ConnectionError(f"101 without one of {protocols} chosen: {conn.headers}")
+    return Session(conn.sock.sendall, lambda: conn.file.read1(65536), conn.close, chosen)
 
 
 def connect_tunnelled(url: str, subprotocol: str = "SPDY/3.1+portforward.k8s.io") -> Session:
-    """SPDY inside a websocket (client-go's tunneling dialer): each write one binary
-    message, and the messages read back to back as one byte stream."""
-    from websockets.exceptions import ConnectionClosed
-    from websockets.sync.client import connect as ws_connect
+    """SPDY inside a websocket (client-go's tunneling dialer): each write is one
+    binary message (masked, as from any websocket client), and the messages read
+    back to back make one byte stream. Our own websocket framing (RFC 6455): the
+    subprotocol's ``/`` is no RFC token, so strict libraries refuse to offer it."""
+    key = base64.b64encode(os.urandom(16)).decode()
+    headers = ["Connection: Upgrade", "Upgrade: websocket", "Sec-WebSocket-Version: 13"]
+    headers += [f"Sec-WebSocket-Key: {key}", f"Sec-WebSocket-Protocol: {subprotocol}"]
+    conn = _Connection(url, headers, "GET")
+    accept = hashlib.sha1((key + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11").encode()).digest()
+    if conn.header("sec-websocket-accept") != base64.b64encode(accept).decode():
+        conn.close()
+        raise ConnectionError(f"not a websocket handshake: {conn.headers}")
+    if conn.header("sec-websocket-protocol") != subprotocol:
+        conn.close()
+        raise ConnectionError(f"101 without {subprotocol}: {conn.headers}")
 
-    ws = ws_connect(
-        "ws://" + url.removeprefix("http://"),
-        subprotocols=[subprotocol],  # type: ignore[list-item]
-        max_size=None,
-        open_timeout=10,
-    )
+    def send_message(payload: bytes, opcode: int = 0x2) -> None:
+        """FIN set, one frame per message; the length in 7, 16 or 64 bits."""
+        n, mask = len(payload), os.urandom(4)
+        if n < 126:
+            size = bytes([0x80 | n])
+        else:
+            size = struct.pack(">BH", 0x80 | 126, n) if n < 65536 else struct.pack(">BQ", 0xFF, n)
+        masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+        conn.sock.sendall(bytes([0x80 | opcode]) + size + mask + masked)
 
     def recv() -> bytes:
-        try:
-            message = ws.recv()
-        except ConnectionClosed:
-            return b""
-        if not isinstance(message, bytes):
-            raise ValueError(f"a text message in a SPDY tunnel: {message[:80]!r}")
-        return message
+        while True:
+            head = conn.file.read(2)
+            if len(head) < 2:
+                return b""
+            opcode, n = head[0] & 0x0F, head[1] & 0x7F
+            if n >= 126:
+                n = int.from_bytes(conn.file.read(2 if n == 126 else 8), "big")
+            payload = conn.file.read(n)  # a server's frames are not masked
+            if opcode == 0x8:  # close
+                return b""
+            if opcode == 0x9:  # ping: pong with the same payload
+                send_message(payload, 0xA)
+            elif opcode == 0x1:
+                raise ValueError(f"a text message in a SPDY tunnel: {payload[:80]!r}")
+            elif opcode in (0x0, 0x2) and payload:
+                return payload
 
-    return Session(lambda data: ws.send(data), recv, ws.close, ws.subprotocol or "")
+    return Session(send_message, recv, conn.close, subprotocol)
 
 
 def remote_command(
