@@ -139,7 +139,9 @@ def test_ten_sessions_at_once(node: tuple[Server, Client, Path]) -> None:  # noq
 
 
 @pytest.mark.xfail(
-    strict=True, reason="issue 12, left: a SPDY client's loss does not yet end its exec"
+    strict=True,
+    reason="issue 12, left: the server sees the client leave and closes the exec's stream, "
+    "yet the exec (sh and its sleep) lives on, unlike the websocket path's",
 )
 def test_a_client_killed_mid_exec_leaves_no_process(
     node: tuple[Server, Client, Path],  # noqa: F811
