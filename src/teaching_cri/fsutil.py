@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import json
 import os
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +39,15 @@ def atomic_write_json(path: Path, data: Any, *, durable: bool = True) -> None:
 _libc = ctypes.CDLL(None, use_errno=True)
 MS_NOSUID, MS_NODEV, MS_NOEXEC = 2, 4, 8
 MNT_DETACH = 2
+
+
+def move_aside(path: Path, why: str) -> Path:
+    """Rename a file that cannot be used to ``<name>.<why>-<ns>`` beside it,
+    kept for whoever looks into why; the new path (even if the rename failed)."""
+    aside = path.with_name(f"{path.name}.{why}-{time.time_ns()}")
+    with contextlib.suppress(OSError):
+        path.rename(aside)
+    return aside
 
 
 def mount(source: str, target: Path, fstype: str, data: str = "", flags: int = 0) -> None:

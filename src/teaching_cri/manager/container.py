@@ -38,7 +38,7 @@ from ..errors import (
     InvalidArgument,
     NotFound,
 )
-from ..fsutil import atomic_write_json
+from ..fsutil import atomic_write_json, move_aside
 from ..image.manager import ImageManager
 from ..image.store import ImageRecord
 from ..runtime import seccomp
@@ -215,9 +215,7 @@ class ContainerManager:
         reason to kill or delete anything. The bad file is moved aside (and
         logged); the container stays, UNKNOWN, with its runtime container left
         alone, until RemoveContainer cleans up what it can find."""
-        aside = path.with_name(f"{path.name}.unreadable-{time.time_ns()}")
-        with contextlib.suppress(OSError):
-            path.rename(aside)
+        aside = move_aside(path, "unreadable")
         log.error("container record %s cannot be read (%s): moved to %s", path, exc, aside)
         container_id = path.stem
         container = Container(

@@ -37,7 +37,16 @@ from google.protobuf.json_format import MessageToDict
 
 from ..api import api_pb2
 from ..errors import AlreadyExists, CRIError, FailedPrecondition, InvalidArgument, NotFound
-from ..fsutil import MNT_DETACH, MS_NODEV, MS_NOEXEC, MS_NOSUID, atomic_write_json, mount, umount
+from ..fsutil import (
+    MNT_DETACH,
+    MS_NODEV,
+    MS_NOEXEC,
+    MS_NOSUID,
+    atomic_write_json,
+    mount,
+    move_aside,
+    umount,
+)
 from ..image.manager import ImageManager
 from ..image.registry import Credentials, RegistryUnavailable
 from ..image.store import ImageRecord
@@ -162,9 +171,7 @@ class SandboxManager:
         alone, so that RemovePodSandbox can clean up what it finds (the pinned
         namespace, /dev/shm, the infra, the cgroup). What only the record knew
         (the CNI result for DEL) is lost: the address stays allocated."""
-        aside = path.with_name(f"{path.name}.unreadable-{time.time_ns()}")
-        with contextlib.suppress(OSError):
-            path.rename(aside)
+        aside = move_aside(path, "unreadable")
         log.error("pod sandbox record %s cannot be read (%s): moved to %s", path, exc, aside)
         sandbox_id = path.parent.name
         pinned = self.netns_dir / sandbox_id
