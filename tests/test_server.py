@@ -272,6 +272,34 @@ def test_a_live_socket_makes_a_second_server_refuse(server: Server) -> None:
         assert c.runtime.Version(api_pb2.VersionRequest()).runtime_name == "teaching-cri"
 
 
+def test_a_taken_streaming_address_is_one_line_and_a_failed_start(short_tmp: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        proc = subprocess.run(
+            serve_command(
+                "--socket",
+                str(short_tmp / "cri.sock"),
+                "--root",
+                str(short_tmp / "root"),
+                "--state",
+                str(short_tmp / "state"),
+                "--stream-address",
+                f"127.0.0.1:{port}",
+            ),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert proc.returncode != 0
+    [line] = proc.stderr.strip().splitlines()
+    assert f"127.0.0.1:{port}" in line and "already in use" in line
+    assert "Traceback" not in proc.stderr
+    assert not (short_tmp / "cri.sock").exists()
+    assert not (short_tmp / "cri.sock.lock").exists()
+
+
 def test_trace_off_emits_nothing_but_serves(short_tmp: Path) -> None:
     srv = start_server(short_tmp / "d", "--trace", "off")
     try:

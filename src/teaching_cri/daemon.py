@@ -261,8 +261,12 @@ class Daemon:
         try:
             await self.streaming.start()
         except OSError as exc:
+            # The listener's own task failed with this error: stop awaits it, or
+            # asyncio would print its traceback at exit as never retrieved.
+            await self.streaming.stop()
             self.streaming = None
-            raise StartupError(f"stream-address {host}:{port}: {exc.strerror}") from None
+            why = os.strerror(exc.errno) if exc.errno else str(exc)
+            raise StartupError(f"stream-address {host}:{port}: {why}") from None
         scheme = "https" if tls else "http"
         shown = f"[{host}]" if ":" in host else host
         runtime_service.stream_base = f"{scheme}://{shown}:{self.streaming.port}"
