@@ -7,7 +7,13 @@
    one with ``--trace off``, measured in alternating rounds so drift in the
    machine's load hits both alike. The target: tracing adds at most 5 %.
 
-    python benchmarks/trace_overhead.py [--calls 2000] [--rounds 5]
+The three servers run side by side, each on a socket of its own and with its
+streaming server on a free port (``--stream-address 127.0.0.1:0``: the default
+10350 can be had by one of them only). If one of them cannot start, the script
+says which and why, stops the others and exits with status 1. ``--smoke`` is one
+short round of everything, for CI: it shows the script still runs, not how fast.
+
+    python benchmarks/trace_overhead.py [--calls 2000] [--rounds 5] [--dir /tmp] [--smoke]
 """
 
 from __future__ import annotations
@@ -20,9 +26,10 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from types import FrameType
 
 from teaching_cri.api import api_pb2
-from teaching_cri.client import connect, wait_for_socket
+from teaching_cri.client import Client, connect, wait_for_socket
 from teaching_cri.trace.charts import ChartSet
 from teaching_cri.trace.sinks import FanOutSink, JsonlFileSink, RingBufferSink
 from teaching_cri.trace.tracer import Tracer, step
@@ -82,24 +89,49 @@ SETUPS = {
 }
 
 
+class ServerFailed(RuntimeError):
+    pass
+
+
 def _server(base: Path, setup: str) -> tuple[subprocess.Popen[bytes], Path]:
     sock = base / f"{setup}.sock"
     flags = [f.format(base=base) for f in SETUPS[setup]]
-    root, state = base / f"root-{setup}", base / f"state-{setup}"
+    root, state, log = base / f"root-{setup}", base / f"state-{setup}", base / f"{setup}.log"
     cmd = [sys.executable, "-m", "teaching_cri", "serve", "--socket", str(sock)]
-    cmd += ["--root", str(root), "--state", str(state), "--log-level", "error", *flags]
-    proc = subprocess.Popen(cmd)
-    wait_for_socket(sock, timeout=30)
+    cmd += ["--root", str(root), "--state", str(state), "--stream-address", "127.0.0.1:0"]
+    cmd += ["--log-level", "error", *flags]
+    with log.open("wb") as out:
+        # Its own session: a Ctrl-C on the terminal is for this script to handle.
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_for_socket(sock, timeout=30)
+    except TimeoutError:
+        _stop(proc)
+        said = log.read_text(errors="replace").strip() or f"exit {proc.returncode}"
+        raise ServerFailed(f"the server with tracing {setup} did not start: {said}") from None
     return proc, sock
 
 
-def rpc_cost(calls: int, rounds: int, tmp: Path) -> None:
-    servers = {t: _server(tmp, t) for t in SETUPS}
-    clients = {t: connect(sock) for t, (_, sock) in servers.items()}
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def rpc_cost(calls: int, rounds: int, warm_up: int, tmp: Path) -> None:
+    servers: dict[str, tuple[subprocess.Popen[bytes], Path]] = {}
+    clients: dict[str, Client] = {}
     request = api_pb2.VersionRequest()
     try:
+        for setup in SETUPS:
+            servers[setup] = _server(tmp, setup)
+            clients[setup] = connect(servers[setup][1])
         for c in clients.values():
-            for _ in range(200):
+            for _ in range(warm_up):
                 c.runtime.Version(request)
         samples: dict[str, list[float]] = {t: [] for t in SETUPS}
         for _ in range(rounds):
@@ -124,8 +156,12 @@ def rpc_cost(calls: int, rounds: int, tmp: Path) -> None:
         for c in clients.values():
             c.close()
         for proc, _ in servers.values():
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(30)
+            _stop(proc)
+
+
+def _terminate(signum: int, frame: FrameType | None) -> None:
+    """SIGTERM as Ctrl-C: the servers are stopped on the way out either way."""
+    raise KeyboardInterrupt
 
 
 def main() -> None:
@@ -133,10 +169,25 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=20_000, help="spans per sample")
     parser.add_argument("--calls", type=int, default=2_000, help="RPCs per round")
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument(
+        "--dir", type=Path, default=None, help="where to work (default: the system's temp dir)"
+    )
+    parser.add_argument("--smoke", action="store_true", help="one short round of each, for CI")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="tcri-bench-") as d:
-        event_cost(args.events, Path(d))
-        rpc_cost(args.calls, args.rounds, Path(d))
+    signal.signal(signal.SIGTERM, _terminate)
+    events, calls, rounds, warm_up = args.events, args.calls, args.rounds, 200
+    if args.smoke:
+        events, calls, rounds, warm_up = 100, 10, 1, 1
+    with tempfile.TemporaryDirectory(prefix="tcri-bench-", dir=args.dir) as d:
+        event_cost(events, Path(d))
+        try:
+            rpc_cost(calls, rounds, warm_up, Path(d))
+        except ServerFailed as e:
+            print(f"failed: {e}", file=sys.stderr)
+            sys.exit(1)
+        except KeyboardInterrupt:
+            print("interrupted; the servers stopped", file=sys.stderr)
+            sys.exit(130)
 
 
 if __name__ == "__main__":
