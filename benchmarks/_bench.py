@@ -470,6 +470,9 @@ class BenchServer:
             trace,
             "--log-level",
             "warning",
+            # A free port unless asked otherwise: the default 10350 may be
+            # another server's, and two benchmarks may run side by side.
+            *(() if "--stream-address" in extra else ("--stream-address", "127.0.0.1:0")),
             *extra,
         ]
         with self.log.open("wb") as out:
@@ -581,10 +584,22 @@ def ignore_signals() -> None:
 
 
 def new_parser(doc: str) -> argparse.ArgumentParser:
-    """The script's options: its docstring's first line, and ``--runs``."""
+    """The script's options: its docstring's first line, ``--runs`` and ``--smoke``."""
     parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("--runs", type=int, default=20, help="measured runs of each (default 20)")
+    add_smoke_arg(parser)
     return parser
+
+
+def add_smoke_arg(parser: argparse.ArgumentParser) -> None:
+    """``--smoke``: what CI runs (tests/test_benchmarks.py) so that no benchmark
+    rots unnoticed. Every part of the script runs once, briefly, and cleans up
+    as a full run does; its figures say nothing, so nothing is asserted of them."""
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="one short iteration of everything, for CI (the figures mean nothing)",
+    )
 
 
 def add_runc_args(parser: argparse.ArgumentParser) -> None:

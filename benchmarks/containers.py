@@ -821,6 +821,8 @@ def main() -> None:
     add_runc_args(parser)
     add_server_args(parser, "tcri-bench1", "10.237.0.0/16")
     args = parser.parse_args()
+    if args.smoke:
+        args.runs, args.max_list, args.list_calls = 1, 2, 1
     if args.runs < 1:
         parser.error("--runs must be at least 1")
     if args.max_list < 1 or args.list_calls < 1:

@@ -436,7 +436,14 @@ def main() -> None:
         "--profile-layer", default=None, help="which layer to profile (default: the biggest)"
     )
     parser.add_argument("--profile-top", type=int, default=20)
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="one short round of a small image, for CI (the figures mean nothing)",
+    )
     args = parser.parse_args()
+    if args.smoke:
+        args.small_files, args.big_mib, args.rounds, args.pull_rounds = 20, 1, 1, 1
     compressions: list[Compression] = []
     for name in args.compressions.split(","):
         if name not in COMPRESSIONS:

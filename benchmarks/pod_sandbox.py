@@ -560,6 +560,8 @@ def main() -> None:
     add_runc_args(parser)
     add_server_args(parser, "tcri-bench0", "10.234.0.0/16")
     args = parser.parse_args()
+    if args.smoke:
+        args.runs = 1
     if args.runs < 1:
         parser.error("--runs must be at least 1")
     runc = shutil.which(args.runc)

@@ -383,6 +383,8 @@ def main() -> None:
     parser = new_parser(__doc__)
     add_runc_args(parser)
     args = parser.parse_args()
+    if args.smoke:
+        args.runs = 1
     if args.runs < 1:
         parser.error("--runs must be at least 1")
     if os.geteuid() != 0:
