@@ -643,6 +643,8 @@ def main() -> None:
     add_runc_args(parser)
     add_server_args(parser, "tcri-bench2", "10.238.0.0/16")
     args = parser.parse_args()
+    if args.smoke:
+        args.runs, args.bytes, args.latency_runs = 1, 1_000_000, 1
     if args.runs < 1 or args.latency_runs < 1:
         parser.error("--runs and --latency-runs must be at least 1")
     if args.bytes < 1:
