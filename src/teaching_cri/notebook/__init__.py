@@ -11,6 +11,20 @@ back to SVG or text wherever no widget front end runs.
 """
 
 from .chart import ChartView
-from .lab import CallFailed, Lab, ServerGone, connect, start
+from .lab import LOCAL_IMAGE, CallFailed, Lab, ServerGone, connect, start
+from .progress import PullProgress
+from .terminal import Terminal
+from .timeline import Timeline
 
-__all__ = ["CallFailed", "ChartView", "Lab", "ServerGone", "connect", "start"]
+__all__ = [
+    "LOCAL_IMAGE",
+    "CallFailed",
+    "ChartView",
+    "Lab",
+    "PullProgress",
+    "ServerGone",
+    "Terminal",
+    "Timeline",
+    "connect",
+    "start",
+]

@@ -146,7 +146,8 @@ def main(argv: list[str]) -> int:
         print(json.dumps({"ready": True, "pid": proc.pid}), flush=True)
     except TimeoutError:
         stop_server(proc)
-        print(json.dumps({"ready": False, "exit": proc.returncode}), flush=True)
+        said = (base / "server.log").read_text(errors="replace")[-3000:]
+        print(json.dumps({"ready": False, "exit": proc.returncode, "log": said}), flush=True)
         shutil.rmtree(base, ignore_errors=True)
         return 1
 

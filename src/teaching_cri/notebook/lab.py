@@ -20,7 +20,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +31,9 @@ from ..api import admin_pb2, api_pb2
 from ..client import Client
 from ..client import connect as client_connect
 from .chart import ChartView
+from .progress import PullProgress
+from .terminal import Terminal
+from .timeline import Timeline
 
 LOCAL_IMAGE = "teaching-cri.local/busybox:latest"
 PULL_IMAGE = "docker.io/library/busybox:1.36"
@@ -80,7 +83,8 @@ class Lab:
     guardian: subprocess.Popen[bytes] | None = None
     server_pid: int = 0
     backend: Backend = field(init=False)
-    views: list[ChartView] = field(default_factory=list, repr=False)
+    views: list[ChartView | Timeline] = field(default_factory=list, repr=False)
+    terminals: list[Terminal] = field(default_factory=list, repr=False)
     cleaned: str = ""  # what the guardian said when it had cleaned up
 
     def __post_init__(self) -> None:
@@ -156,6 +160,7 @@ class Lab:
         check: bool = True,
         show: bool = True,
         timeout: float | None = 120,
+        trace_id: str = "",
     ) -> Any:
         """Make one CRI call and show its chart lighting up as its steps arrive.
 
@@ -164,7 +169,7 @@ class Lab:
         so it misses no step. An error answer paints the failing node red and
         raises CallFailed (``check=False``: prints it and returns None)."""
         self.check()
-        trace_id = secrets.token_hex(16)
+        trace_id = trace_id or secrets.token_hex(16)
         view = ChartView(self.client, trace_id=trace_id, since_unix_nano=time.time_ns() - 10**9)
         handle = _display(view) if show else None
         metadata = (("traceparent", f"00-{trace_id}-{secrets.token_hex(8)}-01"),)
@@ -188,6 +193,70 @@ class Lab:
         if handle is not None:
             handle.update(view)
         return response
+
+    def timeline(self, *charts: str, trace_id: str = "", container_id: str = "") -> Timeline:
+        """A timeline of one trace, or of the calls of these charts from now on."""
+        self.check()
+        since = time.time_ns() - (10**10 if trace_id else 0)
+        view = Timeline(
+            self.client,
+            trace_id=trace_id,
+            charts=charts,
+            container_id=container_id,
+            since_unix_nano=since,
+        )
+        self.views.append(view)
+        return view
+
+    def pull(self, image: str = PULL_IMAGE, *, timeout: float = 60) -> str | None:
+        """PullImage with a bar per layer and the chart; None if it failed."""
+        trace_id = secrets.token_hex(16)
+        bars = PullProgress(self.client, trace_id=trace_id, since_unix_nano=time.time_ns())
+        handle = _display(bars)
+        request = api_pb2.PullImageRequest(image=api_pb2.ImageSpec(image=image))
+        try:
+            response = self.call(
+                self.image.PullImage, request, check=False, timeout=timeout, trace_id=trace_id
+            )
+        finally:
+            bars.stop()
+            if handle is not None:
+                handle.update(bars)
+        return None if response is None else str(response.image_ref)
+
+    def busybox(self) -> str:
+        """A busybox image: pulled when a registry answers, built locally otherwise."""
+        ref = self.pull(PULL_IMAGE, timeout=30)
+        if ref is not None:
+            return PULL_IMAGE
+        print(f"(no registry reachable for {PULL_IMAGE}: using {LOCAL_IMAGE}, built offline)")
+        return self.local_image()
+
+    def terminal(
+        self,
+        container_id: str,
+        cmd: Sequence[str] = ("sh",),
+        *,
+        attach: bool = False,
+        show_chart: bool = True,
+    ) -> Terminal:
+        """A tty in the container: Exec of ``cmd`` (or Attach to its own tty),
+        then the terminal widget on the URL it answers, displayed."""
+        if attach:
+            request: Any = api_pb2.AttachRequest(
+                container_id=container_id, tty=True, stdin=True, stdout=True
+            )
+            response = self.call(self.runtime.Attach, request, show=show_chart)
+        else:
+            request = api_pb2.ExecRequest(
+                container_id=container_id, cmd=list(cmd), tty=True, stdin=True, stdout=True
+            )
+            response = self.call(self.runtime.Exec, request, show=show_chart)
+        what = "attach" if attach else " ".join(cmd)
+        term = Terminal(response.url, title=f"{container_id[:12]}: {what}")
+        self.terminals.append(term)
+        _display(term)
+        return term
 
     def watch(self, *charts: str, container_id: str = "", sandbox_id: str = "") -> ChartView:
         """A chart view of a running filter: the latest call of these charts
@@ -252,6 +321,9 @@ class Lab:
         for view in self.views:
             view.stop()
         self.views.clear()
+        for term in self.terminals:
+            term.disconnect()
+        self.terminals.clear()
         self.client.close()
         if self.guardian is not None:
             guardian, self.guardian = self.guardian, None
@@ -265,7 +337,7 @@ _running: Lab | None = None
 _lock = threading.Lock()
 
 
-def _display(view: ChartView) -> Any:
+def _display(view: Any) -> Any:
     """Display in a notebook (a handle to update it), or nothing outside one."""
     try:
         from IPython import get_ipython
@@ -324,8 +396,7 @@ def start(*extra: str, quiet: bool = False) -> Lab:
         except ValueError:
             ready = {}
         if not ready.get("ready"):
-            log = base / "server.log"
-            said = log.read_text(errors="replace")[-2000:] if log.exists() else first
+            said = str(ready.get("log", first))
             _finish(guardian)
             raise ServerGone(f"teaching-cri serve did not start:\n{said}")
         lab = Lab(client_connect(base / "cri.sock"), base, guardian, int(ready["pid"]))
