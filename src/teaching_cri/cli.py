@@ -1,4 +1,4 @@
-"""The ``teaching-cri`` command: serve, demo, trace follow/show, charts."""
+"""The ``teaching-cri`` command: serve, demo, trace follow/show, charts, fidelity."""
 
 from __future__ import annotations
 
@@ -103,7 +103,70 @@ def build_parser() -> argparse.ArgumentParser:
     charts.add_argument("name", nargs="?")
     charts.add_argument("--format", choices=("text", "svg", "png"), default="text")
     charts.add_argument("-o", "--output", type=Path)
+
+    fidelity = sub.add_parser(
+        "fidelity",
+        help="which chart nodes the traces of a run visited, which are absent, which never ran",
+    )
+    fidelity.add_argument(
+        "--trace-file",
+        type=Path,
+        action="append",
+        default=[],
+        help="a JSONL trace file or a directory of them (repeatable; "
+        "default: $TEACHING_CRI_TRACE_DIR, where the test suite leaves its traces)",
+    )
+    fidelity.add_argument("--format", choices=("text", "svg"), default="text")
+    fidelity.add_argument(
+        "-o", "--output", type=Path, default=Path("."), help="directory for the SVGs (.)"
+    )
+    fidelity.add_argument(
+        "--fail-under",
+        type=float,
+        default=0.0,
+        metavar="PERCENT",
+        help="exit 1 if the seed charts' honest-visit figure is under PERCENT",
+    )
     return parser
+
+
+def _fidelity(args: argparse.Namespace) -> int:
+    from .trace.charts import ChartSet
+    from .trace.fidelity import (
+        ENV_TRACE_DIR,
+        default_trace_paths,
+        format_text,
+        heat_svg,
+        report_from_files,
+        trace_files,
+    )
+
+    named = args.trace_file or default_trace_paths()
+    if not named:
+        print(f"{PROG}: error: no --trace-file given and {ENV_TRACE_DIR} not set", file=sys.stderr)
+        return 2
+    files = trace_files(named)
+    missing = [str(f) for f in files if not f.exists()]
+    if missing or not files:
+        what = ", ".join(missing) if missing else "no *.jsonl in " + ", ".join(map(str, named))
+        print(f"{PROG}: error: {what}", file=sys.stderr)
+        return 2
+    try:
+        report = report_from_files(files, ChartSet.load())
+    except (OSError, ValueError) as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 1
+    print(format_text(report))
+    if args.format == "svg":
+        try:
+            args.output.mkdir(parents=True, exist_ok=True)
+            for fid in report.charts:
+                (args.output / f"{fid.chart.name}.svg").write_text(heat_svg(fid))
+        except OSError as exc:
+            print(f"{PROG}: error: {exc.filename}: {exc.strerror}", file=sys.stderr)
+            return 1
+        print(f"{len(report.charts)} heat maps in {args.output}")
+    return 1 if report.percent() < args.fail_under else 0
 
 
 def _cni_install(args: argparse.Namespace) -> int:
@@ -322,6 +385,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _follow(args) if args.trace_command == "follow" else _show(args)
     if args.command == "cni":
         return _cni_install(args)
+    if args.command == "fidelity":
+        return _fidelity(args)
     return _charts(args)
 
 

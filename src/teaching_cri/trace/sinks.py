@@ -10,6 +10,7 @@ by ``TraceService.Stats`` and in ``Status`` verbose info.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import logging.handlers
 import queue
@@ -17,6 +18,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .events import TraceEvent, TraceFilter
@@ -147,6 +149,55 @@ class JsonlFileSink:
     def close(self) -> None:
         self._stop.set()  # the thread writes what is queued, then ends
         self._thread.join(timeout=10)
+
+
+def rotated_files(path: Path) -> list[Path]:
+    """``path`` and the backups the rotation made of it, oldest first
+    (``path.3``, ``path.2``, ``path.1``, ``path``): the order they were written in."""
+    backups: list[tuple[int, Path]] = []
+    for candidate in path.parent.glob(path.name + ".*"):
+        suffix = candidate.name[len(path.name) + 1 :]
+        if suffix.isdigit():
+            backups.append((int(suffix), candidate))
+    files = [p for _, p in sorted(backups, reverse=True)]
+    return [*files, path] if path.exists() else files
+
+
+@dataclass
+class JsonlTrace:
+    """What a JSONL trace file (and its backups) holds."""
+
+    events: list[TraceEvent] = field(default_factory=list)
+    files: list[Path] = field(default_factory=list)
+    # A server killed in the middle of a write leaves its last line cut short;
+    # that line is skipped, since the events before it are whole.
+    torn_lines: int = 0
+    # With ``backups`` backups present, the rotation may have deleted older
+    # ones: the first spans can have lost their beginning.
+    may_have_lost_oldest: bool = False
+
+
+def read_jsonl(path: Path, backups: int = 3) -> JsonlTrace:
+    """Every event of a :class:`JsonlFileSink`'s file and its backups, in
+    emission order. ``backups`` is the count the sink kept (3 by default)."""
+    trace = JsonlTrace(files=rotated_files(path))
+    trace.may_have_lost_oldest = len(trace.files) > backups
+    for file in trace.files:
+        lines = file.read_text(encoding="utf-8", errors="replace").splitlines()
+        for number, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            try:
+                trace.events.append(TraceEvent.from_dict(json.loads(line)))
+            except (ValueError, KeyError, TypeError) as exc:
+                # Only the very last line can be torn by a kill; any other bad
+                # line means the file is not what the sink writes.
+                if file is trace.files[-1] and number == len(lines):
+                    trace.torn_lines += 1
+                    continue
+                raise ValueError(f"{file}:{number}: not a trace event: {exc}") from None
+    trace.events.sort(key=lambda e: e.sequence)
+    return trace
 
 
 class Subscription:
