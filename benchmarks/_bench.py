@@ -443,10 +443,17 @@ def write_conflist(tmp: Path, subnet: str, bridge: str) -> tuple[Path, dict[str,
 
 class BenchServer:
     """``python -m teaching_cri serve`` on a socket of its own, as a user runs it,
-    with the built-in infra as its pause image. A subclass adds the calls its
+    with the built-in infra as its pause image unless given another. A subclass adds the calls its
     benchmark makes and, in ``clear``, removes what they left."""
 
-    def __init__(self, base: Path, conf_dir: Path, trace: str, extra: Sequence[str] = ()) -> None:
+    def __init__(
+        self,
+        base: Path,
+        conf_dir: Path,
+        trace: str,
+        extra: Sequence[str] = (),
+        pause_image: str = BUILT_IN_INFRA,
+    ) -> None:
         self.base = base
         self.socket = base / "cri.sock"
         self.state = base / "state"
@@ -465,7 +472,7 @@ class BenchServer:
             "--cni-conf-dir",
             str(conf_dir),
             "--pause-image",
-            BUILT_IN_INFRA,
+            pause_image,
             "--trace",
             trace,
             "--log-level",
