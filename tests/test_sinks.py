@@ -7,8 +7,16 @@ import json
 import threading
 from pathlib import Path
 
+import pytest
+
 from teaching_cri.trace.events import EventKind, TraceEvent, TraceFilter
-from teaching_cri.trace.sinks import FanOutSink, JsonlFileSink, RingBufferSink
+from teaching_cri.trace.sinks import (
+    FanOutSink,
+    JsonlFileSink,
+    RingBufferSink,
+    read_jsonl,
+    rotated_files,
+)
 
 
 def ev(seq: int, chart: str = "Version", **attrs: str) -> TraceEvent:
@@ -127,3 +135,40 @@ async def test_a_follow_arriving_during_shutdown_ends_at_once() -> None:
     fan.close()
     late = fan.subscribe(TraceFilter())
     assert await asyncio.wait_for(late.get(), 1) is None
+
+
+def test_a_rotated_trace_is_read_back_whole_and_in_order(tmp_path: Path) -> None:
+    path = tmp_path / "trace.jsonl"
+    sink = JsonlFileSink(path, max_bytes=3_000, backups=5)
+    for i in range(1, 61):
+        sink.publish(ev(i))
+    sink.close()
+    files = rotated_files(path)
+    assert files[-1] == path and len(files) > 2
+    assert files[:-1] == sorted(files[:-1], key=lambda p: -int(p.suffix[1:])), "oldest first"
+    trace = read_jsonl(path, backups=5)
+    assert [e.sequence for e in trace.events] == list(range(1, 61))
+    assert not trace.may_have_lost_oldest and trace.torn_lines == 0
+
+
+def test_a_full_set_of_backups_may_have_lost_the_oldest(tmp_path: Path) -> None:
+    path = tmp_path / "trace.jsonl"
+    sink = JsonlFileSink(path, max_bytes=1_000, backups=2)
+    for i in range(1, 101):
+        sink.publish(ev(i))
+    sink.close()
+    trace = read_jsonl(path, backups=2)
+    assert trace.may_have_lost_oldest
+    assert trace.events[0].sequence > 1 and trace.events[-1].sequence == 100
+
+
+def test_a_torn_last_line_is_skipped_and_counted(tmp_path: Path) -> None:
+    """A server killed in the middle of a write: the events before it stand."""
+    path = tmp_path / "t.jsonl"
+    whole = [ev(1).to_json(), ev(2).to_json()]
+    path.write_text("\n".join(whole) + "\n" + ev(3).to_json()[:40])
+    trace = read_jsonl(path)
+    assert [e.sequence for e in trace.events] == [1, 2] and trace.torn_lines == 1
+    path.write_text(whole[0][:40] + "\n" + whole[1] + "\n")
+    with pytest.raises(ValueError, match=r"t\.jsonl:1: not a trace event"):
+        read_jsonl(path)
