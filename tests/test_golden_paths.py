@@ -18,6 +18,7 @@ unprivileged tier differs it has ``<scenario>.unprivileged.txt`` beside it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import difflib
 import json
 import os
@@ -33,8 +34,9 @@ from typing import Any
 
 import grpc
 import pytest
-from test_streaming import V4, free_port, http_server, session, status_of, stdout_of
-from websockets.exceptions import InvalidStatus
+from test_streaming import V4, free_port, http_server, session, status_of, stdout_of, ws_url
+from websockets.asyncio.client import connect as ws_connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from teaching_cri.api import admin_pb2, api_pb2
 from teaching_cri.client import Client
@@ -338,6 +340,17 @@ def test_runtime_rpcs(world: World) -> None:
             )
         ),
     )
+    world.call(
+        "UpdateRuntimeConfig",
+        "bad_pod_cidr",
+        rt.UpdateRuntimeConfig,
+        api_pb2.UpdateRuntimeConfigRequest(
+            runtime_config=api_pb2.RuntimeConfig(
+                network_config=api_pb2.NetworkConfig(pod_cidr="10.244.0.0/40")
+            )
+        ),
+        code=grpc.StatusCode.INVALID_ARGUMENT,
+    )
     world.verdict()
 
 
@@ -623,6 +636,24 @@ def test_container_lifecycle(world: World) -> None:
         rt.StopContainer,
         api_pb2.StopContainerRequest(container_id=cid, timeout=1),
     )
+    world.call(
+        "ReopenContainerLog",
+        "not_running",
+        rt.ReopenContainerLog,
+        api_pb2.ReopenContainerLogRequest(container_id=cid),
+        code=grpc.StatusCode.FAILED_PRECONDITION,
+    )
+    exited_only = world.call(
+        "ListContainers",
+        "filter_exited",
+        rt.ListContainers,
+        api_pb2.ListContainersRequest(
+            filter=api_pb2.ContainerFilter(
+                state=api_pb2.ContainerStateValue(state=api_pb2.CONTAINER_EXITED)
+            )
+        ),
+    )
+    assert cid in {c.id for c in exited_only.containers}
     exited = world.call(
         "ContainerStatus",
         "exited",
@@ -663,6 +694,13 @@ def test_container_lifecycle(world: World) -> None:
         "gone",
         rt.RemoveContainer,
         api_pb2.RemoveContainerRequest(container_id=cid),
+    )
+    world.call(
+        "PortForward",
+        "no_such_pod",
+        rt.PortForward,
+        api_pb2.PortForwardRequest(pod_sandbox_id="0" * 64, port=[80]),
+        code=grpc.StatusCode.NOT_FOUND,
     )
     missing = world.container_config("nope", "true")
     missing.image.image = "teaching-cri.local/not-there:1"
@@ -730,12 +768,32 @@ def test_websocket_streams(world: World) -> None:
     assert stdout_of(messages) == b"attached"
     world.streamed("WebsocketStream", "attach_stdin_once", since)
 
+    _sid, doomed = world.running("wsstop", "sleep", "1000")
+    since = time.time_ns()
+    url = rt.Exec(api_pb2.ExecRequest(container_id=doomed, cmd=["true"], stdout=True)).url
+    rt.StopContainer(api_pb2.StopContainerRequest(container_id=doomed, timeout=0))
+    messages = asyncio.run(everything_until_closed(url))
+    world.streamed("WebsocketStream", "exec_container_stopped_after_url", since)
+    # What kubectl shows: a Failure status on the error channel, as for any
+    # exec that could not run, not a connection torn down.
+    assert status_of(messages)["status"] == "Failure", messages
+
     since = time.time_ns()
     bad = url.rsplit("/", 1)[0] + "/not-a-token"
     with pytest.raises(InvalidStatus, match=r"HTTP 40[34]"):
         asyncio.run(session(bad, V4))
     world.streamed("Websocket", "unknown_token", since)
     world.verdict()
+
+
+async def everything_until_closed(url: str) -> list[bytes | str]:
+    """What the server sent before it closed, whichever way it closed."""
+    got: list[bytes | str] = []
+    async with ws_connect(ws_url(url), subprotocols=[V4]) as ws:  # type: ignore[list-item]
+        with contextlib.suppress(ConnectionClosed):
+            async for message in ws:
+                got.append(message)
+    return got
 
 
 def test_port_forward_over_websocket(world: World) -> None:
@@ -771,6 +829,15 @@ def test_spdy_streams(world: World) -> None:
     world.streamed("SpdyStream", "exec_exit_3", since)
 
     since = time.time_ns()
+    _sid, att = world.running("spdyatt", "/bin/sh", stdin=True, stdin_once=True)
+    url = rt.Attach(
+        api_pb2.AttachRequest(container_id=att, stdin=True, stdout=True, stderr=True)
+    ).url
+    out, _err, _status = spdy.remote_command(url, stdin=b"echo -n attached\n")
+    assert out == b"attached"
+    world.streamed("SpdyStream", "attach_stdin_once", since)
+
+    since = time.time_ns()
     url = rt.Exec(api_pb2.ExecRequest(container_id=cid, cmd=["true"], stdout=True)).url
     with pytest.raises(spdy.UpgradeRefused):
         spdy.remote_command(url, protocol="v1.unknown.example")
@@ -796,3 +863,15 @@ def test_websocket_server_start_and_shutdown(world: World) -> None:
                 [e for e in trace.events if e.chart == "WebsocketServer"],
             )
             world.verdict()
+
+
+def test_every_chart_has_a_golden_path(world: World) -> None:
+    """Every chart in diagrams/ is walked by at least one golden scenario of
+    this tier (as the span of an RPC or callback, or as a child of one)."""
+    scenarios = {(p.parent.name, p.name.split(".")[0]) for p in GOLDEN.rglob("*.txt")}
+    walked: set[str] = set()
+    for chart, scenario in scenarios:
+        lines = golden_file(chart, scenario, world.tier).read_text().splitlines()
+        walked |= {line.strip() for line in lines if " " not in line.strip()}
+    missing = sorted(set(world.charts) - walked)
+    assert not missing, f"charts no golden scenario of the {world.tier} tier walks: {missing}"
