@@ -186,9 +186,12 @@ class Stream:
     reset_status: int = 0  # RST_STREAM's status, 0 if none
 
     def write(self, data: bytes) -> None:
-        """Sends as the windows allow: waits for the server's WINDOW_UPDATEs."""
+        """Sends as the windows allow: waits for the server's WINDOW_UPDATEs
+        (a session that does not count, as spdystream, sends at once)."""
         while data:
-            n = self.session.take_window(self, min(len(data), MAX_DATA))
+            n = min(len(data), MAX_DATA)
+            if self.session.counting:
+                n = self.session.take_window(self, n)
             self.session.send(data_frame(self.id, 0, data[:n]))
             data = data[n:]
 
@@ -225,7 +228,10 @@ class Stream:
 class Session:
     """A SPDY session over any byte pipe: ``send`` writes bytes, ``recv`` returns
     some (b"" at the end). A reader thread demultiplexes frames into streams,
-    answers the server's PINGs and applies SETTINGS and WINDOW_UPDATEs."""
+    answers the server's PINGs and applies SETTINGS and WINDOW_UPDATEs.
+
+    ``counting=False`` plays Go's spdystream, the SPDY of client-go: it never
+    sends WINDOW_UPDATE and ignores the server's windows (its brake is TCP's)."""
 
     def __init__(
         self,
@@ -233,8 +239,10 @@ class Session:
         recv: Callable[[], bytes],
         close: Callable[[], None],
         protocol: str,
+        counting: bool = True,
     ) -> None:
         self._send, self._recv, self._close, self.protocol = send, recv, close, protocol
+        self.counting = counting
         self._buffer = bytearray()
         self._codec, self._send_lock = HeaderCodec(), threading.Lock()
         self.cond = threading.Condition()
@@ -244,7 +252,8 @@ class Session:
         self._initial_window = INITIAL_WINDOW
         self.recv_window = INITIAL_WINDOW  # what the server may still send us
         self.violations: list[str] = []  # what the server did against the spec
-        self.goaway: int | None = None
+        self.goaway: int | None = None  # the last good stream id of the server's GOAWAY
+        self.goaway_status: int | None = None
         self.closed = False
         self._reader = threading.Thread(target=self._read_loop, daemon=True)
         self._reader.start()
@@ -285,7 +294,10 @@ class Session:
 
     def consumed(self, stream: Stream, n: int) -> None:
         """Gives ``n`` bytes back to the session's window and, while the server may
-        still send on it, to the stream's; nothing once the connection is gone."""
+        still send on it, to the stream's; nothing once the connection is gone
+        (nor ever, for a session that does not count)."""
+        if not self.counting:
+            return
         with self.cond:
             self.recv_window += n
             stream_open = not stream.remote_closed
@@ -345,14 +357,14 @@ class Session:
             if frame.kind == 0:
                 stream = self.streams.get(frame.stream_id)
                 self.recv_window -= len(p)
-                if self.recv_window < 0:
+                if self.recv_window < 0 and self.counting:
                     self.violations.append(f"session window overrun by {-self.recv_window}")
                 if stream is None:
                     self.violations.append(f"data for unknown stream {frame.stream_id}")
                 else:
                     stream.received += p
                     stream.recv_window -= len(p)
-                    if stream.recv_window < 0:
+                    if stream.recv_window < 0 and self.counting:
                         self.violations.append(f"stream {stream.id} window overrun")
                     stream.remote_closed |= bool(frame.flags & FLAG_FIN)
             elif frame.kind in (SYN_REPLY, HEADERS):
@@ -377,6 +389,7 @@ class Session:
                 return control_frame(PING, 0, p)
             elif frame.kind == GOAWAY:
                 self.goaway = sid
+                self.goaway_status = struct.unpack_from(">I", p, 4)[0]
             elif frame.kind == WINDOW_UPDATE:
                 delta = struct.unpack_from(">I", p, 4)[0] & 0x7FFFFFFF
                 if sid == 0:
@@ -423,7 +436,7 @@ class _Connection:
         self.sock.close()
 
 
-def connect(url: str, protocols: Iterable[str]) -> Session:
+def connect(url: str, protocols: Iterable[str], counting: bool = True) -> Session:
     """The upgrade client-go's SPDY round tripper makes: a POST with ``Connection:
     Upgrade``, ``Upgrade: SPDY/3.1`` and one ``X-Stream-Protocol-Version`` per
     protocol; the answer must be 101 naming one of them."""
@@ -435,7 +448,7 @@ def connect(url: str, protocols: Iterable[str]) -> Session:
     if chosen not in protocols:
         conn.close()
         raise ConnectionError(f"101 without one of {protocols} chosen: {conn.headers}")
-    return Session(conn.sock.sendall, lambda: conn.file.read1(65536), conn.close, chosen)
+    return Session(conn.sock.sendall, lambda: conn.file.read1(65536), conn.close, chosen, counting)
 
 
 def connect_tunnelled(url: str, subprotocol: str = "SPDY/3.1+portforward.k8s.io") -> Session:

@@ -188,8 +188,11 @@ def test_a_bad_header_block_content_resets_only_its_stream() -> None:
     good = writer.encode(SynStream(5, {"port": "80"}))
     server.conn.receive_data(bad + upper + good)
     events = server.conn.events()
-    assert [type(e) for e in events] == [StreamOpened, StreamOpened]
+    assert [type(e) for e in events] == [StreamOpened, StreamReset, StreamOpened]
     assert [e.stream_id for e in events if isinstance(e, StreamOpened)] == [1, 5]
+    reset = events[1]
+    assert isinstance(reset, StreamReset) and (reset.stream_id, reset.local) == (3, True)
+    assert "'Port' is not lowercase" in reset.reason, "the I/O layer logs why"
     assert server.frames() == [RstStream(3, RstStatus.PROTOCOL_ERROR)]
 
 
@@ -204,7 +207,10 @@ def test_a_window_overrun_is_a_flow_control_error() -> None:
     client.send_data(sid, b"b")
     server.conn.receive_data(client.data_to_send())
     assert server.frames() == [RstStream(sid, RstStatus.FLOW_CONTROL_ERROR)]
-    assert server.conn.events()[-1] == StreamReset(sid, RstStatus.FLOW_CONTROL_ERROR, local=True)
+    reset = server.conn.events()[-1]
+    assert isinstance(reset, StreamReset)
+    assert (reset.stream_id, reset.status, reset.local) == (sid, RstStatus.FLOW_CONTROL_ERROR, True)
+    assert "window by 1 bytes" in reset.reason
     assert not server.conn.is_open(sid)
 
 
@@ -367,3 +373,85 @@ def test_too_many_streams_are_refused() -> None:
     pump(client, server)
     assert [e.stream_id for e in server.events() if isinstance(e, StreamOpened)] == ids[:2]
     assert client.events() == [StreamReset(ids[2], RstStatus.REFUSED_STREAM)]
+
+
+# -- the flow-control rule for peers that may not count (the module's docstring) ----------
+
+
+def learning_pair(**client: bool | int) -> tuple[Connection, Connection, int]:
+    """A learning server and a client with one stdout stream replied to."""
+    c = Connection(client=True, **client)  # type: ignore[arg-type]
+    s = Connection(client=False, flow_control=None)
+    sid = c.open_stream({"streamtype": "stdout"})
+    pump(c, s)
+    s.events()
+    s.reply(sid)
+    return c, s, sid
+
+
+def test_a_silent_peer_is_probed_then_sent_to_without_windows() -> None:
+    """spdystream reads everything and never says WINDOW_UPDATE: once a window is
+    spent our PING asks; its answer is the I/O layer's cue to stop waiting."""
+    client, server, sid = learning_pair(flow_control=False)
+    server.send_data(sid, b"o" * 100_000, fin=True)
+    assert server.pending(sid) == 100_000 - 64 * 1024
+    out = server.data_to_send()
+    reader = FrameReader()
+    reader.feed(out)
+    frames = []
+    while (frame := reader.next_frame()) is not None:
+        frames.append(frame)
+    assert frames[-1] == Ping(2), "the probe follows the window's last byte"
+    client.receive_data(out)  # the client takes the data in, and answers only the PING
+    server.receive_data(client.data_to_send())
+    assert server.events() == [spdy.WindowProbeAnswered(2)]
+    assert server.peer_counts is None and server.pending(sid) > 0, "the grace is the I/O layer's"
+    server.ignore_peer_windows()
+    assert server.peer_counts is False and server.pending(sid) == 0
+    client.receive_data(server.data_to_send())
+    got = [e for e in client.events() if isinstance(e, DataReceived)]
+    assert sum(len(e.data) for e in got) == 100_000
+
+
+def test_a_window_update_shows_the_peer_counts_and_binds_it() -> None:
+    client, server, sid = learning_pair()
+    server.send_data(sid, b"o" * 70_000)
+    pump(client, server)
+    for event in client.events():
+        if isinstance(event, DataReceived):
+            client.consumed(sid, len(event.data))
+    pump(client, server)
+    assert server.peer_counts is True
+    assert server.pending(sid) == 0
+    server.ignore_peer_windows()  # too late: it counts
+    assert server.peer_counts is True
+    stdin = client.open_stream({"streamtype": "stdin"})
+    pump(client, server)
+    server.events()
+    server.reply(stdin)
+    pump(client, server)
+    client.peer_counts = False  # the client misbehaves from here on
+    client.send_data(stdin, b"i" * (64 * 1024 + 1))
+    server.receive_data(client.data_to_send())
+    ended = server.events()[-1]
+    assert isinstance(ended, ConnectionTerminated) and ended.local
+    assert "past the session's window" in ended.reason
+
+
+def test_data_past_our_window_from_an_unknown_peer_shows_it_does_not_count() -> None:
+    """spdystream's stdin: a large write goes out whatever our window says; it is
+    taken in (the I/O layer bounds it by not reading), and our held data goes too."""
+    client, server, sid = learning_pair(flow_control=False)
+    server.send_data(sid, b"o" * 70_000)
+    assert server.pending(sid) > 0
+    stdin = client.open_stream({"streamtype": "stdin"})
+    pump(client, server)
+    server.events()
+    server.reply(stdin)
+    pump(client, server)
+    client.send_data(stdin, b"i" * 100_000)
+    server.receive_data(client.data_to_send())
+    events = server.events()
+    assert sum(len(e.data) for e in events if isinstance(e, DataReceived)) == 100_000
+    assert not [e for e in events if isinstance(e, StreamReset | spdy.ConnectionTerminated)]
+    assert server.peer_counts is False and server.pending(sid) == 0

@@ -1,4 +1,4 @@
-"""Port forwarding into a pod, over the websocket (iSulad leaves it a stub).
+"""Port forwarding into a pod over the websocket (iSulad: a stub; SPDY: spdy_portforward.py).
 
 The Kubernetes websocket port-forward protocol (k8s.io/kubelet's
 ``portforward/websocket.go``): for the i-th forwarded port, channel 2i
@@ -75,6 +75,7 @@ async def serve_port_forward(
     decide("get_pod_network_namespace", True)
     way = nsconnect.way_into(netns)
     branch("way_into_the_pod_netns", way, netns=netns)
+    branch("which_wire", "websocket")  # SPDY's walk is spdy_portforward.py's
     with step("write_port_on_data_and_error_channels"):
         for i, port in enumerate(ports):
             for channel in (2 * i, 2 * i + 1):  # each channel opens with its port

@@ -35,13 +35,42 @@ Errors are the spec's two kinds: a stream error resets one stream
 session (the corrupt header block that leaves the shared zlib context
 unusable is one).
 
-One departure, by choice of the I/O layer: ``spdystream``, the SPDY of every
-Go client Kubernetes ships, implements no flow control at all: it never
-sends WINDOW_UPDATE and ignores ours. A server that honoured windows with it
-would stall after 64 KiB of output and reset a large stdin. So
-``Connection(flow_control=False)`` neither holds data back for the peer's
-window nor polices ours; it still sends WINDOW_UPDATE, so a peer that does
-count is never starved.
+Flow control with peers that do not count
+-------------------------------------------
+
+``spdystream`` (moby/spdystream), the SPDY of every Go client and server
+Kubernetes ships, parses WINDOW_UPDATE and SETTINGS and then drops them (its
+frame handler has no case for either), never sends either, and writes each
+``Write`` as one data frame of whatever size, whatever our windows say. Its
+only brake is TCP: its reader hands each data frame to the stream's reader
+through an unbuffered channel, so a reader that does not read stops the
+session's reading, and the socket fills. A server that held to windows with it
+would stall after 64 KiB of output; one that policed its own windows would
+reset a large stdin. A peer written from the draft counts both ways, and is
+owed exactly that. The rule, ``Connection(flow_control=None)``:
+
+* Until the peer shows which kind it is, we hold our data to its windows
+  (as the draft asks) and do not police ours.
+* A WINDOW_UPDATE from the peer shows that it counts: from then on its
+  windows bind us and ours bind it (data past them is FLOW_CONTROL_ERROR on
+  the stream, a GOAWAY for the session's).
+* Data from the peer past our window, or silence, shows that it does not.
+  Silence is judged by a probe: when data waits for a window and the peer has
+  never sent a WINDOW_UPDATE, we send a PING. Its answer means the peer has
+  read every byte we sent before it (frames are read in order), so
+  :class:`WindowProbeAnswered` tells the I/O layer, which owns the clock:
+  if no WINDOW_UPDATE has come after a short grace, it calls
+  :meth:`Connection.ignore_peer_windows`. A counting peer that has read a
+  whole window and consumed none of it in that time is taken for spdystream;
+  that is the rule's one guess, and it errs towards not deadlocking.
+* Either way our memory stays bounded without the windows: the I/O layer
+  stops reading the socket while too much received data waits to be
+  consumed, and stops producing while the socket's write buffer is full.
+
+``flow_control=True`` holds to the windows and polices them from the start
+(a peer known to count), ``False`` never does either (how the tests play
+spdystream); both still send WINDOW_UPDATE as data is consumed, so a counting
+peer is never starved.
 """
 
 from __future__ import annotations
@@ -587,11 +616,12 @@ class StreamEnded:
 @dataclass(frozen=True)
 class StreamReset:
     """The stream is gone: the peer reset it, or we did (``local``) because
-    the peer broke a stream rule."""
+    the peer broke a stream rule (``reason`` says which)."""
 
     stream_id: int
     status: int
     local: bool = False
+    reason: str = ""
 
 
 @dataclass(frozen=True)
@@ -609,6 +639,16 @@ class PingReceived:
 @dataclass(frozen=True)
 class PingAcknowledged:
     """The answer to a PING of ours."""
+
+    ping_id: int
+
+
+@dataclass(frozen=True)
+class WindowProbeAnswered:
+    """The answer to the PING sent when our data waited for a window of a peer
+    that has never sent WINDOW_UPDATE: it has read all we sent. Wait a little
+    for its WINDOW_UPDATE, then :meth:`Connection.ignore_peer_windows` if
+    :attr:`Connection.peer_counts` is still None (see the module's rule)."""
 
     ping_id: int
 
@@ -642,6 +682,7 @@ Event = (
     | SettingsReceived
     | PingReceived
     | PingAcknowledged
+    | WindowProbeAnswered
     | WindowUpdated
     | ConnectionTerminated
 )
@@ -669,8 +710,9 @@ class Connection:
     """One SPDY/3.1 session, either side.
 
     ``client``: our stream ids are odd (a client's) or even (a server's).
-    ``flow_control``: honour the peer's windows and police ours (see the
-    module's note on spdystream). ``max_streams``: the peer's streams open at
+    ``flow_control``: True holds to the peer's windows and polices ours;
+    False does neither; None learns which the peer wants (the module's rule),
+    the answer in :attr:`peer_counts`. ``max_streams``: the peer's streams open at
     once; more are refused. Memory is bounded by ``max_frame`` for incoming
     frames, ``max_header_block`` for an inflated header block, the receive
     windows (with flow control) for unconsumed data, and the I/O layer for
@@ -681,7 +723,7 @@ class Connection:
         self,
         *,
         client: bool,
-        flow_control: bool = True,
+        flow_control: bool | None = True,
         initial_window: int = DEFAULT_WINDOW,
         max_streams: int = 100,
         max_frame: int = 1 << 20,
@@ -690,7 +732,8 @@ class Connection:
         remembered_resets: int = 64,
     ) -> None:
         self.client = client
-        self.flow_control = flow_control
+        self.peer_counts: bool | None = flow_control
+        self._probe: int | None = None  # our PING asking a silent peer
         self.max_streams = max_streams
         self.max_data_frame = max_data_frame
         self._reader = FrameReader(max_frame=max_frame, max_header_block=max_header_block)
@@ -909,7 +952,12 @@ class Connection:
             if frame.ping_id % 2 == (1 if self.client else 0):
                 if frame.ping_id in self._pings:
                     self._pings.discard(frame.ping_id)
-                    self._events.append(PingAcknowledged(frame.ping_id))
+                    if frame.ping_id == self._probe:
+                        self._probe = None
+                        if self.peer_counts is None:
+                            self._events.append(WindowProbeAnswered(frame.ping_id))
+                    else:
+                        self._events.append(PingAcknowledged(frame.ping_id))
             else:
                 self._emit(Ping(frame.ping_id))
                 self._events.append(PingReceived(frame.ping_id))
@@ -956,7 +1004,7 @@ class Connection:
         if sid == 0:
             raise SpdyError("a data frame for stream 0")
         self._session_recv -= size
-        if self.flow_control and self._session_recv < 0:
+        if self._session_recv < 0 and not self._overrun_allowed():
             raise SpdyError(f"data past the session's window by {-self._session_recv} bytes")
         stream = self._streams.get(sid)
         if stream is None or not stream.remote_open:
@@ -970,7 +1018,7 @@ class Connection:
             self._credit_session(size)
             raise StreamError(sid, RstStatus.PROTOCOL_ERROR, f"data on {sid} before SYN_REPLY")
         stream.recv_window -= size
-        if self.flow_control and stream.recv_window < 0:
+        if stream.recv_window < 0 and not self._overrun_allowed():
             self._credit_session(size)
             raise StreamError(
                 sid,
@@ -996,7 +1044,25 @@ class Connection:
         if window is not None:
             self._flush_all()
 
+    def _overrun_allowed(self) -> bool:
+        """Data past our window: an error from a peer that counts; from one
+        not yet known, the sign that it does not (spdystream)."""
+        if self.peer_counts is None:
+            self.ignore_peer_windows()
+        return self.peer_counts is False
+
+    def ignore_peer_windows(self) -> None:
+        """The peer does not count (the module's rule): send without its
+        windows, and let its data past ours. No effect once it has shown
+        that it counts."""
+        if self.peer_counts is None:
+            self.peer_counts = False
+            self._probe = None
+            self._flush_all()
+
     def _on_window_update(self, frame: WindowUpdate) -> None:
+        if self.peer_counts is None:
+            self.peer_counts = True
         if frame.delta == 0:
             if frame.stream_id == 0:
                 raise SpdyError("WINDOW_UPDATE of 0 for the session")
@@ -1046,10 +1112,8 @@ class Connection:
 
     def _stream_error(self, exc: StreamError) -> None:
         self._emit(RstStream(exc.stream_id, exc.status))
-        known = exc.stream_id in self._streams
         self._drop(exc.stream_id)
-        if known:
-            self._events.append(StreamReset(exc.stream_id, exc.status, local=True))
+        self._events.append(StreamReset(exc.stream_id, exc.status, local=True, reason=str(exc)))
 
     def _session_error(self, exc: SpdyError) -> None:
         if not self.closed:
@@ -1065,9 +1129,11 @@ class Connection:
     def _flush(self, stream: _Stream) -> None:
         while stream.pending:
             allowed = self.max_data_frame
-            if self.flow_control:
+            if self.peer_counts is not False:
                 allowed = min(allowed, stream.send_window, self._session_send)
             if allowed <= 0:
+                if self.peer_counts is None and self._probe is None and not self.closed:
+                    self._probe = self.ping()
                 return
             chunk = stream.pending.popleft()
             if len(chunk) > allowed:
