@@ -6,18 +6,26 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
+import pytest
 from test_streaming import running, session, status_of, stdout_of
 
 from teaching_cri.api import api_pb2
 from teaching_cri.client import Client
 from teaching_cri.streaming import spdy
+from teaching_cri.streaming.request_cache import RequestCache
+from teaching_cri.streaming.server import StreamingServer
 from teaching_cri.trace.charts import ChartSet
 from teaching_cri.trace.conformance import assert_conforms
+from teaching_cri.trace.events import TraceEvent
+from teaching_cri.trace.tracer import Tracer
 
+import spdy_client
 from conftest import Server
 from test_containers import node  # noqa: F401 - a fixture
 
@@ -148,3 +156,70 @@ def test_a_client_that_never_opens_its_streams_is_dropped(
         return await asyncio.wait_for(reader.read(), 10)
 
     asyncio.run(only_the_error_stream())
+
+
+class Recorded:
+    """A trace sink that keeps every event (the server in this process)."""
+
+    def __init__(self) -> None:
+        self.events: list[TraceEvent] = []
+
+    def publish(self, event: TraceEvent) -> None:
+        self.events.append(event)
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_client_that_never_opens_the_error_stream_gets_goaway(
+    charts: ChartSet, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A real StreamingServer in this process (no container is reached): the
+    streams not all there within the creation timeout end the session with
+    GOAWAY and a log line, free its slot, and the trace follows SpdyStream."""
+    caplog.set_level(logging.INFO, logger="teaching_cri.streaming")
+    sink = Recorded()
+
+    async def main() -> list[spdy.Event]:
+        cache = RequestCache()
+        server = StreamingServer(cache, _no_containers, Tracer(charts, [sink]), "127.0.0.1", 0)
+        server.spdy.creation_timeout = 0.5
+        await server.start()
+        try:
+            request = api_pb2.ExecRequest(container_id="c", cmd=["true"], stdout=True)
+            url = f"http://127.0.0.1:{server.port}/cri/exec/{cache.insert('exec', request)}"
+            status, _headers, reader, writer = await upgrade(url, ["v4.channel.k8s.io"])
+            assert status == 101
+            conn = spdy.Connection(client=True)
+            conn.open_stream({"streamtype": "stdout"})  # and never the error stream
+            writer.write(conn.data_to_send())
+            events: list[spdy.Event] = []
+            while data := await asyncio.wait_for(reader.read(65536), 10):
+                conn.receive_data(data)
+                events += conn.events()
+            writer.close()
+            assert server.sessions == {}, "the slot is free"
+            return events
+        finally:
+            await server.stop()
+
+    events = asyncio.run(main())
+    assert [type(e) for e in events] == [spdy.StreamReplied, spdy.ConnectionTerminated]
+    assert "opened ['stdout'] of ['error', 'stdout'] streams in 0.5s" in caplog.text
+    assert_conforms(sink.events, charts)
+
+
+def test_the_tunnelled_subprotocol_is_for_port_forward_only(
+    node: tuple[Server, Client, Path],  # noqa: F811
+) -> None:
+    _srv, client, logs = node
+    cid = running(client, logs, "spdytun", "sleep", "1000")
+    url = client.runtime.Exec(api_pb2.ExecRequest(container_id=cid, cmd=["true"], stdout=True)).url
+    with pytest.raises(spdy_client.UpgradeRefused) as refused:
+        spdy_client.connect_tunnelled(url)
+    assert refused.value.status == 400
+    assert b"/cri/portforward/" in refused.value.body
+
+
+def _no_containers() -> Any:
+    raise AssertionError("no container is reached in this test")
