@@ -290,3 +290,31 @@ def test_trace_show_with_an_unknown_chart_is_one_line(short_tmp: Path) -> None:
         proc.stderr.strip().splitlines() == [proc.stderr.strip()]
         and "unknown chart 'NoSuchChart'" in proc.stderr
     )
+
+
+def test_fidelity_reads_the_trace_dir_a_test_run_names(short_tmp: Path) -> None:
+    """``teaching-cri fidelity`` with no file: the directory a test run left in
+    $TEACHING_CRI_TRACE_DIR, or one line saying neither was given."""
+    env = {k: v for k, v in os.environ.items() if k != "TEACHING_CRI_TRACE_DIR"}
+    cmd = [sys.executable, "-m", "teaching_cri", "fidelity"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60, env=env)
+    assert_one_line_error(proc, "no --trace-file given", "TEACHING_CRI_TRACE_DIR")
+    srv = start_server(short_tmp / "fid", "--runtime", "unprivileged")
+    try:
+        srv.client().runtime.Version(api_pb2.VersionRequest())
+    finally:
+        srv.stop()
+    assert srv.trace_file is not None
+    traces = short_tmp / "traces"
+    traces.mkdir()
+    shutil.copy(srv.trace_file, traces / "server.jsonl")
+    proc = subprocess.run(
+        cmd,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**env, "TEACHING_CRI_TRACE_DIR": str(traces)},
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "in 1 trace file(s)" in proc.stdout
+    assert "Version (chart): 1 spans, 0 off-chart" in proc.stdout
