@@ -46,6 +46,19 @@ def test_a_token_expires_after_its_ttl() -> None:
     assert cache.consume("attach", token) is None
 
 
+def test_an_expired_token_is_used_up_by_its_consumption_too() -> None:
+    """ConsumeRequest erases before it checks the expiry (the seed's order)."""
+    clock = Clock()
+    cache = make(clock)
+    token = cache.insert("exec", "r")
+    entry = cache.peek(token)
+    assert entry is not None and not cache.expired(entry)
+    clock.now += 60.0
+    assert cache.expired(entry)
+    assert cache.consume("exec", token) is None
+    assert cache.peek(token) is None and cache.check("exec", token) == "used"
+
+
 def test_a_full_cache_refuses_until_old_tokens_expire() -> None:
     clock = Clock()
     cache = make(clock, max_in_flight=3)

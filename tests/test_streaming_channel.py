@@ -8,12 +8,16 @@ import json
 import pytest
 
 from teaching_cri.streaming.channel import (
+    CLOSE,
     ERROR,
+    RESIZE,
+    STDIN,
     STDOUT,
     ChannelError,
     Protocol,
     lowest_writable,
     negotiate,
+    parse_resize,
 )
 
 
@@ -28,32 +32,48 @@ def test_binary_frames_carry_any_byte_including_nul() -> None:
     v4 = Protocol("v4.channel.k8s.io")
     payload = b"a\x00b\xff"
     assert v4.encode(STDOUT, payload) == b"\x01" + payload
-    message = v4.decode(b"\x00" + payload)
-    assert (message.kind, message.data) == ("stdin", payload), "not cut at the NUL"
+    assert v4.split(b"\x00" + payload) == (STDIN, payload), "not cut at the NUL"
 
 
 def test_base64_frames_are_text_with_a_channel_digit() -> None:
     b64 = Protocol("v4.base64.channel.k8s.io")
     assert b64.encode(STDOUT, b"\x00hi") == "1" + base64.b64encode(b"\x00hi").decode()
-    assert b64.decode("0" + base64.b64encode(b"in\x00").decode()).data == b"in\x00"
-    with pytest.raises(ChannelError):
-        b64.decode("0not base64!")
-    with pytest.raises(ChannelError):
-        b64.decode(b"\x00raw")
+    assert b64.split("0" + base64.b64encode(b"in\x00").decode()) == (STDIN, b"in\x00")
+    with pytest.raises(ChannelError, match="base64"):
+        b64.split("0not base64!")
+    with pytest.raises(ChannelError, match="text messages"):
+        b64.split(b"\x00raw")
+    with pytest.raises(ChannelError, match="not a digit"):
+        b64.split("x" + base64.b64encode(b"in").decode())
 
 
 def test_resize_and_the_v5_close_frame() -> None:
     v5 = Protocol("v5.channel.k8s.io")
-    resize = v5.decode(b"\x04" + json.dumps({"Width": 132, "Height": 43}).encode())
-    assert (resize.kind, resize.width, resize.height) == ("resize", 132, 43)
-    close = v5.decode(bytes([255, 0]))
-    assert (close.kind, close.channel) == ("close", 0)
-    with pytest.raises(ChannelError):
-        Protocol("v4.channel.k8s.io").decode(bytes([255, 0]))  # v4 has no close frame
+    channel, payload = v5.split(b"\x04" + json.dumps({"Width": 132, "Height": 43}).encode())
+    assert channel == RESIZE and parse_resize(payload) == (132, 43)
+    assert v5.split(bytes([255, 0])) == (CLOSE, b"\x00")
+    with pytest.raises(ChannelError, match="exactly one"):
+        v5.split(bytes([255, 0, 1]))
+    v4 = Protocol("v4.channel.k8s.io")
+    assert v4.split(bytes([255, 0, 1])) == (255, b"\x00\x01"), "v4 has no close frame"
     with pytest.raises(ChannelError, match="Width"):
-        v5.decode(b"\x04{}")
-    with pytest.raises(ChannelError, match="may not write"):
-        v5.decode(b"\x01output is ours")
+        parse_resize(b"{}")
+    with pytest.raises(ChannelError, match="out of range"):
+        parse_resize(b'{"Width": 0, "Height": 24}')
+    with pytest.raises(ChannelError, match="channel byte"):
+        v5.split(b"")
+
+
+def test_an_error_is_a_failure_status_with_its_reason_and_code() -> None:
+    doc = json.loads(Protocol("v5.channel.k8s.io").error("no", reason="BadRequest", code=400)[1:])
+    assert doc == {
+        "metadata": {},
+        "status": "Failure",
+        "message": "no",
+        "reason": "BadRequest",
+        "code": 400,
+    }
+    assert Protocol("channel.k8s.io").error("no") == b"\x03no", "before v4: the text"
 
 
 def test_exit_status_is_a_kubernetes_status_from_v4_on() -> None:

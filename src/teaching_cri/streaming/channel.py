@@ -14,8 +14,8 @@ flavours, negotiated as websocket subprotocols (k8s.io/apimachinery's
 ``v5.channel.k8s.io``      v4 plus ``[255, channel]``: the client closed that channel
 =========================  ========================================================
 
-Nothing here touches a socket: ``decode`` turns a client's message into what
-it means, ``encode`` a stream's bytes into a message, ``exit_status`` the
+Nothing here touches a socket: ``split`` takes a client's message apart into
+its channel and payload, ``encode`` makes a stream's bytes a message, ``exit_status`` the
 process's end into the error channel's message. Payloads are bytes through
 and through: iSulad writes text frames and cuts them at the first NUL byte;
 a binary-safe stream must not.
@@ -71,31 +71,26 @@ class Protocol:
 
     # -- client → server ----------------------------------------------------------
 
-    def decode(self, message: bytes | str) -> Incoming:
+    def split(self, message: bytes | str) -> tuple[int, bytes]:
+        """A client's message as (channel, payload): its first byte (base64
+        protocols: an ASCII digit, the rest decoded). v5's close frame is
+        channel CLOSE with the closed channel as its one payload byte. What
+        the channel means is the caller's switch."""
         if self.base64:
             if not isinstance(message, str) or not message:
                 raise ChannelError("base64 protocols send text messages with a channel digit")
             if not message[0].isdigit():
                 raise ChannelError(f"channel {message[0]!r} is not a digit")
-            channel = int(message[0])
             try:
-                payload = base64.b64decode(message[1:], validate=True)
+                return int(message[0]), base64.b64decode(message[1:], validate=True)
             except (binascii.Error, ValueError):
                 raise ChannelError("the payload is not base64") from None
-        else:
-            if not isinstance(message, bytes) or not message:
-                raise ChannelError("binary protocols send binary messages with a channel byte")
-            channel, payload = message[0], message[1:]
-            if channel == CLOSE and self.version >= 5:
-                if len(payload) != 1:
-                    raise ChannelError("a close message names exactly one channel")
-                return Incoming("close", payload[0])
-        if channel == STDIN:
-            return Incoming("stdin", STDIN, payload)
-        if channel == RESIZE:
-            width, height = parse_resize(payload)
-            return Incoming("resize", RESIZE, width=width, height=height)
-        raise ChannelError(f"a client may not write channel {channel}")
+        if not isinstance(message, bytes) or not message:
+            raise ChannelError("binary protocols send binary messages with a channel byte")
+        channel, payload = message[0], message[1:]
+        if channel == CLOSE and self.version >= 5 and len(payload) != 1:
+            raise ChannelError("a close message names exactly one channel")
+        return channel, payload
 
     # -- server → client --------------------------------------------------------------
 
@@ -116,14 +111,16 @@ class Protocol:
             ERROR, f"command terminated with non-zero exit code: {exit_code}".encode()
         )
 
-    def error(self, message: str) -> bytes | str:
-        """A failure that is not the process's exit (the stream could not start)."""
+    def error(self, message: str, reason: str = "InternalError", code: int = 500) -> bytes | str:
+        """A failure that is not the process's exit (the stream could not start):
+        from v4 on a ``metav1.Status`` with its reason and HTTP-like code."""
         if self.version >= 4:
             doc = {
                 "metadata": {},
                 "status": "Failure",
                 "message": message,
-                "reason": "InternalError",
+                "reason": reason,
+                "code": code,
             }
             return self.encode(ERROR, json.dumps(doc).encode())
         return self.encode(ERROR, message.encode())

@@ -110,12 +110,25 @@ class RequestCache:
             return "expired"
         return "valid" if entry.method == method else "bad method"
 
-    def consume(self, method: str, token: str) -> CachedRequest | None:
-        """Redeem a token once; an unknown, expired or other-method one is None."""
+    def erase(self, token: str) -> None:
+        """Take a token out (the seed's ``earse``); it is remembered as used
+        until it would have expired."""
         entry = self._entries.pop(token, None)
-        if entry is None or entry.expires <= self.clock() or entry.method != method:
+        if entry is not None:
+            self._used[token] = entry.expires
+
+    def expired(self, entry: CachedRequest) -> bool:
+        return entry.expires <= self.clock()
+
+    def consume(self, method: str, token: str) -> CachedRequest | None:
+        """Redeem a token once, as ConsumeRequest does: look it up, erase it,
+        then check its expiry; an unknown, expired or other-method one is None."""
+        entry = self._entries.get(token)
+        if entry is None:
             return None
-        self._used[token] = entry.expires
+        self.erase(token)
+        if self.expired(entry) or entry.method != method:
+            return None
         return entry
 
 
