@@ -13,7 +13,7 @@ back to SVG or text wherever no widget front end runs.
 from .chart import ChartView
 from .lab import LOCAL_IMAGE, CallFailed, Lab, ServerGone, connect, start
 from .progress import PullProgress
-from .terminal import Terminal
+from .terminal import Terminal, frames
 from .timeline import Timeline
 
 __all__ = [
@@ -26,5 +26,6 @@ __all__ = [
     "Terminal",
     "Timeline",
     "connect",
+    "frames",
     "start",
 ]

@@ -199,5 +199,6 @@ class ChartView(LiveWidget):
         return render_svg(chart_set()[name], events) if name else ""
 
     def fallback(self) -> dict[str, str]:
+        self._coalescer.flush()  # what has arrived, not what the last tick had
         svg = self.static_svg()
         return {"text/plain": self.text(), **({"image/svg+xml": svg} if svg else {})}

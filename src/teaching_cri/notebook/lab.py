@@ -209,20 +209,29 @@ class Lab:
         return view
 
     def pull(self, image: str = PULL_IMAGE, *, timeout: float = 60) -> str | None:
-        """PullImage with a bar per layer and the chart; None if it failed."""
+        """PullImage with a bar per layer and the chart; the image id, or None
+        (with the error shown) if it failed."""
+        request = api_pb2.PullImageRequest(image=api_pb2.ImageSpec(image=image))
+        response = self._with_progress(self.image.PullImage, request, timeout)
+        return None if response is None else str(response.image_ref)
+
+    def build_local(self, name: str = LOCAL_IMAGE) -> str | None:
+        """BuildLocalImage (no network: the host's busybox-static as one layer),
+        with its progress bar and chart; the image id, or None if it failed."""
+        request = admin_pb2.BuildLocalImageRequest(name=name)
+        response = self._with_progress(self.admin.BuildLocalImage, request, 60)
+        return None if response is None else str(response.image_ref)
+
+    def _with_progress(self, method: Callable[..., Any], request: Any, timeout: float) -> Any:
         trace_id = secrets.token_hex(16)
         bars = PullProgress(self.client, trace_id=trace_id, since_unix_nano=time.time_ns())
         handle = _display(bars)
-        request = api_pb2.PullImageRequest(image=api_pb2.ImageSpec(image=image))
         try:
-            response = self.call(
-                self.image.PullImage, request, check=False, timeout=timeout, trace_id=trace_id
-            )
+            return self.call(method, request, check=False, timeout=timeout, trace_id=trace_id)
         finally:
             bars.stop()
             if handle is not None:
                 handle.update(bars)
-        return None if response is None else str(response.image_ref)
 
     def busybox(self) -> str:
         """A busybox image: pulled when a registry answers, built locally otherwise."""
@@ -307,9 +316,12 @@ class Lab:
         )
 
     def log_dir(self, pod: str) -> Path:
-        """Where the kubelet would keep a pod's container logs (ours: in the lab's dir)."""
+        """Where the kubelet would keep a pod's container logs (ours: in the lab's
+        directory, made here as the kubelet makes it)."""
         base = self.base or Path(tempfile.gettempdir()) / f"teaching-cri-logs-{os.getuid()}"
-        return base / "pod-logs" / pod
+        path = base / "pod-logs" / pod
+        path.mkdir(parents=True, exist_ok=True)
+        return path
 
     # -- the end --------------------------------------------------------------------
 

@@ -111,4 +111,5 @@ class PullProgress(LiveWidget):
         return "\n".join(lines)
 
     def fallback(self) -> dict[str, str]:
+        self._coalescer.flush()  # what has arrived, not what the last tick had
         return {"text/plain": self.text()}

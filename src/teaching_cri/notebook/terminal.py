@@ -50,6 +50,22 @@ def _vendored(name: str) -> str:
     return re.sub(r"\n//# sourceMappingURL=\S+\s*$", "\n", text)
 
 
+def frames(
+    url: str, send: Sequence[bytes] = (), protocol: str = "v4.channel.k8s.io"
+) -> list[tuple[int, bytes]]:
+    """One whole session with the streaming server, as (channel, payload) frames:
+    what a client of ``url`` receives after sending ``send``."""
+    got = []
+    address = "ws://" + url.removeprefix("http://")
+    with ws_connect(address, subprotocols=[Subprotocol(protocol)], open_timeout=10) as ws:
+        for message in send:
+            ws.send(message)
+        for received in ws:
+            data = received if isinstance(received, bytes) else received.encode()
+            got.append((data[0] if data else -1, data[1:]))
+    return got
+
+
 def plain(text: str) -> str:
     """Terminal output as plain text: escape sequences out, \\r\\n as \\n."""
     text = _ANSI.sub("", text).replace("\r\n", "\n")
@@ -90,6 +106,10 @@ class Terminal(LiveWidget):
             body = exc.response.body.decode(errors="replace").strip() if exc.response.body else ""
             self.status = f"refused: HTTP {exc.response.status_code} {body}".strip()
             raise ConnectionError(f"the streaming server {self.status} ({url})") from None
+        # The session outlives this call, so no ``with`` block can hold it;
+        # entering it says its lifetime is managed (websockets >= 17.1 warns
+        # otherwise): the relay thread closes it when the session ends.
+        self._ws.__enter__()
         self.status = "open"
         self._reader = threading.Thread(target=self._relay, name="terminal-relay", daemon=True)
         self._reader.start()
@@ -111,6 +131,8 @@ class Terminal(LiveWidget):
             self._closed(f"connection closed ({exc.rcvd.code if exc.rcvd else 'no close frame'})")
         except OSError as exc:
             self._closed(f"connection lost: {exc}")
+        finally:
+            self._ws.close()
 
     def _output(self, payload: bytes) -> None:
         with self._lock:

@@ -178,5 +178,6 @@ class Timeline(LiveWidget):
         return "\n".join(lines)
 
     def fallback(self) -> dict[str, str]:
+        self._coalescer.flush()  # what has arrived, not what the last tick had
         with self._lock:
             return {"text/plain": self.text(), "image/svg+xml": draw(self.spans)}
