@@ -1,4 +1,4 @@
-"""How fast does an exec's output come through our websocket? Prints figures; asserts nothing.
+"""How fast does an exec's output come through our websocket and SPDY? Prints figures only.
 
 Issue 7's benchmark. ``kubectl exec`` (and ``crictl exec``) reads a process's
 output through the streaming server: the Exec RPC answers a URL, the client
@@ -40,6 +40,20 @@ once the websocket is up), which is small beside 200 MB. MB/s, with MB = 10⁶ b
 ``--runs`` runs after one unmeasured warm-up, bare and ours alternating run by
 run. The targets (issue 7): ours at least 100 MB/s, and within 3 × of the pipe
 (ours' MB/s at least a third of bare's), both at the median.
+
+**SPDY** (issue 12): the same runs once more through SPDY/3.1 on the same
+URLs, beside the websocket's from the same run: each session is what
+client-go's remotecommand v4 does (a POST upgraded with ``Upgrade: SPDY/3.1``
+and ``X-Stream-Protocol-Version: v4.channel.k8s.io``, then an error stream and
+a stdout stream, read until the server's GOAWAY), played by a client on
+``teaching_cri.streaming.spdy``'s core that, like Go's spdystream, never sends
+WINDOW_UPDATE: the server holds to its windows for the first 64 KiB, probes
+with a PING and then sends without them (the rule in spdy.py's docstring), a
+one-time wait of about a quarter of a second per session that the figures
+include. The targets (issue 12): SPDY at least 100 MB/s, and within 1.5 × of
+the websocket (SPDY's MB/s at least two thirds of the websocket's), both at the
+median; the memory figures cover both paths. The set-up latency is measured
+for SPDY too (the upgrade, then the two streams opened).
 
 **Memory**: the websocket path has back-pressure all the way (a slow client
 slows the process: the server awaits each send, the shim stops reading the
@@ -101,6 +115,7 @@ from websockets.version import version as websockets_version
 from teaching_cri.api import api_pb2
 from teaching_cri.image.build import BusyboxUnavailable
 from teaching_cri.runtime import cgroups
+from teaching_cri.streaming import spdy
 
 from _bench import (
     BenchError,
@@ -134,6 +149,7 @@ DEFAULT_BYTES = 200 * MB
 DEFAULT_RUNS = 5
 DEFAULT_LATENCY_RUNS = 30
 MIN_THROUGHPUT = 100 * MB  # bytes/s, ours at the median
+SPDY_FACTOR = 1.5  # SPDY within this factor of the websocket's throughput, at the median
 PIPE_FACTOR = 3.0  # ours within this factor of the pipe's throughput, at the median
 CHUNK = 1 << 20  # the bare reader's read size
 RSS_EVERY = 4 * MB  # stdout bytes between two samples of the server's and shim's RSS
@@ -258,18 +274,68 @@ async def bounded(url: str, every: int = 0, sample: Callable[[], None] | None = 
     return await asyncio.wait_for(session(url, every, sample), SESSION_TIMEOUT)
 
 
+async def spdy_session(
+    url: str, every: int = 0, sample: Callable[[], None] | None = None
+) -> Streamed:
+    """The same exec as client-go's remotecommand v4 over SPDY/3.1: the upgrade,
+    an error and a stdout stream, bytes read until the server closes. Like
+    spdystream it never gives window credit back (no ``consumed``)."""
+    got = Streamed(started=time.perf_counter(), ready=True)  # SPDY has no ready frame
+    parts = url.removeprefix("http://").split("/", 1)
+    host, port = parts[0].rsplit(":", 1)
+    reader, writer = await asyncio.open_connection(host, int(port))
+    head = [f"POST /{parts[1]} HTTP/1.1", f"Host: {parts[0]}", "Content-Length: 0"]
+    head += ["Connection: Upgrade", "Upgrade: SPDY/3.1", f"X-Stream-Protocol-Version: {PROTOCOL}"]
+    writer.write(("\r\n".join(head) + "\r\n\r\n").encode())
+    status = (await reader.readuntil(b"\r\n\r\n")).split(b" ", 2)[1]
+    if status != b"101":
+        raise ConnectionError(f"SPDY upgrade answered {status.decode()}")
+    conn = spdy.Connection(client=True, flow_control=False)
+    error = conn.open_stream({"streamtype": "error"})
+    stdout = conn.open_stream({"streamtype": "stdout"})
+    writer.write(conn.data_to_send())
+    got.connected = time.perf_counter()
+    next_sample, status_text = every, bytearray()
+    while data := await reader.read(1 << 18):
+        conn.receive_data(data)
+        for event in conn.events():
+            if isinstance(event, spdy.DataReceived) and event.stream_id == stdout:
+                if not got.first_byte:
+                    got.first_byte = time.perf_counter()
+                got.stdout += len(event.data)
+                got.messages += 1
+                if sample is not None and got.stdout >= next_sample:
+                    sample()
+                    next_sample += every
+            elif isinstance(event, spdy.DataReceived) and event.stream_id == error:
+                status_text += event.data
+        if out := conn.data_to_send():
+            writer.write(out)
+    writer.close()
+    got.status = status_text.decode(errors="replace")
+    got.closed = time.perf_counter()
+    return got
+
+
+async def spdy_bounded(
+    url: str, every: int = 0, sample: Callable[[], None] | None = None
+) -> Streamed:
+    return await asyncio.wait_for(spdy_session(url, every, sample), SESSION_TIMEOUT)
+
+
 def stream_once(
-    server: Server, container_id: str, cmd: Sequence[str], rss: Sequence[Rss]
+    server: Server, container_id: str, cmd: Sequence[str], rss: Sequence[Rss], wire: str = "ws"
 ) -> tuple[Streamed, float]:
-    """Ours: ``cmd``'s stdout through the websocket, RSS sampled."""
+    """Ours: ``cmd``'s stdout through the websocket (or SPDY), RSS sampled."""
 
     def sample() -> None:
         for r in rss:
             r.sample()
 
     url = server.exec_url(container_id, cmd)
+    dial = spdy_bounded if wire == "spdy" else bounded
     try:
-        got = asyncio.run(bounded(url, RSS_EVERY, sample))
+        got = asyncio.run(dial(url, RSS_EVERY, sample))
     except (OSError, InvalidHandshake, ConnectionClosedError, TimeoutError) as e:
         raise BenchError(f"the exec session failed: {e!r}\n{server.tail()}") from None
     sample()
@@ -315,6 +381,11 @@ class Results:
     bare: list[float] = field(default_factory=list)  # seconds per run
     ours: list[float] = field(default_factory=list)
     messages: list[int] = field(default_factory=list)  # websocket messages per run (ours)
+    spdy: list[float] = field(default_factory=list)  # seconds per run, SPDY
+    spdy_frames: list[int] = field(default_factory=list)  # stdout data frames per run
+    spdy_upgrade: list[float] = field(default_factory=list)  # SPDY set-up, by part
+    spdy_first: list[float] = field(default_factory=list)
+    spdy_setup: list[float] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
     rpc: list[float] = field(default_factory=list)  # set-up latency, by part
     upgrade: list[float] = field(default_factory=list)
@@ -367,18 +438,23 @@ def measure_throughput(
             partial(stream_once, server, container_id, cmd, rss),
         )
         results.check(f"run {i}", got, n)
+        spdy_got, spdy_seconds = stream_once(server, container_id, cmd, rss, "spdy")
+        results.check(f"SPDY run {i}", spdy_got, n)
         if bare_bytes != n:
             results.failures.append(f"run {i}: the pipe gave {bare_bytes} bytes of {n}")
         label = "warm-up" if i == 0 else f"run {i}/{runs}"
         print(
             f"  {label:<9} pipe {n / bare_seconds / MB:8.1f} MB/s,"
-            f" ours {n / seconds / MB:8.1f} MB/s ({got.messages} messages)",
+            f" ours {n / seconds / MB:8.1f} MB/s ({got.messages} messages),"
+            f" SPDY {n / spdy_seconds / MB:8.1f} MB/s ({spdy_got.messages} frames)",
             flush=True,
         )
         if i:
             results.bare.append(bare_seconds)
             results.ours.append(seconds)
             results.messages.append(got.messages)
+            results.spdy.append(spdy_seconds)
+            results.spdy_frames.append(spdy_got.messages)
     for r in rss:
         r.end()
 
@@ -391,9 +467,16 @@ async def first_byte_session(server: Server, container_id: str) -> tuple[Streame
     return await bounded(url), t0
 
 
-def latency_once(server: Server, container_id: str) -> tuple[Streamed, float]:
+async def spdy_first_byte_session(server: Server, container_id: str) -> tuple[Streamed, float]:
+    t0 = time.perf_counter()
+    url = server.exec_url(container_id, ["echo", "x"])
+    return await spdy_bounded(url), t0
+
+
+def latency_once(server: Server, container_id: str, wire: str = "ws") -> tuple[Streamed, float]:
+    dial = spdy_first_byte_session if wire == "spdy" else first_byte_session
     try:
-        return asyncio.run(first_byte_session(server, container_id))
+        return asyncio.run(dial(server, container_id))
     except (OSError, InvalidHandshake, ConnectionClosedError, TimeoutError) as e:
         raise BenchError(f"the exec session failed: {e!r}\n{server.tail()}") from None
 
@@ -446,6 +529,12 @@ def measure_latency(
         results.upgrade.append(got.connected - got.started)
         results.first.append(got.first_byte - got.connected)
         results.setup.append(got.first_byte - called)
+        spdy_got, spdy_called = latency_once(server, container_id, "spdy")
+        results.check(f"SPDY latency run {i}", spdy_got, len(b"x\n"))
+        if spdy_got.first_byte:
+            results.spdy_upgrade.append(spdy_got.connected - spdy_got.started)
+            results.spdy_first.append(spdy_got.first_byte - spdy_got.connected)
+            results.spdy_setup.append(spdy_got.first_byte - spdy_called)
         if steps:
             time.sleep(0.05)  # the session's CLOSED callback may end just after the client
             for chart in CHARTS:
@@ -467,6 +556,7 @@ def report_throughput(results: Results, runs: int, rss: Sequence[tuple[str, Rss]
     for label, seconds in (
         ("bare: runc exec, stdout to a pipe", results.bare),
         (f"ours: Exec + websocket ({PROTOCOL})", results.ours),
+        ("ours: Exec + SPDY/3.1 (spdystream-like)", results.spdy),
     ):
         rates = [mb_s(n, s) for s in seconds]
         print(
@@ -487,12 +577,24 @@ def report_throughput(results: Results, runs: int, rss: Sequence[tuple[str, Rss]
         f"the pipe / ours at the median: {bare / ours:.2f} × (target: ≤ {PIPE_FACTOR:.0f} ×):"
         f" {verdict(bare <= PIPE_FACTOR * ours)}"
     )
-    streamed = n * (runs + 1) / MB
+    spdy_rate = mb_s(n, statistics.median(results.spdy))
+    frames = statistics.median(results.spdy_frames)
+    print(f"SPDY: {frames:.0f} stdout data frames a run, {n / frames / 1024:.1f} KiB each")
+    print(
+        f"SPDY at the median: {spdy_rate:.1f} MB/s (target: ≥ {MIN_THROUGHPUT / MB:.0f} MB/s):"
+        f" {verdict(spdy_rate >= MIN_THROUGHPUT / MB)}"
+    )
+    print(
+        f"the websocket / SPDY at the median: {ours / spdy_rate:.2f} ×"
+        f" (target: ≤ {SPDY_FACTOR} ×): {verdict(ours <= SPDY_FACTOR * spdy_rate)}"
+    )
+    streamed = 2 * n * (runs + 1) / MB
     for name, r in rss:
         print(
             f"{name} RSS: {r.before / 2**20:.1f} MiB before, {r.peak / 2**20:.1f} MiB at the"
             f" peak ({(r.peak - r.before) / 2**20:+.1f} MiB), {r.after / 2**20:.1f} MiB after"
-            f"\n  ({r.samples} samples while {streamed:.0f} MB went through, warm-up included)"
+            f"\n  ({r.samples} samples while {streamed:.0f} MB went through, websocket and SPDY,"
+            " warm-up included)"
         )
 
 
@@ -506,6 +608,10 @@ def report_latency(results: Results) -> None:
     print(LATENCY_TABLE.row("ours: websocket upgrade (connect)", results.upgrade))
     print(LATENCY_TABLE.row("ours: upgrade to the first stdout byte", results.first))
     print(LATENCY_TABLE.row("ours: the set-up, RPC to first byte", results.setup))
+    if results.spdy_setup:
+        print(LATENCY_TABLE.row("SPDY: upgrade and two streams opened", results.spdy_upgrade))
+        print(LATENCY_TABLE.row("SPDY: then to the first stdout byte", results.spdy_first))
+        print(LATENCY_TABLE.row("SPDY: the set-up, RPC to first byte", results.spdy_setup))
     print(LATENCY_TABLE.row("bare: runc exec echo x, to its first byte", results.bare_first))
     extra = statistics.median(results.setup) - statistics.median(results.bare_first)
     print(
