@@ -266,13 +266,15 @@ def runc_leftovers(runc: str, root: Path) -> list[str]:
 
 
 def live_shims(state: Path) -> list[int]:
-    """The pids of our shims still running (their cmdline names their state dir)."""
+    """The pids of our shims still running: those ``shim.pid`` names that are
+    still a teaching_cri process. A shim is forked by the zygote, so its command
+    line is the zygote's and names no state dir (the runtime's own ``shim_alive``
+    asks the same question the same way)."""
     found = []
     for pid_file in state.glob("containers/*/shim.pid"):
         with contextlib.suppress(OSError, ValueError):
             pid = int(pid_file.read_text().strip())
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-            if str(pid_file.parent).encode() in cmdline:
+            if b"teaching_cri" in Path(f"/proc/{pid}/cmdline").read_bytes():
                 found.append(pid)
     return found
 

@@ -12,7 +12,9 @@ CRI v1 stubs) with the same requests:
   the CRI plugin's ``sandbox_image``, its streaming server on 127.0.0.1 and a
   free port, the same CNI conf dir and plugin dir as ours, the same runc (its
   ``Root`` under the work dir too), cgroupfs, and a registry mirror for the
-  made-up registry host ``bench.local`` pointing at the local registry.
+  made-up registry host ``bench.local`` pointing at the local registry. One
+  setting is there for machines like containers: ``restrict_oom_score_adj``,
+  since a sandbox's -998 is refused where lowering oom_score_adj is.
 * **teaching-cri**: ``python -m teaching_cri serve`` on its own socket, root and
   state, ``--stream-address 127.0.0.1:0``, the same CNI conf dir, the same
   ``bench.local`` mirror (a ``[registry]`` table in a config file), tracing on as
@@ -45,10 +47,13 @@ hits both alike; every call is timed on the client's clock:
    container);
 5. ExecSync of ``true`` in a running container;
 6. Exec of ``true`` through the streaming server: the Exec RPC, then the URL
-   dialled over SPDY/3.1 (client-go's remotecommand v4, with the independent
-   client of ``tests/spdy_client.py``) and, separately, over a websocket
-   (``v4.channel.k8s.io``), each to the exit status;
-7. Version on each and on the floor.
+   dialled over SPDY/3.1 (client-go's remotecommand v4, on the independent SPDY
+   framing of ``tests/spdy_client.py``) and, separately, over a websocket
+   (``v4.channel.k8s.io``), each to the exit status. A websocket session that
+   fails is counted and shown under the table, not timed; a runtime whose
+   streaming server fails three websocket sessions in a row before the runs
+   has that row left out, with the reason;
+7. Version, five calls in a row per run on each and on the floor.
 
 Then **the relist** a kubelet makes every second: ListPodSandbox +
 ListContainers + ListContainerStats, with ``--pods`` pods (10 and 100 by

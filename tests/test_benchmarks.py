@@ -5,8 +5,9 @@ that breaks one (an option renamed, a default port taken, a server that no
 longer starts) fails here instead of the next time someone measures. Nothing
 is asserted about speed: the figures of one short run mean nothing. What is
 asserted is what a user relies on: exit status 0, the script's table printed,
-and nothing it started left behind (no process that names its work dir, no
-mount under it, the work dir itself removed).
+and nothing it started left behind (no process that names its work dir, holds
+a socket there or runs on a root file system made from it, no mount under it,
+the work dir itself removed).
 """
 
 from __future__ import annotations
@@ -61,6 +62,44 @@ def processes_naming(needle: str) -> list[str]:
     return found
 
 
+def sockets_held_under(top: Path) -> list[str]:
+    """Processes holding a unix socket bound under ``top``: how a shim of ours is
+    found, since it is forked by the zygote and its command line names no dir."""
+    prefix = str(top) + "/"
+    bound = {}
+    for line in Path("/proc/net/unix").read_text().splitlines()[1:]:
+        fields = line.split()
+        if len(fields) > 7 and fields[7].startswith(prefix):
+            bound[f"socket:[{fields[6]}]"] = fields[7]
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            links = [os.readlink(fd) for fd in (entry / "fd").iterdir()]
+        except OSError:
+            continue
+        found += [f"{entry.name} holds {bound[link]}" for link in links if link in bound]
+    return found
+
+
+def containers_rooted_under(top: Path) -> list[str]:
+    """Processes whose root file system is a mount made from under ``top`` (an
+    overlay whose layers are there): the containers the runtimes ran."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            lines = (entry / "mountinfo").read_text().splitlines()
+        except OSError:
+            continue
+        root = [line for line in lines if line.split()[4] == "/"]
+        if root and str(top) + "/" in root[-1]:
+            found.append(f"{entry.name}: {(entry / 'comm').read_text().strip()}")
+    return found
+
+
 def mounts_under(top: Path) -> list[str]:
     prefix = str(top) + "/"
     lines = Path("/proc/self/mountinfo").read_text().splitlines()
@@ -98,6 +137,8 @@ def test_a_benchmark_runs_in_smoke_mode_and_leaves_nothing(name: str, work_dir: 
     if name in CHECKS_LEFTOVERS:
         assert "left behind after the runs: nothing" in proc.stdout, proc.stdout[-2000:]
     assert processes_naming(str(work_dir)) == []
+    assert sockets_held_under(work_dir) == []
+    assert containers_rooted_under(work_dir) == []
     assert mounts_under(work_dir) == []
     assert list(work_dir.iterdir()) == [], "the script's temporary directory is removed"
 
@@ -141,5 +182,7 @@ def test_vs_containerd_says_which_server_did_not_start(work_dir: Path) -> None:
     assert first.startswith("failed: containerd: ") or first.startswith("failed: teaching-cri: ")
     assert "Traceback" not in proc.stderr
     assert processes_naming(str(runs)) == []
+    assert sockets_held_under(runs) == []
+    assert containers_rooted_under(runs) == []
     assert mounts_under(runs) == []
     assert list(runs.iterdir()) == []
