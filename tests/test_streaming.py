@@ -17,13 +17,14 @@ from pathlib import Path
 
 import pytest
 from websockets.asyncio.client import connect as ws_connect
-from websockets.exceptions import InvalidStatus
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from teaching_cri.api import api_pb2
 from teaching_cri.client import Client
 from teaching_cri.streaming import nsconnect
 from teaching_cri.trace.charts import ChartSet
 from teaching_cri.trace.conformance import assert_conforms
+from teaching_cri.trace.conformance import spans as conformance_spans
 from teaching_cri.trace.events import TraceEvent
 
 from conftest import Server, start_server
@@ -551,3 +552,114 @@ def test_sessions_beyond_the_limit_are_refused(short_tmp: Path) -> None:
         client.runtime.RemovePodSandbox(api_pb2.RemovePodSandboxRequest(pod_sandbox_id=sandbox_id))
     finally:
         srv.stop()
+
+
+async def session_until_closed(
+    url: str,
+    protocol: str,
+    send: list[bytes] = (),  # type: ignore[assignment]
+) -> tuple[list[bytes | str], int | None, str]:
+    """Everything the server sends, then its close code and reason (a code
+    other than 1000 ends ``async for`` with an exception; the code is kept)."""
+    got: list[bytes | str] = []
+    async with ws_connect(ws_url(url), subprotocols=[protocol]) as ws:  # type: ignore[list-item]
+        for message in send:
+            await ws.send(message)
+        try:
+            async for message in ws:
+                got.append(message)
+        except ConnectionClosed:
+            pass
+        return got, ws.close_code, ws.close_reason
+
+
+def spans_of(events: list[TraceEvent], chart: str) -> list[list[str]]:
+    """Each span of ``chart`` as its nodes from its start, a taken branch as
+    node[label]; an error repeats the node it happened at."""
+    return [
+        [e.node + (f"[{e.label}]" if e.label else "") for e in span]
+        for span in conformance_spans(events).values()
+        if span[0].chart == chart
+    ]
+
+
+@pytest.mark.parametrize("verb", ["exec", "attach"])
+def test_a_container_stopped_after_its_url_was_issued_is_a_clear_error(
+    node: tuple[Server, Client, Path],  # noqa: F811
+    charts: ChartSet,
+    verb: str,
+) -> None:
+    """The URL was valid when issued; by the time the client connects the
+    container has stopped. The client reads a Failure Status naming it (the
+    API server's BadRequest for a container that does not run) and a 1011
+    close whose reason says the same; the StreamTask leaves by exec/attach
+    return 0 ? N, as the seed draws a failed cb->container.exec."""
+    _srv, client, logs = node
+    cid = running(client, logs, f"stop{verb}", "sleep", "1000", stdin=True)
+    if verb == "exec":
+        url = client.runtime.Exec(
+            api_pb2.ExecRequest(container_id=cid, cmd=["true"], stdout=True)
+        ).url
+    else:
+        url = client.runtime.Attach(
+            api_pb2.AttachRequest(container_id=cid, stdin=True, stdout=True)
+        ).url
+    client.runtime.StopContainer(api_pb2.StopContainerRequest(container_id=cid, timeout=0))
+    since = time.time_ns()
+    messages, code, reason = asyncio.run(session_until_closed(url, V4))
+    status = status_of(messages)
+    assert status["status"] == "Failure" and status["reason"] == "BadRequest", status
+    assert status["code"] == 400
+    assert "is not running" in str(status["message"]) and cid[:12] in str(status["message"])
+    assert code == 1011 and "is not running" in reason, (code, reason)
+    time.sleep(0.2)
+    events = client.recent(since_unix_nano=since)
+    assert_conforms(events, charts)
+    [stream] = spans_of(events, "WebsocketStream")
+    assert stream[-5:] == [
+        f"cb_container_{verb}",
+        f"{verb}_return_0[N]",
+        "write_error_message",
+        "close_session",
+        "sem_post_lws_ctx_sync_close_sem",
+    ], stream
+
+
+def test_receive_does_each_messages_work_and_ignores_what_it_may_not(
+    node: tuple[Server, Client, Path],  # noqa: F811
+    charts: ChartSet,
+) -> None:
+    """Every client message is one RECEIVE span: stdin is written there (the
+    command reads it back), a message on a channel a client may not write,
+    a v5 close of a channel other than stdin and a malformed resize are each
+    traced for what they are, and the session goes on to its exit."""
+    _srv, client, logs = node
+    cid = running(client, logs, "recv", "sleep", "1000")
+    url = client.runtime.Exec(
+        api_pb2.ExecRequest(container_id=cid, cmd=["head", "-c", "5"], stdin=True, stdout=True)
+    ).url
+    since = time.time_ns()
+    sent = [b"\x01not yours", bytes([255, 1]), b"\x04{not json", b"\x00hello"]
+    messages, code, _reason = asyncio.run(session_until_closed(url, V5, sent))
+    assert stdout_of(messages) == b"hello"
+    assert status_of(messages)["status"] == "Success" and code == 1000
+    time.sleep(0.2)
+    events = client.recent(since_unix_nano=since)
+    assert_conforms(events, charts)
+    received = [
+        path[2:]
+        for path in spans_of(events, "Websocket")
+        if path[1] == "switch_reason[LWS_CALLBACK_RECEIVE]"
+    ]
+    assert received == [
+        ["switch_char_in[others]", "debug_invalid_data", "return_0"],
+        ["switch_char_in[others]", "debug_invalid_data", "return_0"],
+        [
+            "switch_char_in[WebsocketChannel::RESIZECHANNEL]",
+            "parse_terminal_size",
+            "parse_terminal_size",
+        ],
+        ["switch_char_in[WebsocketChannel::STDINCHANNEL]", "write_char_in_1", "return_0"],
+    ], received
+    failed = [e for e in events if e.chart == "Websocket" and e.kind.value == "error"]
+    assert len(failed) == 1 and "Width" in failed[0].attributes["error"], failed

@@ -100,7 +100,7 @@ class WebsocketTransport:
         self.command = command
         self.stdin = stdin
         self.process: ProcessStream | None = None  # set once cb->container.exec/attach started it
-        self.gone = False  # the client has closed the connection
+        self.gone = False  # the connection has closed (the client left, or the server closed it)
 
     # -- SERVER_WRITEABLE ---------------------------------------------------------
 
@@ -544,8 +544,8 @@ class StreamingServer:
         if isinstance(outcome, int):
             branch("exec_return_0", "Y")
             await self.write_exit_code(transport, outcome)
-        elif outcome is CLIENT_GONE:
-            branch("exec_return_0", "client gone")
+        elif outcome is CONNECTION_CLOSED:
+            branch("exec_return_0", "connection closed")
         else:
             branch("exec_return_0", "N")
             await self.write_error_message(ws, protocol, outcome)
@@ -561,8 +561,8 @@ class StreamingServer:
         outcome = await self.cb_container_attach(session, transport)
         if isinstance(outcome, int):
             branch("attach_return_0", "Y")  # sem_wait(&attachSem) is the attach's own end
-        elif outcome is CLIENT_GONE:
-            branch("attach_return_0", "client gone")
+        elif outcome is CONNECTION_CLOSED:
+            branch("attach_return_0", "connection closed")
         else:
             branch("attach_return_0", "N")
             await self.write_error_message(ws, protocol, outcome)
@@ -610,7 +610,7 @@ class StreamingServer:
         return await self.run_process(session, transport)
 
     async def run_process(self, session: Session, transport: WebsocketTransport) -> Outcome:
-        """Start (or join) the process and stream it: its exit code, CLIENT_GONE,
+        """Start (or join) the process and stream it: its exit code, CONNECTION_CLOSED,
         or what failed (the container stopped since the URL was issued, say)."""
         request = session.request
         try:
@@ -635,7 +635,7 @@ class StreamingServer:
             annotate(exit_code=str(code))
             return code
         if transport.gone:
-            return CLIENT_GONE
+            return CONNECTION_CLOSED
         return Internal(process.error or "the runtime ended the stream without an exit status")
 
     async def start_process(self, session: Session, request: Any) -> ProcessStream:
@@ -685,13 +685,14 @@ class StreamingServer:
             await ws.close()
 
 
-CLIENT_GONE = ClientGone("the client closed the connection")
-Outcome = int | Exception  # an exit code, CLIENT_GONE, or what went wrong
+CONNECTION_CLOSED = ClientGone("the connection closed before the process ended")
+Outcome = int | Exception  # an exit code, CONNECTION_CLOSED, or what went wrong
 
 
 def reason(outcome: Outcome) -> str:
-    """The close reason after a stream: none when it ran to its end or the client left."""
-    if isinstance(outcome, int) or outcome is CLIENT_GONE:
+    """The close reason after a stream: none when it ran to its end or the
+    connection closed first."""
+    if isinstance(outcome, int) or outcome is CONNECTION_CLOSED:
         return ""
     return str(outcome)
 
