@@ -105,6 +105,27 @@ def test_a_minimal_chart_parses() -> None:
             "unknown kind",
         ),
         ({"colour": "red"}, "unknown keys"),
+        (
+            {
+                "nodes": [
+                    {"label": "T", "kind": "start"},
+                    {"label": "done", "kind": "action", "error": True},
+                    {"label": "end", "kind": "end"},
+                ],
+                "edges": ["t -> done", "done -> end"],
+            },
+            "only an end node can be an error end",
+        ),
+        (
+            {
+                "nodes": [
+                    {"label": "T", "kind": "start"},
+                    {"label": "return error", "kind": "end"},
+                ],
+                "edges": ["t -> return_error"],
+            },
+            "one end node that is not an error end",
+        ),
     ],
 )
 def test_invalid_charts_are_refused_naming_the_problem(
@@ -112,6 +133,33 @@ def test_invalid_charts_are_refused_naming_the_problem(
 ) -> None:
     with pytest.raises(ChartError, match=message):
         parse_chart(_chart(**changes))
+
+
+def test_error_ends_are_marked_or_named_and_never_where_a_span_finishes() -> None:
+    chart = parse_chart(
+        _chart(
+            nodes=[
+                {"label": "T", "kind": "start"},
+                {"label": "ok ?", "kind": "decision"},
+                {"label": "do it", "kind": "action"},
+                {"label": "done", "kind": "end"},
+                {"label": "return error", "kind": "end"},
+                {"label": "gave up", "kind": "end", "error": True},
+            ],
+            edges=[
+                "t -> ok",
+                "ok -> do_it : Y",
+                "ok -> return_error : N",
+                "do_it -> done",
+                "do_it -> gave_up : timeout",
+            ],
+        )
+    )
+    assert chart.error_ends == {"return_error", "gave_up"}
+    assert chart.end_after("do_it") == "done"  # the error edge beside it does not count
+    assert chart.error_exits("do_it") == ["gave_up"]
+    assert chart.error_exits("ok", "N") == ["return_error"]
+    assert chart.error_exits("ok", "Y") == []
 
 
 def test_absent_nodes_are_passed_through() -> None:

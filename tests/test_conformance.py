@@ -83,13 +83,86 @@ def test_unknown_nodes_wrong_start_and_events_after_end(charts: ChartSet) -> Non
     assert "recorded with branch()" in check_trace(decision_as_step, charts)[0]
 
 
-def test_an_error_must_be_at_a_node_already_reached(charts: ChartSet) -> None:
-    ok = [*status_events()[:6], ev(7, "probe_runtime_backend", "error")]
-    assert check_trace(ok, charts) == []
-    outer = [*status_events()[:6], ev(7, "add_network_ready_condition", "error")]
+# A chart with the three ways out of a failing call: a decision's error branch,
+# an action's error edge, and an error edge through a node our code lacks.
+FAILING = parse_chart(
+    {
+        "name": "Fetch",
+        "nodes": [
+            {"label": "Fetch", "kind": "start"},
+            {"label": "found ?", "kind": "decision"},
+            {"label": "download", "kind": "action"},
+            {"label": "verify", "kind": "action"},
+            {"label": "log it", "kind": "action", "absent": "no log in our code"},
+            {"label": "store", "kind": "action"},
+            {"label": "done", "kind": "end"},
+            {"label": "return error", "kind": "end"},
+            {"label": "gave up", "kind": "end", "error": True},
+        ],
+        "edges": [
+            "fetch -> found",
+            "found -> download : Y",
+            "found -> return_error : N",
+            "download -> verify",
+            "download -> gave_up : timeout",
+            "verify -> log_it : corrupt",
+            "verify -> store",
+            "log_it -> return_error",
+            "store -> done",
+        ],
+    }
+)
+
+
+def fetch_events(*path: tuple[str, str, str]) -> list[TraceEvent]:
+    return [ev(i + 1, n, k, lab, chart="Fetch") for i, (n, k, lab) in enumerate(path)]
+
+
+def test_an_error_leaves_by_an_error_edge_the_chart_draws() -> None:
+    charts = {"Fetch": FAILING}
+    begin, found = ("fetch", "begin", ""), ("found", "branch", "Y")
+    not_found = fetch_events(begin, ("found", "branch", "N"), ("found", "error", ""))
+    timed_out = fetch_events(begin, found, ("download", "step", ""), ("download", "error", ""))
+    corrupt = fetch_events(begin, found, ("download", "step", ""), ("verify", "step", ""))
+    corrupt.append(ev(5, "verify", "error", chart="Fetch"))
+    assert check_trace(not_found, charts) == []  # the decision's error branch
+    assert check_trace(timed_out, charts) == []  # an action's own error edge
+    assert check_trace(corrupt, charts) == []  # through the absent "log it"
+    assert FAILING.error_ends == {"return_error", "gave_up"}  # by label, or error = true
+
+
+def test_an_error_at_a_node_with_no_error_exit_fails_naming_it() -> None:
+    charts = {"Fetch": FAILING}
+    begin, found = ("fetch", "begin", ""), ("found", "branch", "Y")
+    at_store = fetch_events(begin, found, ("download", "step", ""), ("verify", "step", ""))
+    at_store += [ev(5, "store", chart="Fetch"), ev(6, "store", "error", chart="Fetch")]
+    problems = check_trace(at_store, charts)
+    assert len(problems) == 1
+    assert "no error exit from 'store'" in problems[0]
+    assert "gave_up, return_error" in problems[0]
+    # After a decision the branch taken decides: Y leads on, not out.
+    wrong_branch = fetch_events(begin, found, ("found", "error", ""))
+    assert "no edge from its branch [Y]" in check_trace(wrong_branch, charts)[0]
+    with pytest.raises(AssertionError, match="no error exit from 'store'"):
+        assert_conforms(at_store, charts)
+
+
+def test_an_error_must_be_at_a_node_already_reached() -> None:
+    charts = {"Fetch": FAILING}
+    begin, found = ("fetch", "begin", ""), ("found", "branch", "Y")
+    outer = fetch_events(begin, found, ("download", "step", ""), ("verify", "step", ""))
+    outer.append(ev(5, "download", "error", chart="Fetch"))
     assert check_trace(outer, charts) == []  # an outer step failing after an inner one
-    wrong = [*status_events()[:6], ev(7, "verbose", "error")]
-    assert "such as the current one 'probe_runtime_backend'" in check_trace(wrong, charts)[0]
+    ahead = fetch_events(begin, found, ("download", "error", ""))
+    ahead[-1] = ev(3, "verify", "error", chart="Fetch")
+    assert "such as the current one 'found'" in check_trace(ahead, charts)[0]
+
+
+def test_a_call_that_succeeds_never_ends_at_an_error_end() -> None:
+    ended = fetch_events(
+        ("fetch", "begin", ""), ("found", "branch", "N"), ("return_error", "end", "")
+    )
+    assert "is an error end" in check_trace(ended, {"Fetch": FAILING})[0]
 
 
 def test_an_end_node_is_only_reached_by_end(charts: ChartSet) -> None:

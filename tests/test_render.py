@@ -7,7 +7,14 @@ import xml.etree.ElementTree as ET
 
 from teaching_cri.trace.charts import ChartSet
 from teaching_cri.trace.events import EventKind, TraceEvent
-from teaching_cri.trace.render import ERROR, VISITED, render_png, render_svg, render_text
+from teaching_cri.trace.render import (
+    ERROR,
+    ERROR_EDGE,
+    VISITED,
+    render_png,
+    render_svg,
+    render_text,
+)
 from teaching_cri.trace.sinks import RingBufferSink
 from teaching_cri.trace.tracer import Tracer, decide, step
 
@@ -117,3 +124,22 @@ def test_png_and_an_empty_overlay(charts: ChartSet) -> None:
     text = render_text(charts["Version"])
     assert text.splitlines()[-1] == "(no trace)"
     assert all(line.lstrip()[0] == "○" for line in text.splitlines()[1:-1])
+
+
+def test_error_ends_and_the_edges_into_them_are_drawn_red(charts: ChartSet) -> None:
+    chart = charts["CreateContainer"]
+    root = ET.fromstring(render_svg(chart))
+    outlines, dashed = {}, set()
+    for g in root.iter(f"{SVG}g"):
+        title = g.find(f"{SVG}title")
+        shape = next((c for c in g if c.tag in (f"{SVG}polygon", f"{SVG}path")), None)
+        if title is None or not title.text or shape is None:
+            continue
+        if g.get("class") == "node":
+            outlines[title.text] = (shape.get("stroke") or "").lower()
+        elif g.get("class") == "edge" and shape.get("stroke-dasharray"):
+            dashed.add(title.text.replace("&#45;", "-"))
+    assert outlines["return_error"] == ERROR_EDGE.lower()
+    assert outlines["return_response_id"] != ERROR_EDGE.lower()
+    assert "get_pod_id->return_error" in dashed
+    assert "mailbox_publish->return_response_id" not in dashed

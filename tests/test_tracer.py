@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from teaching_cri.trace.charts import ChartSet, parse_chart
-from teaching_cri.trace.conformance import assert_conforms, spans
+from teaching_cri.trace.conformance import assert_conforms, check_span, spans
 from teaching_cri.trace.events import EventKind, TraceEvent
 from teaching_cri.trace.sinks import RingBufferSink
 from teaching_cri.trace.tracer import Tracer, annotate, current_span, decide, step
@@ -23,14 +23,17 @@ CHART: dict[str, Any] = {
         {"label": "fetch", "kind": "action"},
         {"label": "unpack", "kind": "action"},
         {"label": "done", "kind": "end"},
+        {"label": "return error", "kind": "end"},
     ],
     "edges": [
         "pull -> resolve",
         "resolve -> cached",
+        "resolve -> return_error : bad name",
         "cached -> done : Y",
         "cached -> fetch : N",
         "fetch -> unpack",
         "unpack -> done",
+        "unpack -> return_error : bad layer",
     ],
 }
 CHILD: dict[str, Any] = {
@@ -39,8 +42,9 @@ CHILD: dict[str, Any] = {
         {"label": "Child", "kind": "start"},
         {"label": "work", "kind": "action"},
         {"label": "child done", "kind": "end"},
+        {"label": "child failed", "kind": "end", "error": True},
     ],
-    "edges": ["child -> work", "work -> child_done"],
+    "edges": ["child -> work", "work -> child_done", "work -> child_failed"],
 }
 
 
@@ -231,3 +235,20 @@ def test_long_values_are_clipped(traced: tuple[Tracer, RingBufferSink]) -> None:
     for event in ring.snapshot():
         assert len(event.attributes["image"]) <= 512
     assert len(ring.snapshot()[-1].attributes["error"]) <= 2048
+
+
+def test_an_error_is_recorded_where_it_arose_not_at_the_outer_steps(
+    traced: tuple[Tracer, RingBufferSink],
+) -> None:
+    tracer, ring = traced
+    with pytest.raises(ValueError), tracer.span("Pull"), step("resolve"):
+        unpack(True)  # an inner step raises through the outer one
+    with pytest.raises(LookupError), tracer.span("Pull"), step("resolve"):
+        if not decide("cached", False):
+            raise LookupError("not cached")  # raised on the branch just taken
+    errors = [(e.node, e.label) for e in ring.snapshot() if e.kind is EventKind.ERROR]
+    assert errors == [("unpack", ""), ("cached", "")]
+    # The checker then reads the branch taken: Pull draws no error edge for N.
+    second = list(spans(ring.snapshot()).values())[1]
+    problems = check_span(second, tracer.charts["Pull"])
+    assert problems == [problems[0]] and "no edge from its branch [N]" in problems[0]

@@ -72,7 +72,7 @@ async def message_subscriber_pop(subscriber: Subscriber) -> Any:
 
 @step("generate_cri_container_event")
 def generate_cri_container_event(kind: str, container: Container) -> api_pb2.ContainerEventResponse:
-    with quiet():  # ContainerStatus's steps belong to its own chart
+    with quiet():  # folds ContainerStatus's flow: here the conversion is this one step
         status = container_status_to_grpc(container)
     return api_pb2.ContainerEventResponse(
         container_id=container.id,

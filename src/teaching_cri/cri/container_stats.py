@@ -15,7 +15,7 @@ from ..api import Context, api_pb2
 from ..api.api_pb2 import UInt64Value
 from ..manager.container import Container, ContainerManager
 from ..runtime.cgroups import CgroupStats
-from ..trace.tracer import quiet, step
+from ..trace.tracer import step
 from ._rpc import rpc
 
 if TYPE_CHECKING:
@@ -64,8 +64,7 @@ async def m_cb_container_stats(
     out: list[tuple[Container, CgroupStats | None]] = []
     for c in containers:
         try:
-            with quiet():
-                out.append((c, await manager.backend.stats(c.id)))
+            out.append((c, await manager.backend.stats(c.id)))
         except Exception:
             out.append((c, None))
     return out

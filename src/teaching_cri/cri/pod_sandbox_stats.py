@@ -29,8 +29,9 @@ async def PodSandboxStats(
 ) -> api_pb2.PodSandboxStatsResponse:
     manager = svc.sandboxes()
     sandbox = manager.sandbox_manager_get_sandbox(request.pod_sandbox_id)
-    if sandbox is None:
+    if not decide("sandbox_found", sandbox is not None):
         raise NotFound(f"pod sandbox {request.pod_sandbox_id!r} not found")
+    assert sandbox is not None
     return api_pb2.PodSandboxStatsResponse(stats=await pod_sandbox_stats(manager, sandbox))
 
 
@@ -138,7 +139,8 @@ async def ListPodSandboxStats(
     for sandbox in sandboxes:
         branch("for_each_pod_sandbox_id", "next")
         out.stats.append(await pod_sandbox_stats_step(manager, sandbox))
-    branch("for_each_pod_sandbox_id", "end")
+    else:
+        branch("for_each_pod_sandbox_id", "end")
     return out
 
 

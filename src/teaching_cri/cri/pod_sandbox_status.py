@@ -25,8 +25,9 @@ async def PodSandboxStatus(
 ) -> api_pb2.PodSandboxStatusResponse:
     manager = svc.sandboxes()
     sandbox = manager.sandbox_manager_get_sandbox(request.pod_sandbox_id)
-    if sandbox is None:
+    if not decide("sandbox_found", sandbox is not None):
         raise NotFound(f"pod sandbox {request.pod_sandbox_id!r} not found")
+    assert sandbox is not None
     state = await manager.sandbox_status(sandbox)
     network = set_sandbox_status_network(sandbox)
     response = api_pb2.PodSandboxStatusResponse(

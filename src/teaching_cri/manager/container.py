@@ -60,7 +60,7 @@ from ..runtime.spec import (
     generate_spec,
     security_paths,
 )
-from ..trace.tracer import annotate, branch, decide, quiet, step
+from ..trace.tracer import annotate, branch, decide, step
 from .events import Mailbox
 from .sandbox import READY, Sandbox, SandboxManager
 
@@ -237,7 +237,7 @@ class ContainerManager:
     async def forget_orphan(self, container_id: str) -> None:
         """A runtime container with no record: a create cut short before its
         record was written. Nothing refers to it; remove it whole."""
-        with quiet(), contextlib.suppress(CRIError):
+        with contextlib.suppress(CRIError):
             await self.backend.stop(container_id, 0)
             await self.backend.delete(container_id)
         await asyncio.to_thread(self.images.snapshots.remove_view, container_id)
@@ -248,8 +248,7 @@ class ContainerManager:
         if container.reason == RECORD_UNREADABLE:
             return
         try:
-            with quiet():
-                state = await self.backend.state(container.id)
+            state = await self.backend.state(container.id)
         except NotFound:
             if container.state != EXITED:
                 container.state = UNKNOWN
@@ -349,6 +348,9 @@ class ContainerManager:
         except BaseException:
             self.names.pop(name, None)
             raise
+        if not decide("pod_still_there", self.sandboxes.find(sandbox.id) is not None):
+            await self.cb_container_remove(container)
+            raise FailedPrecondition(f"pod sandbox {sandbox.id[:12]} was removed meanwhile")
         self.mailbox_publish("CONTAINER_CREATED_EVENT", container)
         return container_id
 
@@ -471,63 +473,59 @@ class ContainerManager:
         labels: dict[str, str],
     ) -> Container:
         """The rootfs, the spec and the runtime container; then the record."""
-        with quiet():
-            rootfs = await asyncio.to_thread(
-                self.images.snapshots.mount_view,
-                [layer.chain_id for layer in image.layers],
-                container_id,
+        rootfs = await asyncio.to_thread(
+            self.images.snapshots.mount_view,
+            [layer.chain_id for layer in image.layers],
+            container_id,
+        )
+        try:
+            spec, notes = generate_spec(
+                config,
+                ImageRunConfig.from_config(image.config),
+                rootfs,
+                sandbox=self.pod_context(sandbox, config),
+                annotations={
+                    "io.kubernetes.cri.container-type": "container",
+                    "io.kubernetes.cri.sandbox-id": sandbox.id,
+                },
+                seccomp_profile_root=self.seccomp_profile_root,
+                seccomp_enforced=self.backend.name != "processes",
             )
-            try:
-                spec, notes = generate_spec(
-                    config,
-                    ImageRunConfig.from_config(image.config),
-                    rootfs,
-                    sandbox=self.pod_context(sandbox, config),
-                    annotations={
-                        "io.kubernetes.cri.container-type": "container",
-                        "io.kubernetes.cri.sandbox-id": sandbox.id,
-                    },
-                    seccomp_profile_root=self.seccomp_profile_root,
-                    seccomp_enforced=self.backend.name != "processes",
-                )
-                stop_signal = ImageRunConfig.from_config(image.config).stop_signal
-                container = Container(
+            stop_signal = ImageRunConfig.from_config(image.config).stop_signal
+            container = Container(
+                container_id,
+                name,
+                sandbox.id,
+                base64.b64encode(config.SerializeToString()).decode(),
+                config.image.image,
+                image.id,
+                time.time_ns(),
+                log_path,
+                labels,
+                resources=spec.get("linux", {}).get("resources", {}),
+                notes=notes.clamped,
+            )
+            self._save(container)  # first: a server killed mid-create finds it at restart
+            await self.backend.create(
+                CreateRequest(
                     container_id,
-                    name,
-                    sandbox.id,
-                    base64.b64encode(config.SerializeToString()).decode(),
-                    config.image.image,
-                    image.id,
-                    time.time_ns(),
-                    log_path,
-                    labels,
-                    resources=spec.get("linux", {}).get("resources", {}),
+                    spec,
+                    log_path=log_path,
+                    pod_id=sandbox.id,
+                    stdin=config.stdin,
+                    stdin_once=config.stdin_once,
+                    tty=config.tty,
+                    stop_signal=stop_signal,
+                    image_id=image.id,
                     notes=notes.clamped,
                 )
-                self._save(container)  # first: a server killed mid-create finds it at restart
-                await self.backend.create(
-                    CreateRequest(
-                        container_id,
-                        spec,
-                        log_path=log_path,
-                        pod_id=sandbox.id,
-                        stdin=config.stdin,
-                        stdin_once=config.stdin_once,
-                        tty=config.tty,
-                        stop_signal=stop_signal,
-                        image_id=image.id,
-                        notes=notes.clamped,
-                    )
-                )
-            except BaseException:
-                (self.records / f"{container_id}.json").unlink(missing_ok=True)
-                self.images.snapshots.remove_view(container_id)
-                raise
+            )
+        except BaseException:
+            (self.records / f"{container_id}.json").unlink(missing_ok=True)
+            self.images.snapshots.remove_view(container_id)
+            raise
         container.listing  # noqa: B018 - converted once, here, for every ListContainers
         self.containers[container_id] = container
-        if self.sandboxes.find(sandbox.id) is None:  # the pod was removed meanwhile
-            await self.cb_container_remove(container)
-            raise FailedPrecondition(f"pod sandbox {sandbox.id[:12]} was removed meanwhile")
         return container
 
     def pod_context(self, sandbox: Sandbox, config: api_pb2.ContainerConfig) -> SandboxContext:
@@ -565,8 +563,7 @@ class ContainerManager:
 
     @step("m_cb_container_start")
     async def m_cb_container_start(self, container: Container) -> None:
-        with quiet():
-            state = await self.backend.start(container.id)
+        state = await self.backend.start(container.id)
         container.started_at = state.started_at
         if state.exit is not None:  # it has finished already (its exit event may be next)
             container.exited(state.exit)
@@ -595,7 +592,7 @@ class ContainerManager:
         await self.refresh(container)
         if decide("already_stopped", container.state in (EXITED, UNKNOWN, CREATED)):
             if container.state == CREATED:  # never started: nothing runs, nothing to wait for
-                with quiet(), contextlib.suppress(CRIError):
+                with contextlib.suppress(CRIError):
                     await self.backend.stop(container.id, 0)
                 await self.refresh(container)
             return
@@ -603,8 +600,7 @@ class ContainerManager:
             signum = parse_signal(container_stop_signal(self, container))
             await self.send_stop_signal(container, signum)
             try:
-                with quiet():
-                    status = await asyncio.wait_for(self.backend.wait(container.id), timeout)
+                status = await asyncio.wait_for(self.backend.wait(container.id), timeout)
             except TimeoutError:
                 decide("exited_within_timeout", False)
             else:
@@ -616,13 +612,11 @@ class ContainerManager:
     @step("send_stop_signal")
     async def send_stop_signal(self, container: Container, signum: signal.Signals) -> None:
         annotate(signal=signum.name)
-        with quiet():
-            await self.backend.kill(container.id, signum)
+        await self.backend.kill(container.id, signum)
 
     @step("send_sigkill")
     async def send_sigkill(self, container: Container) -> None:
-        with quiet():
-            status = await self.backend.stop(container.id, 0)
+        status = await self.backend.stop(container.id, 0)
         await self._exited(container.id, status)
 
     # -- RemoveContainer ---------------------------------------------------------------
@@ -645,16 +639,15 @@ class ContainerManager:
     @step("cb_container_remove")
     async def cb_container_remove(self, container: Container) -> None:
         """Forced: a running container is killed first."""
-        with quiet():
-            with contextlib.suppress(NotFound):
-                try:
-                    running = (await self.backend.state(container.id)).exit is None
-                except RecordUnreadable:
-                    running = False  # delete() kills what runc knows of it
-                if running:
-                    await self.backend.stop(container.id, 0)
-                await self.backend.delete(container.id)
-            await asyncio.to_thread(self.images.snapshots.remove_view, container.id)
+        with contextlib.suppress(NotFound):
+            try:
+                running = (await self.backend.state(container.id)).exit is None
+            except RecordUnreadable:
+                running = False  # delete() kills what runc knows of it
+            if running:
+                await self.backend.stop(container.id, 0)
+            await self.backend.delete(container.id)
+        await asyncio.to_thread(self.images.snapshots.remove_view, container.id)
         (self.records / f"{container.id}.json").unlink(missing_ok=True)
         self.containers.pop(container.id, None)
         self.names.pop(container.name, None)
@@ -672,7 +665,8 @@ class ContainerManager:
         except DeadlineExceeded:
             decide("timed_out", True)
             raise
-        decide("timed_out", False)
+        else:
+            decide("timed_out", False)
         return result
 
     @step("exec_sync_from_grpc")
@@ -686,8 +680,7 @@ class ContainerManager:
     async def m_cb_container_exec(
         self, container: Container, cmd: list[str], timeout: int
     ) -> ExecResult:
-        with quiet():
-            return await self.backend.exec_sync(container.id, cmd, float(timeout))
+        return await self.backend.exec_sync(container.id, cmd, float(timeout))
 
     # -- UpdateContainerResources -----------------------------------------------------
 
@@ -696,7 +689,7 @@ class ContainerManager:
         cgroup had before (not what we think it had) is written back."""
         previous = self.backend.current_resources(container.id)
         try:
-            with step("m_cb_container_update"), quiet():
+            with step("m_cb_container_update"):
                 await self.backend.update(container.id, resources)
         except CRIError:
             await self.restore_previous_resources(container, previous)
@@ -711,7 +704,7 @@ class ContainerManager:
         """Transactional: what runc may have written before failing is put back."""
         annotate(restored=json.dumps(previous))
         if previous:
-            with quiet(), contextlib.suppress(CRIError):
+            with contextlib.suppress(CRIError):
                 await self.backend.update(container.id, previous)
 
     # -- ReopenContainerLog ----------------------------------------------------------
@@ -727,8 +720,7 @@ class ContainerManager:
 
     @step("shim_reopen_log")
     async def shim_reopen_log(self, container: Container) -> None:
-        with quiet():
-            await self.backend.reopen_log(container.id)
+        await self.backend.reopen_log(container.id)
 
     # -- for the pod sandboxes ----------------------------------------------------------
 

@@ -345,7 +345,7 @@ class SandboxManager:
             annotate(remembered=f"{failure} ({time.monotonic() - when:.0f} s ago)")
             return None, failure
         try:
-            with quiet():  # PullImage's own chart; here the pull is one step
+            with quiet():  # folds PullImage's flow: here the pull is this one step
                 return await self.images.pull(self.pause_image, Credentials()), None
         except (CRIError, OSError) as exc:
             kind = type(exc) if isinstance(exc, CRIError) else FailedPrecondition
@@ -361,7 +361,7 @@ class SandboxManager:
             log.warning("pause image unreachable, pods use the built-in infra: %s", failure)
         image = self.images.resolve(BUILT_IN_INFRA)
         if image is None:
-            with quiet():
+            with quiet():  # folds BuildLocalImage's flow: here the build is this one step
                 image = await self.images.build_infra(BUILT_IN_INFRA)
         annotate(image=BUILT_IN_INFRA)
         return image.id
@@ -551,46 +551,44 @@ class SandboxManager:
                 ),
             ),
         )
-        with quiet():
-            rootfs = await asyncio.to_thread(
-                self.images.snapshots.mount_view,
-                [layer.chain_id for layer in record.layers],
-                sandbox.id,
+        rootfs = await asyncio.to_thread(
+            self.images.snapshots.mount_view,
+            [layer.chain_id for layer in record.layers],
+            sandbox.id,
+        )
+        try:
+            spec, notes = generate_spec(
+                infra_config,
+                image,
+                rootfs,
+                sandbox=SandboxContext(
+                    hostname=context.hostname,
+                    namespaces=join,
+                    hosts=context.hosts,
+                    resolv_conf=context.resolv_conf,
+                    shm=context.shm,
+                ),
+                annotations={"io.kubernetes.cri.container-type": "sandbox"},
             )
-            try:
-                spec, notes = generate_spec(
-                    infra_config,
-                    image,
-                    rootfs,
-                    sandbox=SandboxContext(
-                        hostname=context.hostname,
-                        namespaces=join,
-                        hosts=context.hosts,
-                        resolv_conf=context.resolv_conf,
-                        shm=context.shm,
-                    ),
-                    annotations={"io.kubernetes.cri.container-type": "sandbox"},
+            if config.linux.sysctls:
+                spec["linux"]["sysctl"] = dict(config.linux.sysctls)
+            await backend.create(
+                CreateRequest(
+                    sandbox.id,
+                    spec,
+                    pod_id=sandbox.id,
+                    stop_signal=image.stop_signal,
+                    image_id=record.id,
+                    notes=notes.clamped,
                 )
-                if config.linux.sysctls:
-                    spec["linux"]["sysctl"] = dict(config.linux.sysctls)
-                await backend.create(
-                    CreateRequest(
-                        sandbox.id,
-                        spec,
-                        pod_id=sandbox.id,
-                        stop_signal=image.stop_signal,
-                        image_id=record.id,
-                        notes=notes.clamped,
-                    )
-                )
-            except BaseException:
-                self.images.snapshots.remove_view(sandbox.id)
-                raise
+            )
+        except BaseException:
+            self.images.snapshots.remove_view(sandbox.id)
+            raise
 
     @step("sandbox_start")
     async def sandbox_start(self, sandbox: Sandbox) -> None:
-        with quiet():
-            await self._backend().start(sandbox.id)
+        await self._backend().start(sandbox.id)
         sandbox.state = READY
         self._save(sandbox)
 
@@ -644,9 +642,8 @@ class SandboxManager:
     async def _remove_infra(self, sandbox: Sandbox) -> None:
         backend = self._backend()
         if sandbox.id in backend.list_ids():
-            with quiet():
-                await backend.stop(sandbox.id, 0)
-                await backend.delete(sandbox.id)
+            await backend.stop(sandbox.id, 0)
+            await backend.delete(sandbox.id)
         await asyncio.to_thread(self.images.snapshots.remove_view, sandbox.id)
         await backend.release_pod(sandbox.id)
 
@@ -716,9 +713,10 @@ class SandboxManager:
 
     @step("cb_container_stop")
     async def cb_container_stop(self, backend: Backend, container_id: str) -> None:
-        with quiet(), contextlib.suppress(NotFound):
+        with contextlib.suppress(NotFound):
             if self.containers is not None:
-                await self.containers.stop(container_id, 0)
+                with quiet():  # folds StopContainer's flow: here the stop is this one step
+                    await self.containers.stop(container_id, 0)
             else:
                 await backend.stop(container_id, 0)
 
@@ -764,7 +762,7 @@ class SandboxManager:
     async def sandbox_stop(self, sandbox: Sandbox) -> None:
         backend = self.backend
         if backend is not None and sandbox.id in backend.list_ids():
-            with quiet(), contextlib.suppress(NotFound):
+            with contextlib.suppress(NotFound):
                 await backend.stop(sandbox.id, 10)
         sandbox.state = NOTREADY
         self._save(sandbox)
@@ -808,9 +806,10 @@ class SandboxManager:
 
     @step("cb_container_remove")
     async def cb_container_remove(self, backend: Backend, container_id: str) -> None:
-        with quiet(), contextlib.suppress(NotFound):
+        with contextlib.suppress(NotFound):
             if self.containers is not None:
-                await self.containers.remove(container_id)
+                with quiet():  # folds RemoveContainer's flow: here the remove is this one step
+                    await self.containers.remove(container_id)
                 return
             await backend.stop(container_id, 0)
             await backend.delete(container_id)
@@ -838,8 +837,7 @@ class SandboxManager:
         """READY while the infra runs; an infra that died makes the pod NOTREADY."""
         if sandbox.state == READY and self.backend is not None:
             try:
-                with quiet():
-                    state = await self.backend.state(sandbox.id)
+                state = await self.backend.state(sandbox.id)
             except NotFound:
                 state = None
             if state is None or state.status != "running":
@@ -856,8 +854,25 @@ class SandboxManager:
         overhead: api_pb2.LinuxContainerResources,
     ) -> None:
         sandbox = self.sandbox_manager_get_sandbox(sandbox_id)
-        if sandbox is None:
+        if not decide("sandbox_found", sandbox is not None):
             raise NotFound(f"pod sandbox {sandbox_id!r} not found")
+        assert sandbox is not None
+        limits = self.add_overhead(resources, overhead)
+        sandbox.resources = {k: v for k, v in limits.items() if v}
+        parent = cgroups.pod_parent(sandbox.id)
+        if decide("pod_cgroup", not self._backend().rootless and cgroups.exists(parent)):
+            self.write_pod_cgroup_limits(parent, limits)
+        else:
+            self.record_unenforced_resources(sandbox)
+        self._save(sandbox)
+
+    @step("add_overhead")
+    def add_overhead(
+        self,
+        resources: api_pb2.LinuxContainerResources,
+        overhead: api_pb2.LinuxContainerResources,
+    ) -> dict[str, int]:
+        """What the pod's cgroup gets: each limit that is set, plus the overhead."""
         limits = {
             "memory": resources.memory_limit_in_bytes + overhead.memory_limit_in_bytes
             if resources.memory_limit_in_bytes
@@ -869,13 +884,7 @@ class SandboxManager:
         for name, value in limits.items():
             if value < 0:
                 raise InvalidArgument(f"{name} {value} is negative")
-        sandbox.resources = {k: v for k, v in limits.items() if v}
-        parent = cgroups.pod_parent(sandbox.id)
-        if decide("pod_cgroup", not self._backend().rootless and cgroups.exists(parent)):
-            self.write_pod_cgroup_limits(parent, limits)
-        else:
-            self.record_unenforced_resources(sandbox)
-        self._save(sandbox)
+        return limits
 
     @step("write_pod_cgroup_limits")
     def write_pod_cgroup_limits(self, parent: str, limits: dict[str, int]) -> None:
@@ -938,7 +947,7 @@ class SandboxManager:
         out = []
         for container_id in backend.list_ids():
             if container_id != sandbox.id and backend.pod_of(container_id) == sandbox.id:
-                with contextlib.suppress(CRIError), quiet():
+                with contextlib.suppress(CRIError):
                     out.append((container_id, await backend.stats(container_id)))
         return out
 

@@ -42,7 +42,7 @@ from ..errors import (
     NotFound,
 )
 from ..fsutil import atomic_write_json
-from ..trace.tracer import annotate, step
+from ..trace.tracer import annotate, branch, child_span, decide, step
 from . import cgroups, shim
 from .backend import (
     MAX_EXEC_OUTPUT,
@@ -168,36 +168,36 @@ class RuncBackend(Backend):
 
     # -- create ------------------------------------------------------------------
 
-    @step("runtime_create")
+    @child_span("RuntimeCreate")
     async def create(self, request: CreateRequest) -> ContainerState:
-        if not ID_PATTERN.match(request.id):
+        if not decide("valid_id", bool(ID_PATTERN.match(request.id))):
             raise InvalidArgument(f"container id {request.id!r}: letters, digits, '_.-' only")
         d = self.dir(request.id)
         try:
             d.mkdir(mode=0o711)
         except FileExistsError:
+            branch("state_dir_free", "N")
             raise AlreadyExists(f"container {request.id!r} exists already") from None
+        else:
+            branch("state_dir_free", "Y")
         try:
             return await self._create(request, d)
         except BaseException:
-            with contextlib.suppress(Exception):
-                await self._runc("delete", "--force", request.id)
-            shutil.rmtree(d, ignore_errors=True)
-            self._images.pop(request.id, None)
+            await self.undo_create(request.id, d)
             raise
+
+    @step("undo_create")
+    async def undo_create(self, container_id: str, d: Path) -> None:
+        """Whatever the create made goes: runc's state (and the process it may
+        have started), the state dir; the caller's error stays the reason."""
+        with contextlib.suppress(Exception):
+            await self._runc("delete", "--force", container_id)
+        shutil.rmtree(d, ignore_errors=True)
+        self._images.pop(container_id, None)
 
     async def _create(self, request: CreateRequest, d: Path) -> ContainerState:
         notes: dict[str, str] = dict(request.notes)
-        spec = dict(request.spec)
-        cgroups_path = ""
-        if self.name == "rootless-runc":
-            spec = make_rootless(spec, os.geteuid(), os.getegid(), notes)
-        elif self.name == "processes":
-            notes["isolation"] = "none: a plain process of the server's user (plainrun)"
-        else:
-            cgroups_path = cgroups.container_path(request.pod_id, request.id)
-            spec["linux"] = {**spec.get("linux", {}), "cgroupsPath": cgroups_path}
-            cgroups.ensure_pod(request.pod_id)
+        spec, cgroups_path = self.adapt_spec_to_the_tier(request, notes)
         stop = parse_signal(request.stop_signal)
         self.write_bundle(d, spec)
         if request.log_path:
@@ -222,8 +222,27 @@ class RuncBackend(Backend):
         spawned = await self.spawn(d, request, cgroups_path)
         record["pid"] = spawned.pid
         self._save(request.id, record)
-        self._watch(request.id)
+        self.watch_for_the_exit(request.id)
         return ContainerState(request.id, "created", spawned.pid, record["created_at"], notes=notes)
+
+    @step("adapt_spec_to_the_tier")
+    def adapt_spec_to_the_tier(
+        self, request: CreateRequest, notes: dict[str, str]
+    ) -> tuple[dict[str, Any], str]:
+        """As root: the container's cgroup, under its pod's. Rootless: the spec
+        made rootless (a user namespace, no cgroups). Processes: nothing
+        isolates, and the notes say so. The spec and the cgroup path."""
+        annotate(tier=self.name)
+        spec = dict(request.spec)
+        if self.name == "rootless-runc":
+            return make_rootless(spec, os.geteuid(), os.getegid(), notes), ""
+        if self.name == "processes":
+            notes["isolation"] = "none: a plain process of the server's user (plainrun)"
+            return spec, ""
+        cgroups_path = cgroups.container_path(request.pod_id, request.id)
+        spec["linux"] = {**spec.get("linux", {}), "cgroupsPath": cgroups_path}
+        cgroups.ensure_pod(request.pod_id)
+        return spec, cgroups_path
 
     @step("write_bundle")
     def write_bundle(self, d: Path, spec: dict[str, Any]) -> None:
@@ -249,6 +268,12 @@ class RuncBackend(Backend):
         return spawned
 
     # -- watching for the exit -------------------------------------------------------
+
+    @step("watch_for_the_exit")
+    def watch_for_the_exit(self, container_id: str) -> None:
+        """A ``wait`` connection to the shim, held by a task of its own: the
+        exit is recorded whoever asks, or nobody."""
+        self._watch(container_id)
 
     def _watch(self, container_id: str) -> None:
         loop = asyncio.get_running_loop()
@@ -312,30 +337,41 @@ class RuncBackend(Backend):
 
     # -- start, kill, stop ---------------------------------------------------------
 
-    @step("runtime_start")
+    @child_span("RuntimeStart")
     async def start(self, container_id: str) -> ContainerState:
         record = self.record(container_id)
-        if self.read_exit(container_id) is not None:
+        if decide("exited_already", self.read_exit(container_id) is not None):
             raise FailedPrecondition(f"container {container_id!r} has exited; it cannot start")
-        if record["started_at"]:
+        if decide("started_already", bool(record["started_at"])):
             raise FailedPrecondition(f"container {container_id!r} was started already")
         started = time.time_ns()  # before: a quick init may exit before runc returns
-        await self._runc("start", container_id)
+        await self.runc_start(container_id)
         record["started_at"] = started
         self._save(container_id, record)
         return await self.state(container_id)
 
-    @step("runtime_kill")
+    @step("runc_start")
+    async def runc_start(self, container_id: str) -> None:
+        """The shim's ``runc create`` left the init waiting on its exec fifo; this releases it."""
+        await self._runc("start", container_id)
+
+    @child_span("RuntimeKill")
     async def kill(self, container_id: str, signum: int) -> None:
         self._known(container_id)
-        if self.read_exit(container_id) is not None:
+        if decide("exited_already", self.read_exit(container_id) is not None):
             return
+        await self.runc_kill(container_id, signum)
+
+    @step("runc_kill")
+    async def runc_kill(self, container_id: str, signum: int) -> None:
+        """A container that exits meanwhile is no error: the signal had nothing left to do."""
         try:
             await self._runc("kill", container_id, str(int(signum)))
         except (NotFound, FailedPrecondition) as exc:
             if "not running" not in str(exc) and "does not exist" not in str(exc):
                 raise
 
+    @child_span("RuntimeStop")
     async def stop(self, container_id: str, timeout: float) -> ExitStatus:
         """The stop signal, ``timeout`` seconds of grace, then SIGKILL.
 
@@ -344,21 +380,31 @@ class RuncBackend(Backend):
         sent from outside, always works."""
         record = self.record(container_id)
         status = self.read_exit(container_id)
-        if status is not None:
+        if decide("exited_already", status is not None):
+            assert status is not None
             return status
         self._watch(container_id)
         exited = self._exits[container_id]
-        if timeout > 0:
+        if decide("grace_period", timeout > 0):
             await self.send_stop_signal(container_id, signal.Signals[record["stop_signal"]])
-            with contextlib.suppress(TimeoutError):
-                return await asyncio.wait_for(asyncio.shield(exited), timeout)
+            try:
+                status = await asyncio.wait_for(asyncio.shield(exited), timeout)
+            except TimeoutError:
+                decide("exited_within_timeout", False)
+            else:
+                decide("exited_within_timeout", True)
+                return status
         await self.send_sigkill(container_id)
         try:
-            return await asyncio.wait_for(asyncio.shield(exited), KILL_WAIT)
+            status = await asyncio.wait_for(asyncio.shield(exited), KILL_WAIT)
         except TimeoutError:
+            decide("reaped", False)
             raise FailedPrecondition(
                 f"container {container_id!r} did not exit {KILL_WAIT:.0f} s after SIGKILL"
             ) from None
+        else:
+            decide("reaped", True)
+        return status
 
     @step("send_stop_signal")
     async def send_stop_signal(self, container_id: str, signum: signal.Signals) -> None:
@@ -371,7 +417,6 @@ class RuncBackend(Backend):
 
     # -- delete ----------------------------------------------------------------------
 
-    @step("runtime_delete")
     async def delete(self, container_id: str) -> None:
         """Remove a container that is not running: runc's state, the cgroup, our dir.
         A container created but never started is killed first (nothing to lose).
@@ -444,7 +489,8 @@ class RuncBackend(Backend):
 
     # -- exec, attach --------------------------------------------------------------
 
-    def _exec_process(self, container_id: str, args: list[str]) -> dict[str, Any]:
+    @step("exec_process")
+    def exec_process(self, container_id: str, args: list[str]) -> dict[str, Any]:
         """The container's own process (user, env, cwd, capabilities) with other args,
         as containerd's exec does."""
         if not args:
@@ -455,13 +501,17 @@ class RuncBackend(Backend):
         process.pop("oomScoreAdj", None)
         return process
 
+    def running(self, container_id: str) -> bool:
+        return (
+            bool(self.record(container_id)["started_at"]) and self.read_exit(container_id) is None
+        )
+
     async def _running(self, container_id: str) -> Path:
-        record = self.record(container_id)
-        if not record["started_at"] or self.read_exit(container_id) is not None:
+        if not self.running(container_id):
             raise FailedPrecondition(f"container {container_id!r} is not running")
         return self.dir(container_id)
 
-    @step("runtime_exec")
+    @child_span("RuntimeExec")
     async def exec(
         self,
         container_id: str,
@@ -472,15 +522,23 @@ class RuncBackend(Backend):
         width: int = 0,
         height: int = 0,
     ) -> ProcessStream:
-        d = await self._running(container_id)
+        if not decide("container_running", self.running(container_id)):
+            raise FailedPrecondition(f"container {container_id!r} is not running")
+        d = self.dir(container_id)
         hello: dict[str, Any] = {
             "op": "exec",
-            "process": self._exec_process(container_id, args),
+            "process": self.exec_process(container_id, args),
             "tty": tty,
             "stdin": stdin,
         }
         if tty and width and height:
             hello |= {"width": width, "height": height}
+        return await self.open_process_stream(d, hello)
+
+    @step("open_process_stream")
+    async def open_process_stream(self, d: Path, hello: dict[str, Any]) -> ProcessStream:
+        """The shim starts the process (``runc exec``) and streams its stdio
+        over this connection."""
         return await ProcessStream.open(d, hello)
 
     async def exec_sync(self, container_id: str, args: list[str], timeout: float) -> ExecResult:
@@ -520,7 +578,6 @@ class RuncBackend(Backend):
         code = int(stream.exit["exit_code"])
         return ExecResult(code, bytes(kept["stdout"]), bytes(kept["stderr"]))
 
-    @step("kill_exec_process")
     async def kill_exec(self, stream: ProcessStream) -> None:
         """SIGKILL the exec'd process and wait for its reaping, so that when the
         caller hears of the timeout the process is already gone."""
@@ -529,7 +586,6 @@ class RuncBackend(Backend):
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(_drain(stream), KILL_WAIT)
 
-    @step("runtime_attach")
     async def attach(
         self, container_id: str, *, stdin: bool, stdout: bool, stderr: bool
     ) -> ProcessStream:
@@ -546,14 +602,12 @@ class RuncBackend(Backend):
             raise FailedPrecondition(f"container {container_id!r} has no terminal to resize")
         await request(d, "resize", width=width, height=height)
 
-    @step("reopen_container_log")
     async def reopen_log(self, container_id: str) -> None:
         d = await self._running(container_id)
         await request(d, "reopen_log")
 
     # -- resources -------------------------------------------------------------------
 
-    @step("runtime_update")
     async def update(self, container_id: str, resources: dict[str, Any]) -> dict[str, str]:
         """``runc update`` with runtime-spec LinuxResources; recorded either way so
         the status can show it. Rootless: recorded, not enforced (no cgroups)."""
@@ -586,7 +640,6 @@ class RuncBackend(Backend):
 
     # -- after a restart -------------------------------------------------------------
 
-    @step("recover_containers")
     async def recover(self) -> list[ContainerState]:
         """Rebuild the view from disk: every container dir with a record is ours.
         A shim still serving gets a new ``wait``; one gone without an exit record
@@ -641,7 +694,6 @@ class RuncBackend(Backend):
             return []
         return [str(c["id"]) for c in listed or []]
 
-    @step("delete_orphan")
     async def delete_orphan(self, container_id: str) -> None:
         annotate(container_id=container_id)
         with contextlib.suppress(FailedPrecondition, NotFound):

@@ -21,6 +21,11 @@ draws them. A chart is a TOML file::
     absent = ""                            # why the original step has no counterpart
 
     [[nodes]]
+    label = "close with error"
+    kind = "end"
+    error = true                           # an error end: the call fails here
+
+    [[nodes]]
     id = "why_no_lock"                     # notes have free ids and hang off nodes
     kind = "note"
     label = "..."
@@ -28,6 +33,13 @@ draws them. A chart is a TOML file::
 
 (``edges`` comes before the first ``[[nodes]]``: TOML would put it inside the
 last node's table otherwise.)
+
+An *error end* (``error = true``, end nodes only; an end labelled "return
+error", as iSulad's charts name it, is one without saying so) is where a
+failing call leaves the chart; an edge into one (directly or through absent nodes) is an
+*error edge*. A traced call that fails ends with an ERROR event at the node
+where it failed, and that node must have an error edge (after a decision: the
+edge of the branch it took). A call that succeeds never ends at an error end.
 
 A node's id is its label in snake_case (:func:`node_id`), so the name of the
 step function in the code, the id in a trace and the words in iSulad's chart
@@ -46,6 +58,9 @@ from pathlib import Path
 from typing import Any
 
 ENV_DIAGRAMS = "TEACHING_CRI_DIAGRAMS"
+
+
+ERROR_END_LABEL = "return error"
 
 
 class ChartError(ValueError):
@@ -82,6 +97,7 @@ class Node:
     ours: bool = False
     absent: str = ""
     about: tuple[str, ...] = ()
+    error: bool = False
 
     @property
     def flows(self) -> bool:
@@ -119,19 +135,34 @@ class Chart:
     def notes(self) -> Iterator[Node]:
         return (n for n in self.nodes.values() if not n.flows)
 
+    @property
+    def error_ends(self) -> frozenset[str]:
+        return frozenset(e for e in self.ends if self.nodes[e].error)
+
     def end_after(self, node: str, label: str = "") -> str | None:
         """The end node a span at ``node`` (having taken the branch ``label``, if
-        ``node`` is a decision) closes at, when that is unambiguous."""
+        ``node`` is a decision) closes at when it succeeds, if that is
+        unambiguous. Error ends are left out: a span finishing is no failure."""
+        normal = self.ends - self.error_ends
         ends = {
             t
             for lab, t in self.effective.get(node, ())
-            if t in self.ends and (not label or lab == label)
+            if t in normal and (not label or lab == label)
         }
         if len(ends) == 1:
             return ends.pop()
-        if len(self.ends) == 1:
-            return next(iter(self.ends))
+        if len(normal) == 1:
+            return next(iter(normal))
         return None
+
+    def error_exits(self, node: str, label: str = "") -> list[str]:
+        """The error ends an error at ``node`` may leave by: those its edges
+        (only the edge labelled ``label``, when given) lead to."""
+        return [
+            t
+            for lab, t in self.effective.get(node, ())
+            if t in self.error_ends and (not label or lab == label)
+        ]
 
     def path_between(self, source: str, target: str, label: str = "") -> list[Edge] | None:
         """The edges from ``source`` to ``target`` through absent nodes only
@@ -173,7 +204,7 @@ def parse_chart(data: Mapping[str, Any], origin: str = "<chart>") -> Chart:
         where = f"{origin}: node {i + 1}"
         if not isinstance(raw, dict):
             raise ChartError(f"{where}: must be a table")
-        extra = set(raw) - {"id", "label", "kind", "ours", "absent", "about"}
+        extra = set(raw) - {"id", "label", "kind", "ours", "absent", "about", "error"}
         if extra:
             raise ChartError(f"{where}: unknown keys {sorted(extra)}")
         label = _as_str(raw.get("label", ""), "label", where)
@@ -203,7 +234,12 @@ def parse_chart(data: Mapping[str, Any], origin: str = "<chart>") -> Chart:
             raise ChartError(f"{where}: a note must name the nodes it is about")
         if kind is not NodeKind.NOTE and about:
             raise ChartError(f"{where}: only notes have 'about'")
-        nodes[nid] = Node(nid, label, kind, ours, absent, about)
+        error = raw.get("error", kind is NodeKind.END and label == ERROR_END_LABEL)
+        if not isinstance(error, bool):
+            raise ChartError(f"{where}: error must be true or false")
+        if error and kind is not NodeKind.END:
+            raise ChartError(f"{where}: only an end node can be an error end")
+        nodes[nid] = Node(nid, label, kind, ours, absent, about, error)
 
     edges: list[Edge] = []
     for raw_edge in data.get("edges", []):
@@ -227,8 +263,8 @@ def _validate(
     ends = frozenset(n.id for n in nodes.values() if n.kind is NodeKind.END)
     if len(starts) != 1:
         raise ChartError(f"{origin}: needs exactly one start node, has {len(starts)}")
-    if not ends:
-        raise ChartError(f"{origin}: needs at least one end node")
+    if not ends or all(nodes[e].error for e in ends):
+        raise ChartError(f"{origin}: needs at least one end node that is not an error end")
     for note in (n for n in nodes.values() if not n.flows):
         for target in note.about:
             if target not in nodes:

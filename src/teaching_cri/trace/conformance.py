@@ -7,8 +7,12 @@ Rules, per span (one walk through one chart):
    previous node along one edge of the chart (an edge into a node marked
    *absent* continues through it, since our code has no step for it);
 3. after a BRANCH, the next node is reached along the edge with the branch's label;
-4. ERROR happens at a node the span has reached (normally the current one);
-   END, and only END, at an end node; nothing follows END or ERROR.
+4. ERROR happens at a node the span has reached (normally the current one)
+   and leaves by an edge the chart draws: one from that node into an error
+   end (``error = true``), and after a decision at that node, the edge of
+   the branch taken;
+5. END, and only END, at an end node, never at an error end; nothing
+   follows END or ERROR.
 
 Pytest use::
 
@@ -74,13 +78,7 @@ def check_span(events: Sequence[TraceEvent], chart: Chart) -> list[str]:
             problems.append(f"{where}: node {event.node!r} is marked absent ({node.absent})")
             break
         if event.kind is EventKind.ERROR:
-            # At the current node, or at a step still running around it (an
-            # outer step that failed after an inner one finished).
-            if event.node not in visited:
-                problems.append(
-                    f"{where}: an error happens at a node already reached, "
-                    f"such as the current one {prev.node!r}"
-                )
+            problems += _error_exit(chart, prev, event, visited, where)
             prev = event
             continue
         if event.kind is EventKind.BEGIN:
@@ -110,6 +108,9 @@ def check_span(events: Sequence[TraceEvent], chart: Chart) -> list[str]:
         if event.kind is EventKind.END and event.node not in chart.ends:
             problems.append(f"{where}: {event.node!r} is not an end node")
             break
+        if event.kind is EventKind.END and event.node in chart.error_ends:
+            problems.append(f"{where}: {event.node!r} is an error end; it is reached by an error")
+            break
         if event.kind is EventKind.STEP and node.kind.value == "decision":
             problems.append(f"{where}: a decision is recorded with branch(), not step()")
             break
@@ -120,6 +121,29 @@ def check_span(events: Sequence[TraceEvent], chart: Chart) -> list[str]:
         visited.add(event.node)
         prev = event
     return problems
+
+
+def _error_exit(
+    chart: Chart, prev: TraceEvent, event: TraceEvent, visited: set[str], where: str
+) -> list[str]:
+    """Rule 4: an error leaves by an error edge of the node it happens at."""
+    if event.node not in visited:
+        return [
+            f"{where}: an error happens at a node already reached, "
+            f"such as the current one {prev.node!r}"
+        ]
+    # Right after a decision, at that decision: the branch taken must lead to an
+    # error end. At a step (the current one, or an outer one still running when
+    # an inner one had finished): any of its edges may.
+    label = prev.label if prev.kind is EventKind.BRANCH and prev.node == event.node else ""
+    if chart.error_exits(event.node, label):
+        return []
+    drawn = f"its branch [{label}]" if label else "it"
+    return [
+        f"{where}: the chart draws no error exit from {event.node!r}: "
+        f"no edge from {drawn} leads to an error end"
+        + (f" ({', '.join(sorted(chart.error_ends))})" if chart.error_ends else "")
+    ]
 
 
 def check_trace(events: Iterable[TraceEvent], charts: Mapping[str, Chart]) -> list[str]:

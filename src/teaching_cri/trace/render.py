@@ -4,7 +4,8 @@ The overlay marks every visited node with its step number(s) and the time
 spent there (from reaching it to reaching the next node), draws the edges
 taken thick and numbered, and paints the node where an error happened red.
 Nodes we added are drawn with a ``+`` badge, iSulad nodes our code has no
-counterpart for are dashed and grey, notes hang off their nodes.
+counterpart for are dashed and grey, notes hang off their nodes; error ends
+have a red outline and the edges into them are dashed red.
 """
 
 from __future__ import annotations
@@ -129,6 +130,8 @@ def to_dot(chart: Chart, ov: Overlay | None = None) -> graphviz.Digraph:
         if node.absent:
             style += ",dashed"
             color = fontcolor = ABSENT
+        if node.error:
+            color = ERROR_EDGE
         if ov is not None and ov.orders(node.id):
             fill, penwidth = VISITED, "2"
         if ov is not None and node.id == ov.error_node:
@@ -149,6 +152,8 @@ def to_dot(chart: Chart, ov: Overlay | None = None) -> graphviz.Digraph:
         taken = ov.edges.get((edge.source, edge.target)) if ov is not None else None
         label = edge.label
         attrs = {}
+        if edge.target in chart.error_ends:
+            attrs = {"color": ERROR_EDGE, "style": "dashed", "fontcolor": ERROR_EDGE}
         if taken:
             label = (label + " " if label else "") + " ".join(f"#{n}" for n in taken)
             attrs = {"color": VISITED_EDGE, "penwidth": "3", "fontcolor": VISITED_EDGE}

@@ -16,9 +16,11 @@ Decisions record the edge taken::
 
     if decide("network_plugin_ready", ok): ...
 
-An exception escaping a step ends the span with an ERROR at that step, as
-an error ends the walk in iSulad's charts. An outcome the flow goes on from
-is not an exception but a decision: ``decide("found", ...)``.
+An exception escaping a step ends the span with an ERROR at that step (or at
+the decision whose branch the step had just taken), as an error ends the walk
+in iSulad's charts; the chart must draw the way out (an edge to an error
+end). An outcome the flow goes on from is not an exception but a decision:
+``decide("found", ...)``.
 
 The current span lives in a ``contextvars.ContextVar``, so concurrent RPCs on
 one asyncio loop (and threads started with ``asyncio.to_thread``) never mix up
@@ -251,10 +253,18 @@ class Span:
         self._emit(EventKind.BRANCH, node, label, attributes)
 
     def step_failed(self, node: str, exc: BaseException) -> None:
-        """A step raised: remember where, in case the exception ends the span."""
-        if not self._done:
-            self._pending = (node, _error_attributes(exc))
-            _mark_failed_in(exc, self.span_id)
+        """A step raised: remember where, in case the exception ends the span.
+        The innermost place is kept: the step that raised it, or the decision
+        whose branch the code had just taken when it raised (the chart draws
+        that branch's edge to "return error"), not the outer steps the
+        exception passes through on its way out."""
+        if self._done:
+            return
+        if self._pending is not None and self.span_id in _failed_in(exc):
+            return  # an inner step already said where
+        at = self.node if self._label else node
+        self._pending = (at, _error_attributes(exc))
+        _mark_failed_in(exc, self.span_id)
 
     def finish(self, node: str | None = None) -> None:
         """Close at an end node: ``node``, or the one the chart leads to from here.
@@ -367,6 +377,48 @@ class step:
         return cast(Callable[P, Any], wrapper)
 
 
+class child_span:
+    """Run a function as a walk through a chart of its own, a child span of the
+    current one: the runtime's create under CreateContainer's
+    ``m_cb->container.create`` is RuntimeCreate's chart, drawn beside it, not
+    more nodes in it. Outside any span (a restart, a unit test) and after the
+    caller's span has ended (work that outlives its caller) it is untraced."""
+
+    __slots__ = ("chart",)
+
+    def __init__(self, chart: str) -> None:
+        self.chart = chart
+
+    def _span(self) -> contextlib.AbstractContextManager[Span | None]:
+        parent = _current.get()
+        if parent is None or parent._done:
+            return contextlib.nullcontext()
+        return parent.tracer.span(self.chart, parent=parent)
+
+    @overload
+    def __call__(
+        self, fn: Callable[P, Coroutine[Any, Any, R]]
+    ) -> Callable[P, Coroutine[Any, Any, R]]: ...
+    @overload
+    def __call__(self, fn: Callable[P, R]) -> Callable[P, R]: ...
+    def __call__(self, fn: Callable[P, Any]) -> Callable[P, Any]:
+        if inspect.iscoroutinefunction(fn):
+
+            @functools.wraps(fn)
+            async def async_wrapper(*args: P.args, **kwargs: P.kwargs) -> Any:
+                with self._span():
+                    return await fn(*args, **kwargs)
+
+            return async_wrapper
+
+        @functools.wraps(fn)
+        def wrapper(*args: P.args, **kwargs: P.kwargs) -> Any:
+            with self._span():
+                return fn(*args, **kwargs)
+
+        return cast(Callable[P, Any], wrapper)
+
+
 def branch(node: str, label: str, **attributes: Any) -> None:
     """Record that decision ``node`` took the edge labelled ``label``."""
     span = _current.get()
@@ -388,9 +440,11 @@ def annotate(**attributes: str) -> None:
 
 @contextlib.contextmanager
 def quiet() -> Iterator[None]:
-    """Run a block untraced in the current span: a step that calls into another
-    layer (the pod's infra container is created by the runtime layer) stays one
-    node of this chart, not the other layer's steps in it."""
+    """Run a block untraced in the current span. Only where a chart
+    deliberately folds another chart's flow into one of its nodes (RunPodSandbox's
+    ``pull pause image`` is a whole PullImage; ListPodSandboxStats's ``PodSandboxStats``
+    a whole PodSandboxStats): the folded flow's steps are not nodes of this chart.
+    Each use says which flow it folds."""
     token = _current.set(None)
     try:
         yield
