@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
 
+from teaching_cri.errors import CRIError
+from teaching_cri.runtime.backend import CreateRequest
+from teaching_cri.runtime.runc import RuncBackend
 from teaching_cri.trace.charts import ChartSet, parse_chart
 from teaching_cri.trace.conformance import (
     ENV_UPDATE_GOLDEN,
@@ -13,8 +17,11 @@ from teaching_cri.trace.conformance import (
     assert_golden_path,
     check_trace,
     path_lines,
+    spans,
 )
 from teaching_cri.trace.events import EventKind, TraceEvent
+from teaching_cri.trace.sinks import RingBufferSink
+from teaching_cri.trace.tracer import Tracer, step
 
 
 def ev(
@@ -237,3 +244,36 @@ def test_golden_path_mismatch_shows_a_diff(tmp_path: Path, monkeypatch: pytest.M
     assert "-Status: branch network_plugin_ready [Y]" in text
     assert "+Status: branch network_plugin_ready [N]" in text
     assert "+Status: step set_network_plugin_not_ready_reason" in text
+
+
+async def test_the_runtimes_refusals_are_child_spans_that_leave_by_their_error_edges(
+    charts: ChartSet, tmp_path: Path
+) -> None:
+    """The runtime's own charts, walked by the real backend (the processes tier:
+    no root, no runc needed for a refusal): each refusal is a child span of the
+    caller's, ending at the node that refused, by an edge the chart draws."""
+    ring = RingBufferSink()
+    tracer = Tracer(charts, [ring])
+    backend = RuncBackend(tmp_path, tier="processes")
+    try:
+        with tracer.span("CreateContainer") as parent:
+            calls: list[Callable[[], Awaitable[object]]] = [
+                lambda: backend.create(CreateRequest("../escape", {})),
+                lambda: backend.start("no-such-container"),
+                lambda: backend.exec("no-such-container", ["true"]),
+            ]
+            for call in calls:
+                with pytest.raises(CRIError), step("m_cb_container_create"):
+                    await call()
+    finally:
+        await backend.close()
+    children = [es for es in spans(ring.snapshot()).values() if es[0].chart != "CreateContainer"]
+    assert [(es[0].chart, es[-1].kind, es[-1].node) for es in children] == [
+        ("RuntimeCreate", EventKind.ERROR, "valid_id"),
+        ("RuntimeStart", EventKind.ERROR, "runtime_start"),
+        ("RuntimeExec", EventKind.ERROR, "runtime_exec"),
+    ]
+    assert all(es[0].parent_span_id == parent.span_id for es in children)
+    assert "INVALID_ARGUMENT" in children[0][-1].attributes["code"]
+    for es in children:
+        assert check_trace(es, charts) == []
