@@ -2,13 +2,14 @@
 
 iSulad runs libwebsockets with one callback that switches on the event
 (the seed's Websocket chart): FILTER_PROTOCOL_CONNECTION checks the URL and
-its token, ESTABLISHED starts the stream task, RECEIVE feeds stdin and
-resizes, SERVER_WRITEABLE drains queued output, CLOSED cleans the session
-up. The ``websockets`` library gives us the same points as Python calls:
-``process_request`` is the filter, the connection handler is everything from
-ESTABLISHED to CLOSED, and its ``send`` awaits the socket's write buffer,
-which is SERVER_WRITEABLE's back-pressure. The wire format is
-:mod:`.channel`'s, the joining of a connection to a process :mod:`.session`'s.
+its token, ESTABLISHED starts the StreamTask, RECEIVE writes stdin and
+resizes, SERVER_WRITEABLE writes output, CLOSED collects the session. The
+``websockets`` library gives us the same points as Python calls:
+``process_request`` is the filter; the connection handler runs ESTABLISHED,
+waits for the connection to close and runs CLOSED; the StreamTask
+(WebsocketStream) is a task of its own; its ``send`` awaits the socket's
+write buffer, which is SERVER_WRITEABLE's back-pressure. The wire format is
+:mod:`.channel`'s, the pumps between a connection and a process :mod:`.session`'s.
 """
 
 from __future__ import annotations
