@@ -21,9 +21,10 @@ CRI v1 stubs) with the same requests:
   by default.
 * **the registry**: Debian's ``docker-registry`` on a loopback port, as the
   tests run it (``tests/registry.py``), holding three images made here: busybox
-  (the containers' image), a second busybox that differs only by an ``Env``
-  entry (the one pulled and removed: removing the containers' own image would
-  take it from under them, since both runtimes remove an image by id) and the
+  (the containers' image), a second busybox with a file more in each layer
+  (the one pulled and removed: layers of its own, so that every pull fetches
+  and unpacks them, unless a runtime still holds them from the run before, and
+  removing the containers' own image would take it from under them) and the
   pods' infra image (catatonit, else a busybox shell: ``build_infra_image``),
   which both use as their pause image.
 * **the floor**: a bare ``grpc.aio`` server answering ``Version`` on a unix
@@ -97,7 +98,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from types import FrameType
@@ -110,7 +111,14 @@ from websockets.typing import Subprotocol
 
 from teaching_cri.api import api_pb2
 from teaching_cri.client import Client, connect, wait_for_socket
-from teaching_cri.image.build import BUSYBOX_CONFIG, build_image, build_infra_image, busybox_layers
+from teaching_cri.image.build import (
+    BUSYBOX_CONFIG,
+    LayerSpec,
+    build_image,
+    build_infra_image,
+    busybox_layers,
+    file_entry,
+)
 from teaching_cri.image.push import push_layout
 from teaching_cri.trace.events import TraceEvent
 
@@ -938,17 +946,22 @@ def print_steps(events: Sequence[TraceEvent], since_ns: int) -> None:
 # --- The run ---------------------------------------------------------------------------
 
 
+def pulled_layers() -> list[LayerSpec]:
+    """busybox's two layers with one more file in each: layers of their own, so
+    that a pull fetches and unpacks them and does not find the containers'."""
+    marker = file_entry("etc/teaching-cri-bench", b"pulled\n")
+    return [replace(layer, entries=[*layer.entries, marker]) for layer in busybox_layers()]
+
+
 def push_images(registry: Registry) -> None:
-    """busybox, the pulled busybox (a different image: one more Env entry) and the infra."""
+    """busybox, the pulled busybox (its own layers) and the infra."""
     layouts = registry.root / "layouts"
-    pulled_config = dict(BUSYBOX_CONFIG)
-    pulled_config["Env"] = [*BUSYBOX_CONFIG["Env"], "TEACHING_CRI_BENCH=pulled"]
     images = {
         "library/busybox": lambda d: build_image(
             d, busybox_layers(), config=BUSYBOX_CONFIG, ref_name="latest"
         ),
         "library/busybox-pulled": lambda d: build_image(
-            d, busybox_layers(), config=pulled_config, ref_name="latest"
+            d, pulled_layers(), config=BUSYBOX_CONFIG, ref_name="latest"
         ),
         "pause": lambda d: build_infra_image(d, ref_name="bench"),
     }
