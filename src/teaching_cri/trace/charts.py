@@ -17,7 +17,7 @@ draws them. A chart is a TOML file::
     [[nodes]]
     label = "m_cb->container.version"      # id: derived from the label
     kind = "action"
-    ours = false                           # true: a step we added (not in iSulad)
+    ours = false                           # true: not drawn in the original chart
     absent = ""                            # why the original step has no counterpart
 
     [[nodes]]
