@@ -74,9 +74,11 @@ def trace_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return _trace_dir
 
 
-def _trace_file_for(extra: tuple[str, ...]) -> tuple[tuple[str, ...], Path | None]:
+def trace_file_args(extra: tuple[str, ...]) -> tuple[tuple[str, ...], Path | None]:
     """The arguments to add for a server's JSONL trace, and the file it will write.
-    A test that chose its trace file (a flag, or a config file's key) keeps it."""
+    A test that chose its trace file (a flag, or a config file's key) keeps it.
+    A test that runs ``serve_command`` itself adds these and, once its server
+    has exited, asserts :func:`check_trace_file` finds nothing."""
     if "--trace-file" in extra:
         return (), Path(extra[extra.index("--trace-file") + 1])
     if "--trace" in extra and extra[extra.index("--trace") + 1] == "off":
@@ -194,7 +196,7 @@ def serve_command(*args: str) -> list[str]:
 def start_server(base: Path, *extra: str, env: dict[str, str] | None = None) -> Server:
     base.mkdir(parents=True, exist_ok=True)
     sock, root, state, log = base / "cri.sock", base / "root", base / "state", base / "server.log"
-    trace_args, trace_file = _trace_file_for(extra)
+    trace_args, trace_file = trace_file_args(extra)
     with log.open("wb") as out:
         proc = subprocess.Popen(
             serve_command(

@@ -278,3 +278,32 @@ def test_the_suites_guard_names_the_span_the_chart_and_the_step(tmp_path: Path) 
     assert "the span never ended (last: begin 'status')" in status
     # A server that was killed leaves spans open: only the chart is checked then.
     assert len(check_trace_file(path, ChartSet.load(), complete=False)) == 1
+
+
+def test_an_error_visits_the_error_end_it_leaves_by() -> None:
+    """An error event names the step where it arose; the span leaves by that
+    step's error edge, so the error end it leads to counts as visited."""
+    chart = parse_chart(
+        {
+            "name": "Fails",
+            "source": "iSulad's container design: Fails.svg (cri_container_manager_design.md)",
+            "edges": ["fails -> work", "work -> done", "work -> return_error"],
+            "nodes": [
+                {"label": "Fails", "kind": "start"},
+                {"label": "work"},
+                {"label": "done", "kind": "end"},
+                {"label": "return error", "kind": "end"},
+            ],
+        }
+    )
+    failed = walk(
+        "c" * 16,
+        "Fails",
+        (B, "fails", ""),
+        (S, "work", ""),
+        (EventKind.ERROR, "work", ""),
+    )
+    checked = check_events(failed, {"Fails": chart})
+    assert [c.problems for c in checked] == [[]]
+    fid = build_report(checked, {"Fails": chart}).charts[0]
+    assert [n.id for n in fid.never_visited()] == ["done"]

@@ -25,6 +25,7 @@ each chart as a heat map of its visits.
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 from collections import Counter
@@ -34,7 +35,7 @@ from pathlib import Path
 
 from .charts import Chart, Node
 from .conformance import check_span, spans
-from .events import TraceEvent
+from .events import EventKind, TraceEvent
 from .sinks import read_jsonl
 
 ENV_TRACE_DIR = "TEACHING_CRI_TRACE_DIR"
@@ -163,6 +164,18 @@ class Report:
         return 100.0 * honest / original if original else 100.0
 
 
+def visited_nodes(events: Sequence[TraceEvent], chart: Chart) -> set[str]:
+    """The nodes a span reached: every event's node, and for an error the error
+    end it left by (an error event names where it arose, and the chart's error
+    edge from there is the way out it took)."""
+    nodes = {e.node for e in events if e.node in chart.nodes}
+    for prev, event in itertools.pairwise(events):
+        if event.kind is EventKind.ERROR and event.node in chart.nodes:
+            at_branch = prev.kind is EventKind.BRANCH and prev.node == event.node
+            nodes.update(chart.error_exits(event.node, prev.label if at_branch else ""))
+    return nodes
+
+
 def build_report(
     checked: Sequence[SpanCheck], charts: Mapping[str, Chart], files: int = 0
 ) -> Report:
@@ -175,7 +188,7 @@ def build_report(
         if not span.conforms:
             fid.nonconforming += 1
         counter = fid.visits if span.conforms else fid.dishonest_visits
-        counter.update({e.node for e in span.events if e.node in fid.chart.nodes})
+        counter.update(visited_nodes(span.events, fid.chart))
     return Report(list(per_chart.values()), files, [s for s in checked if not s.conforms])
 
 
