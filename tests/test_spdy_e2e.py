@@ -12,7 +12,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from test_streaming import expected_seq, free_port, host_pod_with_a_sleeper, http_server, running
 
 from teaching_cri.api import admin_pb2, api_pb2
 from teaching_cri.client import Client
@@ -20,6 +19,7 @@ from teaching_cri.client import Client
 import spdy_client as spdy
 from conftest import Server, start_server
 from test_containers import IMAGE, _unavailable, container, node, pod  # noqa: F401 - a fixture
+from test_streaming import expected_seq, free_port, host_pod_with_a_sleeper, http_server, running
 
 pytestmark = pytest.mark.skipif(bool(_unavailable()), reason=_unavailable())
 

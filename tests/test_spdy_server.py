@@ -13,7 +13,6 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
-from test_streaming import running, session, status_of, stdout_of
 
 from teaching_cri.api import api_pb2
 from teaching_cri.client import Client
@@ -28,6 +27,7 @@ from teaching_cri.trace.tracer import Tracer
 import spdy_client
 from conftest import Server
 from test_containers import node  # noqa: F401 - a fixture
+from test_streaming import running, session, status_of, stdout_of
 
 
 async def upgrade(

@@ -15,7 +15,6 @@ import time
 from pathlib import Path
 
 import pytest
-from test_streaming import host_pod_with_a_sleeper, ws_url
 from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed
 
@@ -26,6 +25,7 @@ from teaching_cri.trace.events import TraceEvent
 from teaching_cri.trace.sinks import read_jsonl
 
 from conftest import IS_ROOT, Server, serve_command, start_server
+from test_streaming import host_pod_with_a_sleeper, ws_url
 
 V4 = "v4.channel.k8s.io"
 
