@@ -8,11 +8,17 @@ paths side by side. After a deliberate change, record the new ones with::
 
     TEACHING_CRI_UPDATE_GOLDEN=1 scripts/test tests/test_golden_paths.py
 
-Paths are compared per span, spans ordered by chart and then by start, so two
-things running at once cannot reorder a golden. The two tiers take different
-paths in places (a pod's network is CNI under runc as root, loopback only
-without root): the runc tier's path is ``<scenario>.txt``; where the
-unprivileged tier differs it has ``<scenario>.unprivileged.txt`` beside it.
+once as root and once as a normal user: the tier is the user's. Root runs the
+runc tier (pods with CNI); a normal user the unprivileged one (rootless runc,
+loopback-only pods), whose paths differ in places: the runc tier's path is
+``<scenario>.txt``, and where the unprivileged tier's differs it has
+``<scenario>.unprivileged.txt`` beside it (recording removes one that no
+longer differs).
+
+Paths are compared per span: a span's own events are in the order it emitted
+them, and sibling spans are sorted by their text, identical ones written once,
+so neither two callbacks running at once nor a callback running once more
+(a socket writable twice for the same output) can change a golden.
 """
 
 from __future__ import annotations
