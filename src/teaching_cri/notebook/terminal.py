@@ -92,7 +92,8 @@ class Terminal(LiveWidget):
             xterm_css=(STATIC / "xterm" / "xterm.css").read_text(),
         )
         self.title = title
-        self._out = bytearray()
+        self._out = bytearray()  # the last SCROLLBACK bytes of output
+        self._total = 0  # bytes of output so far
         self._lock = threading.Condition()
         self.exit_status: dict[str, Any] | None = None
         self.on_msg(self._from_page)
@@ -113,6 +114,9 @@ class Terminal(LiveWidget):
         self.status = "open"
         self._reader = threading.Thread(target=self._relay, name="terminal-relay", daemon=True)
         self._reader.start()
+        # A tty starts 0×0, which full-screen programs cannot draw in; kubectl
+        # too sends its size first. The page sends the real size when it draws.
+        self.resize(self.cols, self.rows)
 
     # -- the container to the page -----------------------------------------------
 
@@ -136,10 +140,14 @@ class Terminal(LiveWidget):
 
     def _output(self, payload: bytes) -> None:
         with self._lock:
+            start = self._total
+            self._total += len(payload)
             self._out += payload
             del self._out[:-SCROLLBACK]
             self._lock.notify_all()
-        self.send({"type": "out"}, [payload])
+        # ``start`` is the payload's offset in the whole output: a view that got
+        # the same bytes by a replay as well draws them once.
+        self.send({"type": "out", "start": start}, [payload])
 
     def _finished(self, payload: bytes) -> None:
         try:
@@ -169,9 +177,9 @@ class Terminal(LiveWidget):
             self.resize(int(content.get("cols", 0)), int(content.get("rows", 0)))
         elif kind == "hello":  # a view just opened: show it what came before
             with self._lock:
-                replay = bytes(self._out)
+                replay, start = bytes(self._out), self._total - len(self._out)
             if replay:
-                self.send({"type": "out"}, [replay])
+                self.send({"type": "out", "start": start}, [replay])
 
     def send_input(self, text: str | bytes) -> None:
         """Keystrokes (or a whole line) to the process's stdin."""

@@ -14,13 +14,31 @@ function widen(svg) {
   svg.dataset.widened = "1";
 }
 
+// A node's right edge and top, read from graphviz's own coordinates (getBBox
+// would need the SVG laid out, and a view is often drawn before it is shown).
+function extent(shape) {
+  if (shape.tagName === "ellipse") {
+    const cx = +shape.getAttribute("cx"), cy = +shape.getAttribute("cy");
+    return { right: cx + +shape.getAttribute("rx"), top: cy - +shape.getAttribute("ry") };
+  }
+  const numbers = (shape.getAttribute("points") || shape.getAttribute("d") || "")
+    .match(/-?\d+(\.\d+)?/g) || [];
+  let right = -Infinity, top = Infinity;
+  for (let i = 0; i + 1 < numbers.length; i += 2) {
+    right = Math.max(right, +numbers[i]);
+    top = Math.min(top, +numbers[i + 1]);
+  }
+  return { right, top };
+}
+
 function note(g, text, cls) {
   const shape = g.querySelector("polygon, path, ellipse");
   if (!shape) return;
-  const box = shape.getBBox();
+  const { right, top } = extent(shape);
+  if (!isFinite(right)) return;
   const t = document.createElementNS(SVGNS, "text");
-  t.setAttribute("x", box.x + box.width + 6);
-  t.setAttribute("y", box.y + Math.min(box.height, 24) / 2 + 4);
+  t.setAttribute("x", right + 6);
+  t.setAttribute("y", top + 12);
   t.setAttribute("class", `tcri-ann ${cls}`);
   t.textContent = text;
   g.appendChild(t);
@@ -33,6 +51,7 @@ function render({ model, el }) {
   const box = document.createElement("div");
   box.className = "tcri-chart-svg";
   el.append(head, box);
+  box.addEventListener("click", () => box.classList.toggle("tcri-zoom"));
   let drawn = "";
 
   function paint() {

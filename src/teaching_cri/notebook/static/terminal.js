@@ -49,10 +49,18 @@ async function render({ model, el }) {
     bar.textContent = `container terminal · ${model.get("status")} · ${term.cols}×${term.rows}`;
     el.dataset.status = model.get("status");
   };
+  // Output arrives live and, for a view opened late, as a replay: each chunk
+  // says where it starts in the whole output, so no byte is drawn twice.
+  let written = 0;
   const onMsg = (msg, buffers) => {
     if (msg.type !== "out") return;
     for (const b of buffers) {
-      term.write(new Uint8Array(b.buffer ?? b, b.byteOffset ?? 0, b.byteLength));
+      let bytes = new Uint8Array(b.buffer ?? b, b.byteOffset ?? 0, b.byteLength);
+      const start = msg.start ?? written;
+      if (start + bytes.length <= written) continue;
+      if (start < written) bytes = bytes.subarray(written - start);
+      term.write(bytes);
+      written = Math.max(written, start + b.byteLength);
     }
   };
   model.on("msg:custom", onMsg);
