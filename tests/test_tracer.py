@@ -12,7 +12,7 @@ from teaching_cri.trace.charts import ChartSet, parse_chart
 from teaching_cri.trace.conformance import assert_conforms, check_span, spans
 from teaching_cri.trace.events import EventKind, TraceEvent
 from teaching_cri.trace.sinks import RingBufferSink
-from teaching_cri.trace.tracer import Tracer, annotate, current_span, decide, step
+from teaching_cri.trace.tracer import Tracer, annotate, child_span, current_span, decide, step
 
 CHART: dict[str, Any] = {
     "name": "Pull",
@@ -252,3 +252,41 @@ def test_an_error_is_recorded_where_it_arose_not_at_the_outer_steps(
     second = list(spans(ring.snapshot()).values())[1]
     problems = check_span(second, tracer.charts["Pull"])
     assert problems == [problems[0]] and "no edge from its branch [N]" in problems[0]
+
+
+@child_span("Child")
+async def child_work() -> str:
+    with step("work"):
+        return "done"
+
+
+async def test_a_child_span_opens_under_the_current_span_and_only_there(
+    traced: tuple[Tracer, RingBufferSink],
+) -> None:
+    tracer, ring = traced
+    assert await child_work() == "done"  # no span: untraced, as in a unit test
+    assert ring.snapshot() == []
+    go_on = asyncio.Event()
+    with tracer.span("Pull") as outer:
+        resolve("x")
+        await child_work()
+        # A task started here copies the context: it outlives the span (a watcher).
+        outliving = asyncio.create_task(_later(go_on))
+        decide("cached", True)
+    go_on.set()
+    assert await outliving == "done"
+    events = ring.snapshot()
+    child = [e for e in events if e.chart == "Child"]
+    assert [(e.kind.value, e.node) for e in child] == [
+        ("begin", "child"),
+        ("step", "work"),
+        ("end", "child_done"),
+    ]
+    assert {e.parent_span_id for e in child} == {outer.span_id}
+    assert len(spans(events)) == 2  # nothing from the call made after the span ended
+    assert_conforms(events, tracer.charts)
+
+
+async def _later(go_on: asyncio.Event) -> str:
+    await go_on.wait()
+    return await child_work()

@@ -22,6 +22,12 @@ in iSulad's charts; the chart must draw the way out (an edge to an error
 end). An outcome the flow goes on from is not an exception but a decision:
 ``decide("found", ...)``.
 
+Work another layer does for a step is a child span of its own chart, opened
+by one decorator on the function that does it::
+
+    @child_span("RuntimeCreate")
+    async def create(self, request): ...
+
 The current span lives in a ``contextvars.ContextVar``, so concurrent RPCs on
 one asyncio loop (and threads started with ``asyncio.to_thread``) never mix up
 their steps. A step outside any span costs one ContextVar lookup and emits
