@@ -6,7 +6,10 @@ Attach return a URL, and the kubelet (or kubectl through it) connects there.
 The request itself waits in this cache under a random token until then,
 as in iSulad's ``RequestCache`` and k8s.io/kubelet's ``requestCache``: a
 token lives one minute, is used once, and at most 1000 wait at a time (a
-client that asks and never comes must not fill memory). Nothing here does
+client that asks and never comes must not fill memory). A token opens at most
+one session: the streaming server claims it when it admits a connection
+(:meth:`RequestCache.claim`), so a second upgrade on the same URL is refused
+as "used" even before the first session has redeemed it. Nothing here does
 I/O; the clock and the token source are given, so it is tested without
 sockets or sleeps. One asyncio loop owns it, so it needs no lock (the seed's
 ``m_mutex``).
@@ -55,6 +58,8 @@ class RequestCache:
         # Tokens used already, until they would have expired: so a second use
         # is refused as "used", not as "unknown" (a clearer answer, no more).
         self._used: OrderedDict[str, float] = OrderedDict()
+        # Tokens a session was admitted with and has not redeemed yet.
+        self._claimed: set[str] = set()
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -81,6 +86,7 @@ class RequestCache:
             if entry.expires > now:
                 break
             del self._entries[token]
+            self._claimed.discard(token)
         while self._used and next(iter(self._used.values())) <= now:
             self._used.popitem(last=False)
 
@@ -108,11 +114,21 @@ class RequestCache:
             return "used" if token in self._used else "unknown"
         if entry.expires <= self.clock():
             return "expired"
-        return "valid" if entry.method == method else "bad method"
+        if entry.method != method:
+            return "bad method"
+        return "used" if token in self._claimed else "valid"
+
+    def claim(self, token: str) -> None:
+        """A session was admitted with this token: no other may be. The
+        request stays for that session to redeem (``consume``, or ``peek``
+        then ``erase``); a session that ends first erases it."""
+        if token in self._entries:
+            self._claimed.add(token)
 
     def erase(self, token: str) -> None:
         """Take a token out (the seed's ``earse``); it is remembered as used
         until it would have expired."""
+        self._claimed.discard(token)
         entry = self._entries.pop(token, None)
         if entry is not None:
             self._used[token] = entry.expires

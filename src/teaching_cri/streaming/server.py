@@ -10,6 +10,15 @@ waits for the connection to close and runs CLOSED; the StreamTask
 (WebsocketStream) is a task of its own; its ``send`` awaits the socket's
 write buffer, which is SERVER_WRITEABLE's back-pressure. The wire format is
 :mod:`.channel`'s, the pumps between a connection and a process :mod:`.session`'s.
+
+A session holds one of ``max_sessions`` slots from the filter on, and only
+CLOSED gives it back. The library calls our handler (and so CLOSED) only for
+a handshake that succeeded; a connection that ends before (no
+``Sec-WebSocket-Key``, a client reset right after its request) is seen by the
+front door's ``connection_lost``, which runs CLOSED for it instead. A
+handshake must be over within ``handshake_timeout`` (the library's
+``open_timeout``; the front door reads the request head inside it too), and a
+token is claimed at admission, so one URL opens at most one session.
 """
 
 from __future__ import annotations
@@ -58,6 +67,7 @@ log = logging.getLogger("teaching_cri.streaming")
 
 MAX_SESSIONS = 128  # iSulad's MAX_SESSION_NUM
 MAX_FRAME = 1 << 20  # the largest message a client may send (stdin arrives in pieces)
+HANDSHAKE_TIMEOUT = 10.0  # seconds from the TCP accept to the 101 (websockets' open_timeout)
 _PATH = re.compile(r"^/cri/(exec|attach|portforward)/([A-Za-z0-9_-]{1,64})$")
 
 
@@ -149,8 +159,10 @@ class WebsocketTransport:
             try:
                 with self.callbacks.callback("RECEIVE"):
                     await self.switch_char_in(message)
-            except (ChannelError, ConnectionError, OSError) as exc:
-                log.warning("streaming: a client message failed: %s", exc)
+            except ChannelError as exc:  # the client's mistake: one line
+                log.info("streaming: a client message was refused: %s", exc)
+            except (ConnectionError, OSError) as exc:  # the process's stdin or terminal is gone
+                log.info("streaming: a client message could not be applied: %s", exc)
 
     async def switch_char_in(self, message: bytes | str) -> None:
         """The seed's ``switch *(char *)in``: the message's channel picks the work."""
@@ -223,6 +235,7 @@ class StreamingServer:
         *,
         max_sessions: int = MAX_SESSIONS,
         tls: ssl.SSLContext | None = None,
+        handshake_timeout: float = HANDSHAKE_TIMEOUT,
     ) -> None:
         self.cache = cache
         self.containers = containers
@@ -232,8 +245,10 @@ class StreamingServer:
         self.port = port
         self.max_sessions = max_sessions
         self.tls = tls
+        self.handshake_timeout = handshake_timeout
         self.server: Server | None = None
         self.sessions: dict[object, Session] = {}
+        self._orphans: set[asyncio.Task[None]] = set()  # CLOSED for handshakes that failed
         self.spdy = SpdyFrontEnd(self)
         self._life: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
@@ -261,6 +276,8 @@ class StreamingServer:
                     await self.delete_session_data(ws)
                 branch("for_each_session_data_in_m_wsis", "done")
                 await self.lws_context_destroy()
+                if self._orphans:
+                    await asyncio.wait(self._orphans)
         except BaseException as exc:
             if not started.done():
                 started.set_exception(exc)
@@ -283,7 +300,9 @@ class StreamingServer:
             compression=None,  # container output is mostly incompressible, and CPU is not free
             max_size=MAX_FRAME,
             ssl=self.tls,
-            create_connection=front_door(self.spdy.handoff),  # SPDY/3.1 upgrades go there
+            open_timeout=self.handshake_timeout,
+            # SPDY/3.1 upgrades go to the SPDY front end; every connection's end is reported.
+            create_connection=front_door(self.spdy.handoff, self.connection_lost),
             start_serving=False,
         )
         if self.port == 0:
@@ -334,9 +353,9 @@ class StreamingServer:
         return Subprotocol(chosen.name) if chosen else None
 
     def filter_protocol_connection(self, ws: ServerConnection, request: Request) -> Response | None:
-        """The URL, the token (checked, not used: the stream task consumes it),
-        the session count, a protocol both sides speak. A refusal is an HTTP
-        answer; a request that is not an upgrade at all is LWS_CALLBACK_HTTP."""
+        """The URL, the token (claimed, not redeemed: the stream task consumes
+        it), the session count, a protocol both sides speak. A refusal is an
+        HTTP answer; a request that is not an upgrade at all is LWS_CALLBACK_HTTP."""
         if request.headers.get("Upgrade", "").lower() != "websocket":
             with self.callbacks.callback("HTTP"):
                 return ws.respond(
@@ -379,6 +398,8 @@ class StreamingServer:
         verdict = self.cache.check(method, token)
         if verdict != "valid":
             branch("validate_url", verdict if verdict == "bad method" else f"{verdict} token")
+            if verdict == "used":
+                return http.HTTPStatus.NOT_FOUND, "used streaming token: a URL opens one session\n"
             return http.HTTPStatus.NOT_FOUND, f"{verdict} streaming token\n"
         branch("validate_url", "Y")
         if decide("socket_id_already_exist", key in self.sessions):
@@ -396,7 +417,33 @@ class StreamingServer:
             session = Session(method, token)
         with step("save_session"):
             self.sessions[key] = session
+            self.cache.claim(token)
         return session
+
+    def connection_lost(self, ws: ServerConnection) -> None:
+        """The front door's word that a websocket connection has ended. One
+        whose handshake never finished had its slot taken by the filter but
+        will never reach the handler, so CLOSED runs for it here; the
+        handler's own CLOSED collects every other."""
+        session = self.sessions.get(ws)
+        if session is None or session.established:
+            return
+        why = ws.protocol.handshake_exc
+        log.info(
+            "streaming: a connection for %s token %s ended in its handshake: %s",
+            session.method,
+            shown(session.token),
+            why or "the client left",
+        )
+        task = asyncio.ensure_future(self.closed_before_established(ws, session))
+        self._orphans.add(task)
+        task.add_done_callback(self._orphans.discard)
+
+    async def closed_before_established(self, ws: ServerConnection, session: Session) -> None:
+        if session.established:
+            return  # the handler took it after all: its CLOSED collects it
+        with self.callbacks.callback("CLOSED"):
+            await self.closed(ws)
 
     # -- ESTABLISHED, CLOSED ---------------------------------------------------------
 
@@ -406,7 +453,8 @@ class StreamingServer:
         the client left, or the server is shutting down) and runs CLOSED."""
         session = self.sessions.get(ws)
         if session is None:
-            return
+            return  # the handshake's end collected it already (connection_lost)
+        session.established = True
         protocol = Protocol(ws.subprotocol or "channel.k8s.io")
         try:
             with self.callbacks.callback("ESTABLISHED", method=session.method):
@@ -454,10 +502,16 @@ class StreamingServer:
         assert session is not None
         with step("delete_session_in_map"):
             del self.sessions[key]
+            self.cache.erase(session.token)  # a token its session never redeemed is used up too
         process = session.process
         still_running = process is not None and session.method == "exec" and process.exit is None
         if decide("exec_process_still_running", still_running):
             assert process is not None
+            log.info(
+                "streaming: exec session %s ended while its process ran (its client left, "
+                "or the server is stopping): killing the process",
+                shown(session.token),
+            )
             await self.kill_exec_process(process)
         await self.close_pipe_1(process)
         await self.sem_wait_session_sync_close_sem(session)
@@ -730,3 +784,4 @@ class Session:
     process: Any = None
     finished: bool = False  # set by spdy_server.py; CLOSED asks the process itself
     task: asyncio.Task[None] | None = None
+    established: bool = False  # its handler runs (websocket): CLOSED is the handler's

@@ -151,6 +151,12 @@ def http_response(status: http.HTTPStatus, headers: list[tuple[str, str]], body:
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + raw
 
 
+def logged(path: str) -> str:
+    """A request's path in the log: a streaming URL's token cut as ``shown`` cuts it."""
+    method, sep, token = path[:80].rpartition("/")
+    return f"{method}{sep}{token[:4]}…" if sep else path[:40]
+
+
 def websocket_accept(key: str) -> str:
     """Sec-WebSocket-Accept: the client's key and RFC 6455's GUID, SHA-1, base64."""
     return base64.b64encode(hashlib.sha1((key + _WEBSOCKET_GUID).encode()).digest()).decode()
@@ -174,18 +180,28 @@ class _Detached(asyncio.Transport):
 
 
 Handoff = Callable[[asyncio.Transport, RequestHead, bytes], None]
+Lost = Callable[[ServerConnection], None]
 
 
-def front_door(handoff: Handoff) -> type[ServerConnection]:
+def front_door(handoff: Handoff, lost: Lost) -> type[ServerConnection]:
     """A websockets connection that reads the request head before the
     library does; an SPDY upgrade (plain or tunnelled) is handed off with the
     transport, paused, and whatever the client sent after the head, and the
-    websockets side ends as if the client had left before asking anything."""
+    websockets side ends as if the client had left before asking anything.
+    Every connection's end is reported to ``lost``: the library calls the
+    server's handler only after a handshake that succeeded, so this is the
+    one place that sees a websocket connection end in its handshake.
+    The head is read inside the library's handshake, so its ``open_timeout``
+    bounds a client that sends its head slowly, or never."""
 
     class FrontDoor(ServerConnection):
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
             self._head: bytearray | None = bytearray()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            super().connection_lost(exc)
+            lost(self)
 
         def data_received(self, data: bytes) -> None:
             if self._head is None:
@@ -305,8 +321,8 @@ class SpdySession(asyncio.Protocol):
             if event.stream_id in self.inbox:
                 self.inbox[event.stream_id].put_nowait(None)
         elif isinstance(event, spdy.ConnectionTerminated):
-            if event.local:
-                log.warning("spdy: session ended with GOAWAY %d: %s", event.status, event.reason)
+            if event.local:  # the client broke the protocol: its behaviour, one line
+                log.info("spdy: session ended with GOAWAY %d: %s", event.status, event.reason)
             self._end()
         elif isinstance(event, spdy.WindowUpdated):
             self._notify()
@@ -435,7 +451,11 @@ class SpdySession(asyncio.Protocol):
         self._end()
         if not self.transport.is_closing():
             if self.transport.can_write_eof():
-                self.transport.write_eof()
+                try:
+                    self.transport.write_eof()
+                except OSError:  # the client reset the connection: nothing to linger for
+                    self.transport.abort()
+                    return
             if self._paused:
                 self.transport.resume_reading()
             with contextlib.suppress(TimeoutError):
@@ -592,7 +612,15 @@ class SpdyFrontEnd:
     def handoff(self, transport: asyncio.Transport, head: RequestHead, rest: bytes) -> None:
         task = asyncio.ensure_future(self.serve(transport, head, rest))
         self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
+        task.add_done_callback(self.served)
+
+    def served(self, task: asyncio.Task[None]) -> None:
+        """A session's task has ended. What a client does ends its session
+        normally; an exception here is a fault of ours: ERROR, with its
+        traceback (the session's slot was freed by its CLOSED already)."""
+        self.tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("spdy: a session failed", exc_info=task.exception())
 
     async def serve(self, transport: asyncio.Transport, head: RequestHead, rest: bytes) -> None:
         wire = upgrade_kind(head) or "spdy"
@@ -623,12 +651,12 @@ class SpdyFrontEnd:
             extra = []
             if status is http.HTTPStatus.FORBIDDEN:
                 extra = [("X-Accepted-Stream-Protocol-Versions", p) for p in ours]
-            log.info("spdy: refused %s %s: %d %s", wire, head.path[:40], status, text.strip())
+            log.info("spdy: refused %s %s: %d %s", wire, logged(head.path), status, text.strip())
             transport.write(http_response(status, extra, text))
             transport.close()
             return
-        assert version is not None
-        try:
+        try:  # from admission on, whatever happens, CLOSED frees the slot
+            assert version is not None, "admitted, so a version was agreed"
             with self.server.tracer.span(
                 "SpdyStream",
                 attributes={"method": verdict.method, "protocol": version, "wire": wire},
