@@ -40,7 +40,6 @@ from typing import Any
 
 import grpc
 import pytest
-from test_streaming import V4, free_port, http_server, session, status_of, stdout_of, ws_url
 from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
@@ -58,6 +57,7 @@ import spdy_client as spdy
 from conftest import Server, start_server
 from cri_node import unavailable
 from registry import Registry, RegistryUnavailable, push_busybox, run_registry
+from test_streaming import V4, free_port, http_server, session, status_of, stdout_of, ws_url
 
 GOLDEN = Path(__file__).parent / "golden"
 IMAGE = "teaching-cri.local/busybox:latest"
