@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import httpx
 import pytest
 from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
@@ -789,6 +790,13 @@ def test_websocket_streams(world: World) -> None:
     with pytest.raises(InvalidStatus, match=r"HTTP 40[34]"):
         asyncio.run(session(bad, V4))
     world.streamed("Websocket", "unknown_token", since)
+
+    since = time.time_ns()
+    url = rt.Exec(api_pb2.ExecRequest(container_id=cid, cmd=["true"], stdout=True)).url
+    with httpx.Client(trust_env=False, timeout=10) as http:
+        plain = http.get(url)  # no Upgrade: websocket header
+    assert 400 <= plain.status_code < 500, "a plain HTTP request is refused"
+    world.streamed("Websocket", "plain_http_request", since)
     world.verdict()
 
 
