@@ -121,24 +121,34 @@ class Scenario:
     name: str  # the file's stem
     file: Path
     span: GoldenSpan
-    spans_of_chart: int  # how many spans of this chart the file holds
+    spans_of_chart: int  # how many spans of the drawn chart the file holds
+    drawn: Chart  # the chart the path is drawn on: the page's, or the one the scenario walks
 
 
-def scenarios_for(chart: Chart, golden: Path) -> list[Scenario]:
+def scenarios_for(chart: Chart, golden: Path, charts: ChartSet) -> list[Scenario]:
     """The chart's own golden files (the runc tier's: ``*.txt`` without a tier
-    suffix); for a chart with none, the first golden file of another chart that
-    holds a span of it (a runtime chart is a child span of an RPC's)."""
+    suffix); a file there with no span of this chart (a request refused before
+    the chart's work begins) is drawn on the chart of its first span. For a
+    chart with no files of its own, the first golden file of another chart
+    that holds a span of it (a runtime chart is a child span of an RPC's)."""
 
-    def found(path: Path) -> Scenario | None:
-        spans = [s for s in parse_golden(path.read_text()) if s.chart == chart.name]
-        return Scenario(path.stem, path, spans[0], len(spans)) if spans else None
+    def found(path: Path, fallback: bool) -> Scenario | None:
+        spans = parse_golden(path.read_text())
+        mine = [s for s in spans if s.chart == chart.name]
+        if mine:
+            return Scenario(path.stem, path, mine[0], len(mine), chart)
+        if fallback and spans and spans[0].chart in charts:
+            first = spans[0]
+            same = sum(1 for s in spans if s.chart == first.chart)
+            return Scenario(path.stem, path, first, same, charts[first.chart])
+        return None
 
     own = sorted(p for p in (golden / chart.name).glob("*.txt") if p.stem.count(".") == 0)
-    result = [s for s in map(found, own) if s is not None]
+    result = [s for s in (found(p, True) for p in own) if s is not None]
     if result or not golden.is_dir():
         return result
     for path in sorted(golden.glob("*/*.txt")):
-        if path.stem.count(".") == 0 and (s := found(path)) is not None:
+        if path.stem.count(".") == 0 and (s := found(path, False)) is not None:
             return [s]
     return []
 
@@ -162,10 +172,11 @@ def overlay_of(chart: Chart, span: GoldenSpan) -> Overlay:
     return ov
 
 
-def path_svg(chart: Chart, scenario: Scenario) -> str:
+def path_svg(scenario: Scenario) -> str:
     """The chart with the scenario's path drawn over it. The renderer's labels
     carry each visit's time; a golden path has none, so the visited nodes'
     labels are restated without (a later DOT statement for a node wins)."""
+    chart = scenario.drawn
     ov = overlay_of(chart, scenario.span)
     dot = to_dot(chart, ov)
     dot.attr(label=f"{chart.title}\ngolden path: {scenario.name}")
@@ -287,18 +298,26 @@ def chart_page(
     if scenarios:
         for sc in scenarios:
             svg = f"{name}.{sc.name}.svg"
-            (out / svg).write_text(path_svg(chart, sc))
+            (out / svg).write_text(path_svg(sc))
             rel = sc.file.relative_to(REPO)
-            where = (
-                ""
-                if sc.file.parent.name == name
-                else f", a child span of a {sc.file.parent.name} call"
-            )
+            drawn = sc.drawn.name
+            if drawn != name:
+                intro = (
+                    f"The test suite's scenario `{sc.name}` (`{rel}`) is refused before this "
+                    f"chart's work begins: its path runs through {drawn}'s chart only, drawn "
+                    f"here ([{drawn}'s page]({drawn}.md) has the chart's own scenarios)."
+                )
+            else:
+                where = (
+                    f", a child span of a {sc.file.parent.name} call"
+                    if sc.file.parent.name != name
+                    else ""
+                )
+                intro = f"The path the test suite's scenario `{sc.name}` takes (`{rel}`{where})."
             lines += [
                 f"## Golden path: {sc.name}",
                 "",
-                f"The path the test suite's scenario `{sc.name}` takes (`{rel}`{where}), "
-                "as `tests/test_golden_paths.py` checks it against a live server. Visited "
+                intro + " `tests/test_golden_paths.py` checks it against a live server. Visited "
                 "nodes are blue and numbered in order, the edges taken thick; an error node is red."
                 + (
                     f" The scenario runs {sc.spans_of_chart} spans of this chart; "
@@ -308,11 +327,11 @@ def chart_page(
                 ),
                 "",
                 f"```{{figure}} {svg}",
-                f":alt: Flow chart {name} ({len(flow)} nodes) with the golden path "
-                f"'{sc.name}' highlighted: {_cell(path_words(chart, sc.span))}",
+                f":alt: Flow chart {drawn} ({len(list(sc.drawn.flow_nodes()))} nodes) with the "
+                f"golden path '{sc.name}' highlighted: {_cell(path_words(sc.drawn, sc.span))}",
                 f":name: {name.lower()}-{sc.name.replace('_', '-')}",
                 "",
-                f"{name}, golden path `{sc.name}`.",
+                f"{drawn}, golden path `{sc.name}`.",
                 "```",
                 "",
             ]
@@ -394,7 +413,7 @@ def generate_charts(source: Path, traces: Sequence[Path]) -> int:
     out = source / "generated" / "charts"
     out.mkdir(parents=True, exist_ok=True)
     for chart in charts.values():
-        chart_page(chart, scenarios_for(chart, GOLDEN), out, per_chart[chart.name], report)
+        chart_page(chart, scenarios_for(chart, GOLDEN, charts), out, per_chart[chart.name], report)
     (source / "generated" / "charts-table.md").write_text(charts_table(charts, report))
     return len(charts)
 
