@@ -740,6 +740,7 @@ def test_container_events(world: World) -> None:
     first = next(stream)
     assert first.container_id == cid
     assert first.container_event_type == api_pb2.CONTAINER_CREATED_EVENT
+    time.sleep(0.5)  # the server is back waiting for the next message
     stream.cancel()
     world.check("GetContainerEvents", "one_event_then_cancel", world.settled(trace_id=trace_id))
     world.verdict()
