@@ -31,6 +31,7 @@ async def GetContainerEvents(
             "GetContainerEvents", trace_id=_trace_id(context), attributes=attributes
         ):
             subscriber = mailbox_subscribe(mailbox)
+            writing = False  # where a cancel finds us: waiting for a message, or writing one
             try:
                 while True:
                     message = await message_subscriber_pop(subscriber)
@@ -45,10 +46,13 @@ async def GetContainerEvents(
                     branch("next_message", "event")
                     kind, container = message
                     response = generate_cri_container_event(kind, container)
+                    writing = True
                     with step("writer_write"):
                         yield response
+                    writing = False
             except (asyncio.CancelledError, GeneratorExit):
-                branch("next_message", "cancelled")
+                if not writing:
+                    branch("next_message", "cancelled")
                 mailbox_unsubscribe(mailbox, subscriber)
                 span = current_span()
                 if span is not None:
