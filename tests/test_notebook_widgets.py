@@ -16,6 +16,7 @@ import sys
 import textwrap
 import threading
 import time
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -321,3 +322,26 @@ def test_a_killed_kernel_leaves_nothing_behind(short_tmp: Path) -> None:
     assert not marked(marker), "the container outlived the kernel"
     assert not base.exists(), f"{base} is left: {sorted(base.rglob('*'))[:10]}"
     assert str(base) not in Path("/proc/self/mountinfo").read_text()
+
+
+# -- packaging --------------------------------------------------------------------------
+
+
+def test_the_wheel_carries_the_widgets_javascript_and_xterm(tmp_path: Path) -> None:
+    """Nothing is fetched at run time: every file a page needs is in the wheel."""
+    pytest.importorskip("hatchling", reason="hatchling is not installed (it is in the test extra)")
+    repo = Path(__file__).resolve().parents[1]
+    pip = [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation"]
+    subprocess.run(
+        [*pip, "-w", str(tmp_path), str(repo)],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    (wheel,) = tmp_path.glob("teaching_cri-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    static = "teaching_cri/notebook/static/"
+    for name in ["chart.js", "chart.css", "timeline.js", "progress.js", "terminal.js"]:
+        assert static + name in names
+    for name in ["xterm.mjs", "xterm.css", "addon-fit.mjs", "LICENSE-xterm", "LICENSE-addon-fit"]:
+        assert static + "xterm/" + name in names

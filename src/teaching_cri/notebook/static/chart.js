@@ -74,6 +74,7 @@ function render({ model, el }) {
       if (n) {
         g.classList.add(n.error ? "tcri-error" : "tcri-lit");
         note(g, `${n.steps.join(", ")}${n.ms ? `  ${n.ms} ms` : ""}`, n.error ? "tcri-err" : "");
+        if (n.error) note(g, n.error.length > 90 ? `${n.error.slice(0, 90)}…` : n.error, "tcri-err");
       }
       if (hits[id]) note(g, `×${hits[id]}`, "tcri-hits");
       // Stack this node's notes one under the other.
