@@ -125,9 +125,11 @@ class Lab:
             lines.append(f"  its root, state and log: {self.base}")
         for caveat in self.backend.not_isolated:
             lines.append(f"  not isolated here: {caveat}")
-        if not self.backend.network_ready:
+        if not self.is_root:
+            lines.append("  pods: a network namespace of their own with loopback only")
+        elif not self.backend.network_ready:
             lines.append(
-                "  no CNI network: pods share the host's network as root, loopback only otherwise"
+                "  no CNI network (`teaching-cri cni install` makes one): pods share the host's"
             )
         return "\n".join(lines)
 
