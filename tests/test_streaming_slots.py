@@ -155,9 +155,16 @@ class Recorded:
         pass
 
 
+class NoSandboxes:
+    def find(self, sandbox_id: str) -> None:
+        return None
+
+
 class NoContainers:
-    """What the StreamTask asks for a container: none exists (the streams'
-    own tests run real ones; these are about the slots)."""
+    """What a session asks for a container or a pod: none exists (the
+    streams' own tests run real ones; these are about the slots)."""
+
+    sandboxes = NoSandboxes()
 
     def get(self, container_id: str) -> Any:
         raise NotFound(f"no container {container_id!r}")

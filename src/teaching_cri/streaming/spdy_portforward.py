@@ -120,10 +120,9 @@ async def serve_spdy_port_forward(
         netns = pod_network_namespace(manager, request.pod_sandbox_id)
     except (NotFound, FailedPrecondition) as exc:
         decide("get_pod_network_namespace", False)
-        with step("close_with_error"):
-            log.info("spdy: port-forward: %s", exc)
-            session.go_away()
-        return
+        log.info("spdy: port-forward: %s", exc)
+        session.go_away()
+        return  # the span ends here, at the chart's end node close with error
     decide("get_pod_network_namespace", True)
     way = nsconnect.way_into(netns)
     branch("way_into_the_pod_netns", way, netns=netns)
