@@ -164,17 +164,15 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
 
 
 def _keep(client: Client, base: Path) -> tuple[str, str]:
-    """The pod and the running container every example may name."""
-    host = api_pb2.LinuxPodSandboxConfig(
-        security_context=api_pb2.LinuxSandboxSecurityContext(
-            namespace_options=api_pb2.NamespaceOption(network=api_pb2.NODE)
-        )
-    )
+    """The pod and the running container every example may name: on the
+    host's network as root (no CNI needed), with loopback only as a user
+    (rootless runc cannot join the host's)."""
     config = api_pb2.PodSandboxConfig(
         metadata=api_pb2.PodSandboxMetadata(name="keep", namespace="fuzz", uid="keep"),
-        linux=host,
         log_directory=str(base / "logs"),
     )
+    if IS_ROOT:
+        config.linux.security_context.namespace_options.network = api_pb2.NODE
     sandbox_id = client.runtime.RunPodSandbox(
         api_pb2.RunPodSandboxRequest(config=config)
     ).pod_sandbox_id
