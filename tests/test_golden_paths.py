@@ -721,6 +721,137 @@ def test_container_lifecycle(world: World) -> None:
     world.verdict()
 
 
+def test_error_branches(world: World) -> None:
+    """What a kubelet or crictl meets when it asks wrongly or too late: unknown
+    ids, malformed requests, a second start, a name taken, a pod not ready."""
+    rt, image, admin = world.client.runtime, world.client.image, world.client.admin
+    nobody = "0" * 64
+    NF, BAD, PRE = (
+        grpc.StatusCode.NOT_FOUND,
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.FAILED_PRECONDITION,
+    )
+    for chart, method, request in (
+        ("Attach", rt.Attach, api_pb2.AttachRequest(container_id=nobody, stdout=True)),
+        ("Exec", rt.Exec, api_pb2.ExecRequest(container_id=nobody, cmd=["true"], stdout=True)),
+        ("ExecSync", rt.ExecSync, api_pb2.ExecSyncRequest(container_id=nobody, cmd=["true"])),
+        ("ContainerStats", rt.ContainerStats, api_pb2.ContainerStatsRequest(container_id=nobody)),
+        (
+            "ReopenContainerLog",
+            rt.ReopenContainerLog,
+            api_pb2.ReopenContainerLogRequest(container_id=nobody),
+        ),
+        (
+            "UpdateContainerResources",
+            rt.UpdateContainerResources,
+            api_pb2.UpdateContainerResourcesRequest(
+                container_id=nobody, linux=api_pb2.LinuxContainerResources(cpu_shares=2)
+            ),
+        ),
+        (
+            "PodSandboxStats",
+            rt.PodSandboxStats,
+            api_pb2.PodSandboxStatsRequest(pod_sandbox_id=nobody),
+        ),
+        (
+            "UpdatePodSandboxResources",
+            rt.UpdatePodSandboxResources,
+            api_pb2.UpdatePodSandboxResourcesRequest(pod_sandbox_id=nobody),
+        ),
+    ):
+        world.call(chart, "not_found", method, request, code=NF)
+
+    world.call(
+        "ImageStatus",
+        "no_image_named",
+        image.ImageStatus,
+        api_pb2.ImageStatusRequest(image=api_pb2.ImageSpec(image="")),
+        code=BAD,
+    )
+    world.call(
+        "PullImage",
+        "bad_reference",
+        image.PullImage,
+        api_pb2.PullImageRequest(image=api_pb2.ImageSpec(image="UPPER/Case:ref")),
+        code=BAD,
+    )
+    world.call(
+        "BuildLocalImage",
+        "bad_name",
+        admin.BuildLocalImage,
+        admin_pb2.BuildLocalImageRequest(name="UPPER/Case"),
+        code=BAD,
+    )
+
+    sid, pod = world.pod("errs")
+    _sid, cid = world.running("errs-run", "sleep", "1000")
+    world.call(
+        "Attach",
+        "no_stream_asked",
+        rt.Attach,
+        api_pb2.AttachRequest(container_id=cid),
+        code=BAD,
+    )
+    world.call(
+        "ExecSync",
+        "no_command",
+        rt.ExecSync,
+        api_pb2.ExecSyncRequest(container_id=cid, cmd=[]),
+        code=BAD,
+    )
+    world.call(
+        "ExecSync",
+        "timed_out",
+        rt.ExecSync,
+        api_pb2.ExecSyncRequest(container_id=cid, cmd=["sleep", "10"], timeout=1),
+        code=grpc.StatusCode.DEADLINE_EXCEEDED,
+    )
+    world.call(
+        "StartContainer",
+        "started_already",
+        rt.StartContainer,
+        api_pb2.StartContainerRequest(container_id=cid),
+        code=PRE,
+    )
+    config = world.container_config("taken", "sleep", "1000")
+    create = api_pb2.CreateContainerRequest(pod_sandbox_id=sid, config=config, sandbox_config=pod)
+    rt.CreateContainer(create)
+    world.call(
+        "CreateContainer",
+        "name_taken",
+        rt.CreateContainer,
+        create,
+        code=grpc.StatusCode.ALREADY_EXISTS,
+    )
+    world.call(
+        "CreateContainer",
+        "no_such_pod",
+        rt.CreateContainer,
+        api_pb2.CreateContainerRequest(pod_sandbox_id=nobody, config=config, sandbox_config=pod),
+        code=NF,
+    )
+    relative = world.container_config(
+        "relmount", "true", mounts=[api_pb2.Mount(container_path="/x", host_path="rel/dir")]
+    )
+    world.call(
+        "CreateContainer",
+        "relative_host_path",
+        rt.CreateContainer,
+        api_pb2.CreateContainerRequest(pod_sandbox_id=sid, config=relative, sandbox_config=pod),
+        code=BAD,
+    )
+    rt.StopPodSandbox(api_pb2.StopPodSandboxRequest(pod_sandbox_id=sid))
+    late = world.container_config("late", "true")
+    world.call(
+        "CreateContainer",
+        "pod_not_ready",
+        rt.CreateContainer,
+        api_pb2.CreateContainerRequest(pod_sandbox_id=sid, config=late, sandbox_config=pod),
+        code=PRE,
+    )
+    world.verdict()
+
+
 def test_container_events(world: World) -> None:
     """GetContainerEvents is a stream: it begins, delivers, and ends when the
     kubelet goes away."""
@@ -770,6 +901,14 @@ def test_websocket_streams(world: World) -> None:
     world.streamed("Websocket", "exec_tty_stdin_resize_exit_3", since)
 
     since = time.time_ns()
+    url = rt.Exec(
+        api_pb2.ExecRequest(container_id=cid, cmd=["sh"], tty=True, stdin=True, stdout=True)
+    ).url
+    messages = asyncio.run(everything_until_closed(url, [b"\x04{not json", b"\x00exit 0\n"]))
+    assert status_of(messages)["status"] in ("Success", "Failure"), "the session still ends"
+    world.streamed("Websocket", "bad_resize_message", since)
+
+    since = time.time_ns()
     _sid, att = world.running("wsatt", "/bin/sh", stdin=True, stdin_once=True)
     url = rt.Attach(api_pb2.AttachRequest(container_id=att, stdin=True, stdout=True)).url
     messages = asyncio.run(session(url, V4, [b"\x00echo -n attached; exit\n"]))
@@ -801,11 +940,14 @@ def test_websocket_streams(world: World) -> None:
     world.verdict()
 
 
-async def everything_until_closed(url: str) -> list[bytes | str]:
-    """What the server sent before it closed, whichever way it closed."""
+async def everything_until_closed(url: str, send: Sequence[bytes] = ()) -> list[bytes | str]:
+    """What the server sent before it closed, whichever way it closed (after
+    sending ``send``)."""
     got: list[bytes | str] = []
     async with ws_connect(ws_url(url), subprotocols=[V4]) as ws:  # type: ignore[list-item]
         with contextlib.suppress(ConnectionClosed):
+            for message in send:
+                await ws.send(message)
             async for message in ws:
                 got.append(message)
     return got
