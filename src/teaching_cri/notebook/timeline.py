@@ -66,8 +66,8 @@ def draw(spans: dict[str, Span], width: int = 900, now_ns: int = 0) -> str:
     scale = (width - label_w - 10) / (t1 - t0)
     height = top + lane_h * len(lanes) + 6
     out = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-        'font-family="Helvetica, Arial, sans-serif" font-size="11">',
+        f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" width="100%" '
+        f'style="max-width: {width}px" font-family="Helvetica, Arial, sans-serif" font-size="11">',
         f'<text x="{label_w}" y="12" fill="#444">0 ms</text>',
         f'<text x="{width - 10}" y="12" fill="#444" text-anchor="end">'
         f"{(t1 - t0) / 1e6:.1f} ms</text>",
