@@ -36,7 +36,6 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_streaming_slots import KEY, NoContainers, Recorded
 from websockets.frames import Frame, Opcode
 from websockets.protocol import Protocol as WebsocketProtocol
 from websockets.protocol import Side, State
@@ -48,6 +47,8 @@ from teaching_cri.streaming.server import StreamingServer
 from teaching_cri.trace.charts import ChartSet
 from teaching_cri.trace.conformance import assert_conforms
 from teaching_cri.trace.tracer import Tracer
+
+from test_streaming_slots import KEY, NoContainers, Recorded
 
 SEQUENCES = int(os.environ.get("TEACHING_CRI_FUZZ_EXAMPLES", "10000"))
 BATCH = 10
