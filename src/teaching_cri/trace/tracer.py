@@ -71,10 +71,15 @@ class Sink(Protocol):
         ...
 
 
+# A generator of our own: ids identify, they protect nothing, so a fast PRNG is
+# enough, but not the module-level one, which a program (or hypothesis, once per
+# example) may seed, making ids repeat within one process.
+_ids = random.Random()
+
+
 def _new_id(bits: int) -> str:
-    # W3C trace-context sizes: 128-bit trace ids, 64-bit span ids. Ids identify,
-    # they do not protect anything, so a fast PRNG is enough.
-    return f"{random.getrandbits(bits):0{bits // 4}x}"
+    """W3C trace-context sizes: 128-bit trace ids, 64-bit span ids."""
+    return f"{_ids.getrandbits(bits):0{bits // 4}x}"
 
 
 # Attribute values and error texts are capped: they travel to every follower,
