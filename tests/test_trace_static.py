@@ -446,19 +446,11 @@ CHARTS = ChartSet.load()
 # its charts) and on SPDY (spdy*.py, PortForward) had not finished when this
 # test was written; strict, so that the mark goes once they are done.
 STILL_BEING_FIXED: dict[str, str] = {
-    "cri/container_stream.py": "branch(node, 'success'): validate_* recorded by a variable name, "
-    "outside any branch of the code",
-    "cri/pod_port_forward.py": "branch('rpc_or_stream', 'RPC'): fixed by the entry point; "
-    "PortForward.toml needs the RPC's own start",
-    "streaming/portforward.py": "fixed get_pod_network_namespace, which_wire, for_each_port; "
-    "step(close_with_error) on an end node",
     "streaming/server.py": "fixed validate_url [Y], for_each_session_data_in_m_wsis [done], "
     "rpc_or_stream [stream]",
     "streaming/spdy_portforward.py": "fixed get_pod_network_namespace, which_wire; "
     "step(close_with_error) on an end node",
     "streaming/spdy_server.py": "fixed process_started, method [portforward], rpc_or_stream [spdy]",
-    "Attach": "no code names validate_attach_request (container_stream.py traces it by variable)",
-    "Exec": "no code names validate_exec_request (container_stream.py traces it by variable)",
 }
 
 

@@ -1,6 +1,8 @@
-"""PortForward (chart: diagrams/PortForward.toml, its RPC half; ours: iSulad
-leaves it a stub). The pod must be ready; the request waits in the streaming
-server's cache, and the answer is where to connect."""
+"""PortForward (chart: diagrams/PortForward.toml, its RPC walk; ours: iSulad
+leaves it a stub). The ports it names must be ports and the pod must be ready;
+the request waits in the streaming server's cache, and the answer is where to
+connect. The RPC enters the chart straight from its start: the gRPC server
+chose this handler, no code of ours asks whether this is the RPC."""
 
 from __future__ import annotations
 
@@ -9,7 +11,7 @@ from typing import TYPE_CHECKING
 from ..api import Context, api_pb2
 from ..errors import FailedPrecondition, InvalidArgument, NotFound
 from ..manager.sandbox import READY
-from ..trace.tracer import branch, decide, step
+from ..trace.tracer import decide, step
 from ._rpc import rpc
 from .container_stream import generate_url
 
@@ -21,7 +23,6 @@ if TYPE_CHECKING:
 async def PortForward(
     svc: RuntimeService, request: api_pb2.PortForwardRequest, context: Context
 ) -> api_pb2.PortForwardResponse:
-    branch("rpc_or_stream", "RPC")
     manager = svc.sandboxes()
     with step("get_real_container_or_sandbox_id"):
         sandbox = manager.find(request.pod_sandbox_id)
@@ -29,7 +30,7 @@ async def PortForward(
         raise NotFound(f"pod sandbox {request.pod_sandbox_id!r} not found")
     assert sandbox is not None
     bad = [p for p in request.port if not 0 < p < 65536]
-    if bad:
+    if not decide("ports_in_range", not bad):
         raise InvalidArgument(f"port {bad[0]} is not in 1..65535")
     if not decide("sandbox_ready", await manager.current_state(sandbox) == READY):
         raise FailedPrecondition(f"pod sandbox {sandbox.id[:12]} is not ready")

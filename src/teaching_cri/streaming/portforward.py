@@ -23,16 +23,15 @@ import socket
 import struct
 from typing import TYPE_CHECKING, Any
 
+from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
 from ..errors import FailedPrecondition, NotFound
-from ..trace.tracer import branch, decide, step
+from ..trace.tracer import branch, current_span, decide, step
 from . import nsconnect
 from .channel import ChannelError, Protocol
 
 if TYPE_CHECKING:
-    from websockets.asyncio.server import ServerConnection
-
     from ..manager.container import ContainerManager
 
 
@@ -72,10 +71,11 @@ async def serve_port_forward(
         decide("get_pod_network_namespace", False)
         await close_with_error(ws, str(exc))
         return
-    decide("get_pod_network_namespace", True)
+    else:
+        decide("get_pod_network_namespace", True)
     way = nsconnect.way_into(netns)
     branch("way_into_the_pod_netns", way, netns=netns)
-    branch("which_wire", "websocket")  # SPDY's walk is spdy_portforward.py's
+    branch("which_wire", wire_of(ws))
     with step("write_port_on_data_and_error_channels"):
         for i, port in enumerate(ports):
             for channel in (2 * i, 2 * i + 1):  # each channel opens with its port
@@ -91,21 +91,37 @@ async def serve_port_forward(
             with step("write_error_on_error_channel"):
                 await ws.send(protocol.encode(2 * i + 1, str(exc).encode()))
             continue
-        decide("connect_in_pod_netns", True)
+        else:
+            decide("connect_in_pod_netns", True)
         with step("copy_data_both_ways"):
             reader, writer = await asyncio.open_connection(sock=sock)
             writers[2 * i] = writer
             copies.append(asyncio.ensure_future(copy_out(reader, ws, protocol, 2 * i)))
-    branch("for_each_port", "done")
+    else:  # the ports ran out (the loop has no break)
+        branch("for_each_port", "done")
     with step("wait_for_the_copies"):
         await copy_in(ws, protocol, writers, copies)
     with step("close_session"):
         await ws.close()
 
 
+def wire_of(connection: object) -> str:
+    """The wire a session came by, read from the connection the walk was
+    handed: after the shared namespace steps the chart parts by it, the
+    websocket walk to its port prefixes, the SPDY walk
+    (spdy_portforward.py) to its stream pairs."""
+    return "websocket" if isinstance(connection, ServerConnection) else "spdy"
+
+
 async def close_with_error(ws: ServerConnection, message: str) -> None:
-    with step("close_with_error"):
-        await ws.close(1011, message[:120])
+    """The chart's error end close with error: no error channel exists yet, so
+    the reason goes in the websocket's close frame, and the span ends here
+    with the error, at the decision whose N branch led here (not by a step:
+    an end is where the span stops)."""
+    await ws.close(1011, message[:120])
+    span = current_span()
+    if span is not None:
+        span.error(message)
 
 
 async def copy_in(
