@@ -262,6 +262,21 @@ def test_notebook_03_lights_the_exec_chart_and_its_terminal_answers(
             assert any(line.strip().endswith("echo hi") for line in lines), lines
             terminal.scroll_into_view_if_needed()
             terminal.screenshot(path=str(shots / "3-terminal.png"))
+
+            # A full-screen program: busybox top draws by cursor movement on
+            # the alternate screen; xterm.js must place its header and table.
+            page.keyboard.type("top\n", delay=20)
+            page.wait_for_function(
+                f"""el => {{
+                  const lines = ({TERMINAL_LINES})(el);
+                  return lines.some(l => l.startsWith('Mem:'))
+                    && lines.some(l => /PID\\s+PPID/.test(l));
+                }}""",
+                arg=terminal.element_handle(),
+                timeout=20_000,
+            )
+            terminal.screenshot(path=str(shots / "5-top.png"))
+            page.keyboard.type("q")
             page.screenshot(path=str(shots / "4-page.png"), full_page=True)
         except Exception:
             # What the page showed, and what JupyterLab said, for whoever reads the failure.
