@@ -7,6 +7,7 @@ JSONL trace read by ``teaching-cri fidelity``, in text and as SVG heat maps.
 
 from __future__ import annotations
 
+import contextvars
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -266,7 +267,9 @@ def test_the_suites_guard_names_the_span_the_chart_and_the_step(tmp_path: Path) 
     with tracer.span("Version", rpc="Version"), step("version_response_to_grpc"):
         api_pb2.VersionResponse(runtime_api_version="v1")
     unended = tracer.span("Status", rpc="Status")
-    unended.__enter__()
+    # Entered in a copy of the context: the span stays open without staying
+    # current for the tests that run after this one.
+    contextvars.copy_context().run(unended.__enter__)
     tracer.close()
     problems = check_trace_file(path, ChartSet.load(), complete=True)
     assert len(problems) == 2
