@@ -24,6 +24,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -160,6 +161,38 @@ def lab_url(tmp_path: Path) -> Iterator[str]:
     assert not our_dirs() - before, "the notebook's server outlived JupyterLab"
 
 
+def open_notebook(page: Any, shots: Path, attempt: int) -> bool:
+    """Wait for the notebook and its kernel; answer a "Select Kernel" dialog as
+    a learner would (Select). False if JupyterLab reported an error."""
+    page.wait_for_selector(".jp-NotebookPanel .jp-Cell")
+    page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']")
+    for _ in range(3):
+        page.wait_for_timeout(1000)
+        dialog = page.locator(".jp-Dialog")
+        if dialog.count() == 0:
+            return True
+        page.screenshot(path=str(shots / f"0-dialog-{attempt}.png"))
+        title = dialog.first.locator(".jp-Dialog-header").inner_text()
+        dialog.first.locator(".jp-mod-accept").first.click()
+        if "Select Kernel" not in title:
+            return False
+    return False
+
+
+def a_cell_started(page: Any) -> bool:
+    try:
+        page.wait_for_function(
+            """() => {
+              const prompt = document.querySelector('.jp-CodeCell .jp-InputPrompt');
+              return prompt && /\\[(\\*|\\d+)\\]/.test(prompt.textContent);
+            }""",
+            timeout=10_000,
+        )
+        return True
+    except playwright_sync.TimeoutError:
+        return False
+
+
 TERMINAL_LINES = """el => {
   const buffer = el.tcriTerminal.buffer.active;
   const lines = [];
@@ -182,42 +215,31 @@ def test_notebook_03_lights_the_exec_chart_and_its_terminal_answers(
             args=CHROMIUM_ARGS,
             viewport={"width": 1400, "height": 1000},
         )
+        console = (tmp_path / "console.log").open("w")  # the page's console, for failures
         try:
             page = browser.new_page()
             page.set_default_timeout(60_000)
-            # On a loaded machine a request of the page to JupyterLab now and
-            # then fails ("Failed to fetch": a theme, the kernel's session) and
-            # JupyterLab says so in a dialog: the page is then loaded again. A
-            # "Select Kernel" dialog is answered as a learner would: Select.
-            page.goto(lab_url)
-            for attempt in range(6):
-                page.wait_for_selector(".jp-NotebookPanel .jp-Cell")
-                page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']")
-                page.wait_for_timeout(1000)
-                dialog = page.locator(".jp-Dialog")
-                if dialog.count() == 0:
+            page.on("console", lambda msg: console.write(f"{msg.type}: {msg.text}\n"))
+            started = False
+            for attempt in range(4):
+                # On a loaded machine a request of the page to JupyterLab now
+                # and then fails ("Failed to fetch": a theme, the kernel's
+                # session), or the page never gets its kernel ready and Run All
+                # runs nothing: the page is then loaded anew.
+                page.goto(lab_url)
+                if open_notebook(page, shots, attempt):
+                    for _ in range(2):
+                        page.locator(".jp-NotebookPanel .jp-Cell").first.click()
+                        page.click("#jp-MainMenu >> text=Run")
+                        page.click(".lm-Menu-content >> text=Run All Cells")
+                        if a_cell_started(page):
+                            started = True
+                            break
+                if started:
                     break
-                page.screenshot(path=str(shots / f"0-dialog-{attempt}.png"))
-                title = dialog.first.locator(".jp-Dialog-header").inner_text()
-                dialog.first.locator(".jp-mod-accept").first.click()
-                if "Select Kernel" not in title:
-                    page.reload()
-            # Run All Cells; a click that lands while the kernel is still being
-            # connected runs nothing, so it is made again until a cell starts.
-            first_prompt = page.locator(".jp-CodeCell .jp-InputPrompt").first
-            for _ in range(5):
-                page.click(".jp-NotebookPanel .jp-Cell")
-                page.click("#jp-MainMenu >> text=Run")
-                page.click(".lm-Menu-content >> text=Run All Cells")
-                try:
-                    page.wait_for_function(
-                        "el => /\\[(\\*|\\d+)\\]/.test(el.textContent)",
-                        arg=first_prompt.element_handle(),
-                        timeout=10_000,
-                    )
-                    break
-                except playwright_sync.TimeoutError:
-                    continue
+                page.screenshot(path=str(shots / f"0-nothing-ran-{attempt}.png"))
+            console.flush()
+            assert started, f"Run All Cells ran nothing in four page loads: {tmp_path}/console.log"
 
             # The last code cell has run once its prompt holds a number.
             page.wait_for_function(
@@ -286,4 +308,5 @@ def test_notebook_03_lights_the_exec_chart_and_its_terminal_answers(
             raise
         finally:
             browser.close()
+            console.close()
     print(f"screenshots: {shots}")
