@@ -38,6 +38,8 @@ from .manager.runtime_manager import RuntimeManager
 from .manager.sandbox import SandboxManager
 from .runtime.backend import Backend
 from .runtime.backends import BackendProbe, open_backend, probe
+from .store.container import ContainerStore
+from .store.sandbox import SandboxStore
 from .streaming.server import StreamingServer
 from .trace.charts import ChartSet
 from .trace.service import TraceService
@@ -282,7 +284,7 @@ class Daemon:
         self.runtime.backend = self.backend
         self.images.in_use = self.backend.uses_image
         self.runtime.sandboxes = SandboxManager(
-            self.config.root,
+            SandboxStore(self.config.root / "sandboxes"),
             self.config.state,
             self.backend,
             self.images,
@@ -290,8 +292,9 @@ class Daemon:
             self.config.pause_image,
             privileged_network=found.name == "runc",
         )
+        await self.runtime.sandboxes.load()
         self.runtime.containers = ContainerManager(
-            self.config.root,
+            ContainerStore(self.config.root / "containers"),
             self.backend,
             self.images,
             self.runtime.sandboxes,

@@ -1,4 +1,4 @@
-"""Small file-system helpers shared by the stores."""
+"""Small file-system helpers shared by the stores, and the crash points that test them."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import contextlib
 import ctypes
 import json
 import os
+import signal
 import tempfile
 import time
 from pathlib import Path
@@ -60,3 +61,15 @@ def umount(target: Path, flags: int = 0) -> None:
     if _libc.umount2(os.fsencode(target), flags):
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err), str(target))
+
+
+CRASH_AT = "TEACHING_CRI_CRASH_AT"
+
+
+def crash_point(name: str) -> None:
+    """A named point where the fault-injection tests (``tests/test_crash_points.py``)
+    make the server die as a power cut or an OOM kill would: SIGKILL, no
+    cleanup, nothing flushed. With ``TEACHING_CRI_CRASH_AT=<name>`` set, here;
+    otherwise nothing."""
+    if os.environ.get(CRASH_AT) == name:
+        os.kill(os.getpid(), signal.SIGKILL)

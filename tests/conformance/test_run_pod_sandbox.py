@@ -218,3 +218,30 @@ def test_parallel_run_pod_sandbox_calls_for_one_name_make_one_pod(node: Node) ->
     assert len(made) == 1, results
     listed = node.client.runtime.ListPodSandbox(api_pb2.ListPodSandboxRequest()).items
     assert [p.id for p in listed] == made
+
+
+def test_parallel_create_container_calls_for_one_name_make_one_container(node: Node) -> None:
+    """The name is reserved in the same turn of the event loop as its check;
+    five CreateContainer calls at once for one name: one container, four
+    ALREADY_EXISTS, and no record or rootfs left of the four."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    config = pod_config("same-container-name")
+    pod_id = run_pod(node.client, config)
+
+    def attempt(_: int) -> str:
+        try:
+            return create_container(node.client, pod_id, config, "twin", "sleep", "100")
+        except grpc.RpcError as exc:
+            return exc.code().name
+
+    with ThreadPoolExecutor(5) as pool:
+        results = list(pool.map(attempt, range(5)))
+    made = [r for r in results if r != "ALREADY_EXISTS"]
+    assert len(made) == 1 and results.count("ALREADY_EXISTS") == 4, results
+    listed = node.client.runtime.ListContainers(api_pb2.ListContainersRequest()).containers
+    assert [c.id for c in listed] == made
+    records = sorted(p.stem for p in (node.server.root / "containers").glob("*.json"))
+    assert records == made
+    views = sorted(p.name for p in (node.server.root / "images" / "snapshots" / "active").iterdir())
+    assert made[0] in views and len(views) == 2, views  # the container's and the infra's

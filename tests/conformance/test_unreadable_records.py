@@ -114,6 +114,10 @@ def test_an_unreadable_runtime_record_does_not_stop_the_server(node: Node) -> No
     st = status(node, cid)
     assert st.state == api_pb2.CONTAINER_UNKNOWN
     assert str(runtime_record) in st.message
+    assert list(runtime_record.parent.glob("container.json.unreadable-*")), "kept aside"
+    assert "cannot be read" in node.server.output()
+    node.restart()  # a second restart changes nothing
+    assert alive(pid) and status(node, cid).state == api_pb2.CONTAINER_UNKNOWN
     node.client.runtime.RemoveContainer(api_pb2.RemoveContainerRequest(container_id=cid))
     assert not runc_knows(node, cid)
     assert not (node.server.state / "containers" / cid).exists()

@@ -61,7 +61,7 @@ def list_containers_from_grpc(request: api_pb2.ListContainersRequest) -> Wanted:
 def m_cb_container_list(manager: ContainerManager, wanted: Wanted) -> list[Container]:
     """Every filter that is set must match (AND); ids may be unique prefixes."""
     out = []
-    for c in manager.containers.values():
+    for c in manager.containers.list():
         if wanted.id and not c.id.startswith(wanted.id):
             continue
         if wanted.state and c.state != wanted.state:

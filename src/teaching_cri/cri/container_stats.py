@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from ..api import Context, api_pb2
 from ..api.api_pb2 import UInt64Value
-from ..manager.container import Container, ContainerManager
+from ..manager.container import RUNNING, Container, ContainerManager
 from ..runtime.cgroups import CgroupStats
 from ..trace.tracer import step
 from ._rpc import rpc
@@ -49,8 +49,8 @@ def pack_container_stats_filter(
     """Running containers matching every filter that is set."""
     return [
         c
-        for c in manager.containers.values()
-        if c.state == "CONTAINER_RUNNING"
+        for c in manager.containers.list()
+        if c.state == RUNNING
         and c.id.startswith(f.id)
         and c.sandbox_id.startswith(f.pod_sandbox_id)
         and all(c.config.labels.get(k) == v for k, v in f.label_selector.items())
@@ -64,7 +64,7 @@ async def m_cb_container_stats(
     out: list[tuple[Container, CgroupStats | None]] = []
     for c in containers:
         try:
-            out.append((c, await manager.backend.stats(c.id)))
+            out.append((c, await manager.stats(c)))
         except Exception:
             out.append((c, None))
     return out

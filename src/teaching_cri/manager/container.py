@@ -1,10 +1,9 @@
 """Containers: what iSulad's ContainerManagerService and ``cb->container.*`` do.
 
-A container belongs to a ready pod sandbox and runs one image. This module
-keeps their records (``<root>/containers/<id>.json``: the config as sent,
-name, image, log path; ``container.json`` in the backend's state dir holds
-the runtime side: pid, start, exit) and an in-memory index of them, so that
-ListContainers, which the kubelet calls every second, reads no file at all.
+A container belongs to a ready pod sandbox and runs one image. These are the
+flows; the records and their index are the container store's
+(``store/container.py``), as containerd keeps ``store/container`` apart from
+its ``criService``.
 
 The helpers the seed names keep its names, so a reader of
 ``cri_container_manager_design.md`` finds them: GetRealContainerOrSandboxID,
@@ -17,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import functools
 import json
 import logging
 import os
@@ -25,7 +23,7 @@ import secrets
 import signal
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +36,7 @@ from ..errors import (
     InvalidArgument,
     NotFound,
 )
-from ..fsutil import atomic_write_json, move_aside
+from ..fsutil import crash_point
 from ..image.manager import ImageManager
 from ..image.store import ImageRecord
 from ..runtime import seccomp
@@ -50,6 +48,7 @@ from ..runtime.backend import (
     RecordUnreadable,
     parse_signal,
 )
+from ..runtime.cgroups import CgroupStats
 from ..runtime.runc import merge_resources
 from ..runtime.spec import (
     ImageRunConfig,
@@ -60,9 +59,17 @@ from ..runtime.spec import (
     generate_spec,
     security_paths,
 )
+from ..store.container import CREATED as CREATED
+from ..store.container import EXITED as EXITED
+from ..store.container import PENDING_CREATE, ContainerStore, unreadable
+from ..store.container import RECORD_UNREADABLE as RECORD_UNREADABLE
+from ..store.container import RUNNING as RUNNING
+from ..store.container import UNKNOWN as UNKNOWN
+from ..store.container import Container as Container
+from ..store.sandbox import READY
 from ..trace.tracer import annotate, branch, decide, step
 from .events import Mailbox
-from .sandbox import READY, Sandbox, SandboxManager
+from .sandbox import Sandbox, SandboxManager
 
 TYPE_LABEL = "cri.isulad.type"  # iSulad: CRIHelpers::Constants::CONTAINER_TYPE_LABEL_KEY
 TYPE_CONTAINER = "container"
@@ -71,67 +78,6 @@ LOG_PATH_LABEL = "cri.container.logpath"  # iSulad: CONTAINER_LOGPATH_LABEL_KEY
 SANDBOX_ID_LABEL = "cri.sandbox.id"
 
 log = logging.getLogger(__name__)
-RECORD_UNREADABLE = "RecordUnreadable"  # the reason of a container loaded from a bad record
-CREATED, RUNNING, EXITED, UNKNOWN = (
-    "CONTAINER_CREATED",
-    "CONTAINER_RUNNING",
-    "CONTAINER_EXITED",
-    "CONTAINER_UNKNOWN",
-)
-
-
-@dataclass
-class Container:
-    """One container's record; the runtime fields follow the backend."""
-
-    id: str
-    name: str
-    sandbox_id: str
-    config_b64: str
-    image: str  # as the config named it
-    image_id: str
-    created_at: int
-    log_path: str
-    internal_labels: dict[str, str] = field(default_factory=dict)
-    state: str = CREATED
-    started_at: int = 0
-    finished_at: int = 0
-    exit_code: int = 0
-    reason: str = ""
-    message: str = ""
-    resources: dict[str, Any] = field(default_factory=dict)  # as last updated
-    notes: dict[str, str] = field(default_factory=dict)
-
-    @functools.cached_property
-    def config(self) -> api_pb2.ContainerConfig:
-        """Parsed once (ListContainers converts every container every second);
-        never changed, so callers must not modify it."""
-        config = api_pb2.ContainerConfig()
-        config.ParseFromString(base64.b64decode(self.config_b64))
-        return config
-
-    @functools.cached_property
-    def listing(self) -> api_pb2.Container:
-        """This container as ListContainers shows it, but for its state."""
-        config = self.config
-        return api_pb2.Container(
-            id=self.id,
-            pod_sandbox_id=self.sandbox_id,
-            metadata=config.metadata,
-            image=api_pb2.ImageSpec(image=self.image_id),
-            image_ref=self.image_id,
-            image_id=self.image_id,
-            created_at=self.created_at,
-            labels=dict(config.labels),
-            annotations=dict(config.annotations),
-        )
-
-    def exited(self, status: ExitStatus) -> None:
-        self.state = EXITED
-        self.finished_at = status.finished_at
-        self.exit_code = status.exit_code
-        self.reason = status.reason
-        self.message = status.message
 
 
 def make_container_name(
@@ -169,40 +115,37 @@ def extract_labels(container: Container) -> dict[str, str]:
 class ContainerManager:
     def __init__(
         self,
-        root: Path,
+        store: ContainerStore,
         backend: Backend,
         images: ImageManager,
         sandboxes: SandboxManager,
-        seccomp_profile_root: Path | None = None,
+        seccomp_profile_root: Path,
     ) -> None:
-        self.records = root / "containers"
-        self.seccomp_profile_root = seccomp_profile_root or root / "seccomp"
-        self.records.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.containers = store
+        self.seccomp_profile_root = seccomp_profile_root
         self.backend = backend
         self.images = images
         self.sandboxes = sandboxes
-        self.containers: dict[str, Container] = {}
-        self.names: dict[str, str] = {}  # name → id: reserved
         self.on_event: list[Callable[[str, Container], None]] = []
         self.mailbox = Mailbox()  # GetContainerEvents' subscribers
         backend.on_exit.append(self._exited)
-        sandboxes.containers = self
+        sandboxes.pod_containers = self
 
-    # -- the store ---------------------------------------------------------------
-
-    def _save(self, container: Container) -> None:
-        atomic_write_json(self.records / f"{container.id}.json", asdict(container))
+    # -- after a restart ---------------------------------------------------------
 
     async def load(self) -> None:
-        """After a restart: the records from disk, the runtime truth from the backend
-        (a container that exited while we were away is EXITED with its real code)."""
-        for path in sorted(self.records.glob("*.json")):
-            try:
-                container = Container(**json.loads(path.read_text()))
-            except (OSError, ValueError, TypeError) as exc:
-                container = self.unreadable_record(path, exc)
-            self.containers[container.id] = container
-            self.names[container.name] = container.id
+        """The records from disk (one that cannot be read stands as UNKNOWN, see
+        the store's load policy), the runtime truth from the backend (a
+        container that exited while we were away is EXITED with its real code);
+        a create cut short is undone, and a runtime container with no record
+        (a create cut before its record existed) removed."""
+        for container in self.containers.load(
+            lambda cid, why: unreadable(cid, self.backend.pod_of(cid), why)
+        ):
+            if container.pending == PENDING_CREATE:
+                log.warning("container %s: its create was cut short; undoing it", container.id)
+                await self.undo_create(container)
+                continue
             container.listing  # noqa: B018 - converted now, not in the first ListContainers
             await self.refresh(container)
         sandboxes = {s.id for s in self.sandboxes.all()}
@@ -210,33 +153,17 @@ class ContainerManager:
             if orphan not in self.containers and orphan not in sandboxes:
                 await self.forget_orphan(orphan)
 
-    def unreadable_record(self, path: Path, exc: Exception) -> Container:
-        """containerd's load policy: a record that cannot be read is never a
-        reason to kill or delete anything. The bad file is moved aside (and
-        logged); the container stays, UNKNOWN, with its runtime container left
-        alone, until RemoveContainer cleans up what it can find."""
-        aside = move_aside(path, "unreadable")
-        log.error("container record %s cannot be read (%s): moved to %s", path, exc, aside)
-        container_id = path.stem
-        container = Container(
-            container_id,
-            f"k8s_unreadable-{container_id}_unknown_unknown_unknown_0",
-            self.backend.pod_of(container_id),
-            "",
-            "",
-            "",
-            0,
-            "",
-            state=UNKNOWN,
-            reason=RECORD_UNREADABLE,
-            message=f"{path}: {exc}; the file is kept as {aside.name}",
-        )
-        self._save(container)
-        return container
+    async def undo_create(self, container: Container) -> None:
+        """Whatever a create made goes: the runtime container, the rootfs, the record."""
+        with contextlib.suppress(CRIError):
+            await self.backend.stop(container.id, 0)
+        with contextlib.suppress(NotFound, RecordUnreadable):
+            await self.backend.delete(container.id)
+        await asyncio.to_thread(self.images.snapshots.remove_view, container.id)
+        self.containers.delete(container)
 
     async def forget_orphan(self, container_id: str) -> None:
-        """A runtime container with no record: a create cut short before its
-        record was written. Nothing refers to it; remove it whole."""
+        """A runtime container with no record. Nothing refers to it; remove it whole."""
         with contextlib.suppress(CRIError):
             await self.backend.stop(container_id, 0)
             await self.backend.delete(container_id)
@@ -264,14 +191,14 @@ class ContainerManager:
         elif state.status == "running":
             container.state, container.started_at = RUNNING, state.started_at
         if (container.state, container.started_at, container.finished_at) != before:
-            self._save(container)
+            self.containers.save(container)
 
     async def _exited(self, container_id: str, status: ExitStatus) -> None:
         container = self.containers.get(container_id)
         if container is None or container.state == EXITED:
             return
         container.exited(status)
-        self._save(container)
+        self.containers.save(container)
         self.publish("CONTAINER_STOPPED_EVENT", container)
 
     def publish(self, kind: str, container: Container) -> None:
@@ -290,21 +217,13 @@ class ContainerManager:
                 f"{'pod_sandbox_id' if kind == TYPE_SANDBOX else 'container_id'} is empty"
             )
         if kind == TYPE_SANDBOX:
-            sandbox = self.sandboxes.find(given)
-            return sandbox.id if sandbox else None
-        if given in self.containers:
-            return given
-        matches = [c for c in self.containers if c.startswith(given)]
-        if len(matches) > 1:
-            raise InvalidArgument(
-                f"container id prefix {given!r} is ambiguous: {len(matches)} containers match"
-            )
-        return matches[0] if matches else None
+            return self.sandboxes.sandboxes.resolve(given)
+        return self.containers.resolve(given)
 
     def find(self, given: str) -> Container | None:
         real = self.get_real_container_or_sandbox_id(given, TYPE_CONTAINER)
         found = decide("get_container_id", real is not None)
-        return self.containers[real] if found and real else None
+        return self.containers.get(real) if found and real else None
 
     def get(self, given: str) -> Container:
         container = self.find(given)
@@ -336,17 +255,18 @@ class ContainerManager:
         self.pack_create_container_host_config_security_context(config, image)
         container_id = secrets.token_hex(32)
         log_path = self.update_create_config(sandbox, config, labels)
-        if not decide("name_reserved", name not in self.names):
+        holder = self.containers.holder(name)
+        if not decide("name_reserved", holder is None):
             raise AlreadyExists(
-                f"container name {name!r} is in use by {self.names[name][:12]}: remove it first"
+                f"container name {name!r} is in use by {(holder or '')[:12]}: remove it first"
             )
-        self.names[name] = container_id
+        self.containers.reserve(name, container_id)  # no await since the check: atomic
         try:
             container = await self.m_cb_container_create(
                 container_id, name, sandbox, config, sandbox_config, image, log_path, labels
             )
         except BaseException:
-            self.names.pop(name, None)
+            self.containers.release(name, container_id)
             raise
         if not decide("pod_still_there", self.sandboxes.find(sandbox.id) is not None):
             await self.cb_container_remove(container)
@@ -472,13 +392,30 @@ class ContainerManager:
         log_path: str,
         labels: dict[str, str],
     ) -> Container:
-        """The rootfs, the spec and the runtime container; then the record."""
-        rootfs = await asyncio.to_thread(
-            self.images.snapshots.mount_view,
-            [layer.chain_id for layer in image.layers],
+        """The record first, saying "create" (a restart undoes a create it
+        finds cut short: the client never got the id), then the rootfs, the
+        spec and the runtime container; then the record, done."""
+        container = Container(
             container_id,
+            name,
+            sandbox.id,
+            base64.b64encode(config.SerializeToString()).decode(),
+            config.image.image,
+            image.id,
+            time.time_ns(),
+            log_path,
+            labels,
+            pending=PENDING_CREATE,
         )
+        self.containers.persist(container)
+        crash_point("create_container:intent_written")
         try:
+            rootfs = await asyncio.to_thread(
+                self.images.snapshots.mount_view,
+                [layer.chain_id for layer in image.layers],
+                container_id,
+            )
+            crash_point("create_container:rootfs_mounted")
             spec, notes = generate_spec(
                 config,
                 ImageRunConfig.from_config(image.config),
@@ -491,21 +428,8 @@ class ContainerManager:
                 seccomp_profile_root=self.seccomp_profile_root,
                 seccomp_enforced=self.backend.name != "processes",
             )
-            stop_signal = ImageRunConfig.from_config(image.config).stop_signal
-            container = Container(
-                container_id,
-                name,
-                sandbox.id,
-                base64.b64encode(config.SerializeToString()).decode(),
-                config.image.image,
-                image.id,
-                time.time_ns(),
-                log_path,
-                labels,
-                resources=spec.get("linux", {}).get("resources", {}),
-                notes=notes.clamped,
-            )
-            self._save(container)  # first: a server killed mid-create finds it at restart
+            container.resources = spec.get("linux", {}).get("resources", {})
+            container.notes = notes.clamped
             await self.backend.create(
                 CreateRequest(
                     container_id,
@@ -515,17 +439,19 @@ class ContainerManager:
                     stdin=config.stdin,
                     stdin_once=config.stdin_once,
                     tty=config.tty,
-                    stop_signal=stop_signal,
+                    stop_signal=ImageRunConfig.from_config(image.config).stop_signal,
                     image_id=image.id,
                     notes=notes.clamped,
                 )
             )
+            crash_point("create_container:runtime_created")
+            container.pending = ""
+            self.containers.save(container)
         except BaseException:
-            (self.records / f"{container_id}.json").unlink(missing_ok=True)
-            self.images.snapshots.remove_view(container_id)
+            await asyncio.to_thread(self.images.snapshots.remove_view, container_id)
+            self.containers.delete(container)
             raise
         container.listing  # noqa: B018 - converted once, here, for every ListContainers
-        self.containers[container_id] = container
         return container
 
     def pod_context(self, sandbox: Sandbox, config: api_pb2.ContainerConfig) -> SandboxContext:
@@ -569,7 +495,7 @@ class ContainerManager:
             container.exited(state.exit)
         elif container.state == CREATED:
             container.state = RUNNING
-        self._save(container)
+        self.containers.save(container)
 
     def create_container_log_symlink(self, container: Container) -> None:
         """Absent in our chart: the shim writes the CRI log at the kubelet's path."""
@@ -648,9 +574,7 @@ class ContainerManager:
                 await self.backend.stop(container.id, 0)
             await self.backend.delete(container.id)
         await asyncio.to_thread(self.images.snapshots.remove_view, container.id)
-        (self.records / f"{container.id}.json").unlink(missing_ok=True)
-        self.containers.pop(container.id, None)
-        self.names.pop(container.name, None)
+        self.containers.delete(container)
 
     # -- ExecSync --------------------------------------------------------------------
 
@@ -695,7 +619,7 @@ class ContainerManager:
             await self.restore_previous_resources(container, previous)
             raise
         container.resources = merge_resources(container.resources, resources)
-        self._save(container)
+        self.containers.save(container)
 
     @step("restore_previous_resources")
     async def restore_previous_resources(
@@ -722,10 +646,23 @@ class ContainerManager:
     async def shim_reopen_log(self, container: Container) -> None:
         await self.backend.reopen_log(container.id)
 
+    # -- ContainerStats ------------------------------------------------------------------
+
+    async def stats(self, container: Container) -> CgroupStats:
+        return await self.backend.stats(container.id)
+
     # -- for the pod sandboxes ----------------------------------------------------------
 
     def in_sandbox(self, sandbox_id: str) -> list[Container]:
-        return [c for c in self.containers.values() if c.sandbox_id == sandbox_id]
+        return self.containers.in_sandbox(sandbox_id)
+
+    async def stop_container(self, container_id: str) -> None:
+        """StopPodSandbox's "stop all containers": StopContainer's flow with no grace."""
+        await self.stop(container_id, 0)
+
+    async def remove_container(self, container_id: str) -> None:
+        """RemovePodSandbox's "remove all containers": RemoveContainer's flow."""
+        await self.remove(container_id)
 
 
 def container_stop_signal(manager: ContainerManager, container: Container) -> str:

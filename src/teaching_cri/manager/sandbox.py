@@ -4,11 +4,11 @@ A sandbox is the pod's shared context, made before any of its containers: a
 network namespace with an IP (from CNI), a hostname, /etc/hosts,
 /etc/resolv.conf and /dev/shm, a cgroup parent, and an *infra* process (the
 pause container) that holds the namespaces and reaps zombies. Its containers
-(issue 6) join those namespaces. The steps below are the nodes of
+join those namespaces. The steps below are the nodes of
 ``diagrams/RunPodSandbox.toml`` and its siblings, in the charts' order.
 
 Where things live: the record (checkpoint of the config, state, IPs, the ADD
-result CNI DEL needs) under ``<root>/sandboxes/<id>/sandbox.json``, so a
+result CNI DEL needs) in the sandbox store (``store/sandbox.py``), so a
 sandbox survives a restart; runtime files (hosts, resolv.conf, shm) under
 ``<state>/sandboxes/<id>/``; the pinned network namespace at
 ``<state>/netns/<id>``; the infra container in the backend, with the
@@ -29,37 +29,56 @@ import secrets
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from google.protobuf.json_format import MessageToDict
 
 from ..api import api_pb2
-from ..errors import AlreadyExists, CRIError, FailedPrecondition, InvalidArgument, NotFound
-from ..fsutil import (
-    MNT_DETACH,
-    MS_NODEV,
-    MS_NOEXEC,
-    MS_NOSUID,
-    atomic_write_json,
-    mount,
-    move_aside,
-    umount,
-)
+from ..errors import CRIError, FailedPrecondition, InvalidArgument, NotFound
+from ..fsutil import MNT_DETACH, MS_NODEV, MS_NOEXEC, MS_NOSUID, crash_point, mount, umount
 from ..image.manager import ImageManager
 from ..image.registry import Credentials, RegistryUnavailable
 from ..image.store import ImageRecord
 from ..runtime import cgroups
 from ..runtime.backend import Backend, CreateRequest
 from ..runtime.spec import ImageRunConfig, SandboxContext, generate_spec
+from ..store.container import Container
+from ..store.sandbox import NOTREADY as NOTREADY
+from ..store.sandbox import PENDING_REMOVE, PENDING_RUN, SandboxStore, unreadable
+from ..store.sandbox import READY as READY
+from ..store.sandbox import Sandbox as Sandbox
 from ..trace.tracer import annotate, branch, decide, quiet, step
 from . import netns
 from .cni import CNI, LOOPBACK, Attachment, NetworkConfig, ips_of
 from .hostports import check_host_ports
 
-READY = "SANDBOX_READY"
-NOTREADY = "SANDBOX_NOTREADY"
+
+class PodContainers(Protocol):
+    """What the pod flows need of the containers: StopPodSandbox's "stop all
+    containers", RemovePodSandbox's "remove all containers"."""
+
+    def in_sandbox(self, sandbox_id: str) -> list[Container]: ...
+
+    async def stop_container(self, container_id: str) -> None: ...
+
+    async def remove_container(self, container_id: str) -> None: ...
+
+
+class NoContainers:
+    """Until the container manager registers itself: a pod has no containers."""
+
+    def in_sandbox(self, sandbox_id: str) -> list[Container]:
+        return []
+
+    async def stop_container(self, container_id: str) -> None:
+        raise NotFound(container_id)
+
+    async def remove_container(self, container_id: str) -> None:
+        raise NotFound(container_id)
+
+
 INFRA_LABEL = ("cri.isulad.type", "podSandbox")  # iSulad's label on the infra container
 BUILT_IN_INFRA = "teaching-cri.local/pause:builtin"
 SETUP_NETWORK_FIRST = "cri.sandbox.network.setup.v2"  # iSulad 2.0's pod annotation
@@ -70,39 +89,6 @@ _NAME_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 HOST_NAME_MAX = 64  # bytes: what sethostname(2) takes
 _HOSTNAME_LABEL = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?$")
 PAUSE_RETRY_AFTER = 300.0  # seconds a failed pause-image pull is remembered
-
-
-@dataclass
-class Sandbox:
-    """The record of one pod sandbox, as kept on disk."""
-
-    id: str
-    name: str
-    config_b64: str  # the PodSandboxConfig as sent: the checkpoint
-    created_at: int
-    state: str = NOTREADY
-    runtime_handler: str = ""
-    netns: str = ""  # the pinned namespace's path, "" for host network or unpinned
-    network_ready: bool = False
-    loopback_only: bool = False
-    ips: list[str] = field(default_factory=list)
-    cni_result: dict[str, Any] = field(default_factory=dict)
-    cni_network: dict[str, Any] = field(default_factory=dict)  # the conflist used at ADD
-    infra_image: str = ""
-    infra_fallback: str = ""  # why the built-in infra stands in for the pause image
-    unreadable: str = ""  # loaded from a record that could not be read: why
-    resources: dict[str, int] = field(default_factory=dict)  # UpdatePodSandboxResources
-
-    @property
-    def config(self) -> api_pb2.PodSandboxConfig:
-        config = api_pb2.PodSandboxConfig()
-        config.ParseFromString(base64.b64decode(self.config_b64))
-        return config
-
-    @property
-    def host_network(self) -> bool:
-        options = self.config.linux.security_context.namespace_options
-        return options.network == api_pb2.NODE
 
 
 def sandbox_name(metadata: api_pb2.PodSandboxMetadata) -> str:
@@ -129,16 +115,16 @@ def check_hostname(hostname: str) -> None:
 class SandboxManager:
     def __init__(
         self,
-        root: Path,
+        store: SandboxStore,
         state: Path,
-        backend: Backend | None,
+        backend: Backend,
         images: ImageManager,
         cni: CNI,
         pause_image: str,
         *,
         privileged_network: bool,
     ) -> None:
-        self.records = root / "sandboxes"
+        self.sandboxes = store
         self.files = state / "sandboxes"
         self.netns_dir = state / "netns"
         self.backend = backend
@@ -146,74 +132,56 @@ class SandboxManager:
         self.cni = cni
         self.pause_image = pause_image
         self.privileged_network = privileged_network  # root: pinned netns and CNI
-        self.records.mkdir(parents=True, exist_ok=True, mode=0o700)
-        # Every record, read once here: lookups (each Status, Stop, Remove, List)
-        # never go to the disk, which only takes the writes.
-        self._index: dict[str, Sandbox] = {}
-        for path in sorted(self.records.glob("*/sandbox.json")):
-            try:
-                sandbox = Sandbox(**json.loads(path.read_text()))
-            except (OSError, ValueError, TypeError) as exc:
-                sandbox = self.unreadable_record(path, exc)
-            self._index[sandbox.id] = sandbox
         self.on_event: list[Callable[[str, str], None]] = []
-        self.containers: Any = None  # the ContainerManager, once there is one
+        self.pod_containers: PodContainers = NoContainers()
         self._cpu_samples: dict[str, tuple[int, int]] = {}
         self._pause_failure: tuple[float, CRIError] | None = None
-        self._starting: dict[
-            str, api_pb2.PodSandboxConfig
-        ] = {}  # by name, while RunPodSandbox runs
+        # The configs of the pods being made, by id: their hostPorts are held
+        # from the check on, as a running pod's are.
+        self._starting: dict[str, api_pb2.PodSandboxConfig] = {}
         self._warned_fallback = ""
 
-    def unreadable_record(self, path: Path, exc: Exception) -> Sandbox:
-        """containerd's load policy, as for containers: the bad file moved aside
-        and logged, the pod kept NOTREADY with its infra and containers left
-        alone, so that RemovePodSandbox can clean up what it finds (the pinned
-        namespace, /dev/shm, the infra, the cgroup). What only the record knew
-        (the CNI result for DEL) is lost: the address stays allocated."""
-        aside = move_aside(path, "unreadable")
-        log.error("pod sandbox record %s cannot be read (%s): moved to %s", path, exc, aside)
-        sandbox_id = path.parent.name
-        pinned = self.netns_dir / sandbox_id
-        sandbox = Sandbox(
-            sandbox_id,
-            f"unreadable-{sandbox_id}",
-            "",
-            0,
-            netns=str(pinned) if pinned.exists() else "",
-            unreadable=f"{path}: {exc}; the file is kept as {aside.name}",
-        )
-        self._save(sandbox)
-        return sandbox
+    # -- after a restart -----------------------------------------------------------
 
-    # -- the store ---------------------------------------------------------------
+    async def load(self) -> None:
+        """Every record, read once here (lookups never go to the disk, which
+        only takes the writes); an unreadable one stands as a NOTREADY pod
+        (the store's load policy); a RunPodSandbox cut short is undone whole
+        (the client never got the id); a RemovePodSandbox cut short stays NOTREADY."""
+        for sandbox in self.sandboxes.load(
+            lambda sid, why: unreadable(
+                sid, str(self.netns_dir / sid) if (self.netns_dir / sid).exists() else "", why
+            )
+        ):
+            if sandbox.pending == PENDING_RUN:
+                log.warning("pod sandbox %s: its run was cut short; undoing it", sandbox.id)
+                await self.undo_run(sandbox)
+            elif sandbox.pending == PENDING_REMOVE:
+                sandbox.state = NOTREADY
 
-    def _path(self, sandbox_id: str) -> Path:
-        return self.records / sandbox_id / "sandbox.json"
+    async def undo_run(self, sandbox: Sandbox) -> None:
+        """What a RunPodSandbox cut short may have made, in reverse: CNI's
+        addresses, the pinned namespace, the infra and its cgroup, the files."""
+        with contextlib.suppress(Exception):
+            await self._teardown(sandbox)
+        if sandbox.netns:
+            with contextlib.suppress(Exception):
+                await netns.remove(Path(sandbox.netns))
+        with contextlib.suppress(Exception):
+            await self._remove_infra(sandbox)
+        await self._forget(sandbox)
 
-    def _save(self, sandbox: Sandbox) -> None:
-        self._path(sandbox.id).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        atomic_write_json(self._path(sandbox.id), asdict(sandbox))
-        self._index[sandbox.id] = sandbox
-
-    def _drop(self, sandbox: Sandbox) -> None:
-        shutil.rmtree(self.records / sandbox.id, ignore_errors=True)
-        self._index.pop(sandbox.id, None)
+    # -- the store's lookups ----------------------------------------------------------
 
     def all(self) -> list[Sandbox]:
-        return [self._index[k] for k in sorted(self._index)]
+        return self.sandboxes.list()
 
     def find(self, sandbox_id: str) -> Sandbox | None:
         """By full id or a unique prefix of it, as crictl and the kubelet use them."""
         if not sandbox_id:
             raise InvalidArgument("pod_sandbox_id is empty")
-        matches = [s for s in self.all() if s.id.startswith(sandbox_id)]
-        exact = [s for s in matches if s.id == sandbox_id]
-        if exact:
-            return exact[0]
-        if len(matches) > 1:
-            raise InvalidArgument(f"pod sandbox id prefix {sandbox_id!r} is ambiguous")
-        return matches[0] if matches else None
+        real = self.sandboxes.resolve(sandbox_id)
+        return self.sandboxes.get(real) if real else None
 
     def get(self, sandbox_id: str) -> Sandbox:
         sandbox = self.find(sandbox_id)
@@ -221,19 +189,17 @@ class SandboxManager:
             raise NotFound(f"pod sandbox {sandbox_id!r} not found")
         return sandbox
 
-    def _backend(self) -> Backend:
-        if self.backend is None:
-            raise FailedPrecondition("no container runtime backend is available (see Status)")
-        return self.backend
-
     # -- RunPodSandbox --------------------------------------------------------------
 
     async def run(self, config: api_pb2.PodSandboxConfig, runtime_handler: str) -> str:
         sandbox = self.prepare_sandbox_data(config, runtime_handler)
         try:
             return await self._run(sandbox, config)
+        except BaseException:
+            self.sandboxes.release(sandbox.name, sandbox.id)
+            raise
         finally:
-            del self._starting[sandbox.name]
+            del self._starting[sandbox.id]
 
     async def _run(self, sandbox: Sandbox, config: api_pb2.PodSandboxConfig) -> str:
         if decide("host_network_in_user_namespace", self._user_namespace_host_network(config)):
@@ -260,15 +226,14 @@ class SandboxManager:
             # Before the create: a failed runc create has already made the pod's cgroup.
             undo.append(lambda: self._remove_infra(sandbox))
             await self.sandbox_create(sandbox, config, context)
+            crash_point("run_pod_sandbox:infra_created")
             await self.sandbox_start(sandbox)
             if sandbox.host_network:
                 branch("network_ready", "host")
             elif not decide("network_ready", sandbox.network_ready):
                 await self._network(sandbox, config, undo)
                 decide("infra_started", True)
-                self.sandbox_update_network_settings(sandbox)
-            else:
-                self.sandbox_update_network_settings(sandbox)
+            self.sandbox_update_network_settings(sandbox)
         except BaseException as exc:
             with step("undo_taken_steps"):
                 for action in reversed(undo):
@@ -284,8 +249,7 @@ class SandboxManager:
 
     def _user_namespace_host_network(self, config: api_pb2.PodSandboxConfig) -> bool:
         host_network = config.linux.security_context.namespace_options.network == api_pb2.NODE
-        backend = self.backend
-        return host_network and backend is not None and backend.name == "rootless-runc"
+        return host_network and self.backend.name == "rootless-runc"
 
     @step("prepare_sandbox_data")
     def prepare_sandbox_data(
@@ -309,12 +273,11 @@ class SandboxManager:
         held = (s.config for s in self.all() if s.network_ready)
         check_host_ports(config, itertools.chain(held, self._starting.values()))
         name = sandbox_name(md)
-        if name in self._starting or any(s.name == name for s in self.all()):
-            raise AlreadyExists(f"pod sandbox name {name!r} is in use")
         sandbox = Sandbox(
             secrets.token_hex(32), name, "", time.time_ns(), runtime_handler=runtime_handler
         )
-        self._starting[name] = config  # until run() returns: no await since the checks
+        self.sandboxes.reserve(name, sandbox.id)  # no await since the checks: atomic
+        self._starting[sandbox.id] = config  # until run() returns
         annotate(sandbox_id=sandbox.id, name=name)
         return sandbox
 
@@ -370,8 +333,14 @@ class SandboxManager:
     def prepare_sandbox_checkpoint(
         self, sandbox: Sandbox, config: api_pb2.PodSandboxConfig
     ) -> None:
-        """The config as sent, kept whole (port mappings included) for restarts."""
+        """The config as sent, kept whole (port mappings included) for restarts,
+        and written now, saying "run", before anything outside the record
+        exists (the /dev/shm mount, the namespace, the infra): a restart that
+        finds it still saying so undoes what it names (the client never got the id)."""
         sandbox.config_b64 = base64.b64encode(config.SerializeToString()).decode()
+        sandbox.pending = PENDING_RUN
+        self.sandboxes.persist(sandbox)
+        crash_point("run_pod_sandbox:checkpoint_written")
 
     @step("update_sandbox_config")
     async def update_sandbox_config(
@@ -436,14 +405,16 @@ class SandboxManager:
         if not self.privileged_network:
             annotate(netns="the infra's own (no root to pin one)")
             return False
-        await netns.create(path)
         sandbox.netns = str(path)
+        self.sandboxes.persist(sandbox)  # the intent: a restart removes what it names
+        await netns.create(path)
+        crash_point("run_pod_sandbox:netns_pinned")
         return True
 
     @step("sandbox_manager_create_sandbox")
     def sandbox_manager_create_sandbox(self, sandbox: Sandbox) -> None:
         """On disk from here on: a restart finds it, Stop and Remove can clean it."""
-        self._save(sandbox)
+        self.sandboxes.save(sandbox)
 
     async def _network(
         self, sandbox: Sandbox, config: api_pb2.PodSandboxConfig, undo: list[Callable[[], Any]]
@@ -476,7 +447,9 @@ class SandboxManager:
             "cniVersion": network.cni_version,
             "plugins": list(network.plugins),
         }
+        self.sandboxes.save(sandbox)  # the intent: a restart DELs what this network ADDed
         sandbox.cni_result = await self.cni.add(network, attachment)
+        crash_point("run_pod_sandbox:network_added")
         sandbox.ips = ips_of(sandbox.cni_result)
         annotate(ips=",".join(sandbox.ips))
 
@@ -512,14 +485,14 @@ class SandboxManager:
     @step("set_network_ready")
     def set_network_ready(self, sandbox: Sandbox) -> None:
         sandbox.network_ready = True
-        self._save(sandbox)
+        self.sandboxes.save(sandbox)
 
     @step("sandbox_create")
     async def sandbox_create(
         self, sandbox: Sandbox, config: api_pb2.PodSandboxConfig, context: SandboxContext
     ) -> None:
         """The infra container: the pod's namespaces and its zombie reaper."""
-        backend = self._backend()
+        backend = self.backend
         record = self.images.images.get(sandbox.infra_image)
         if record is None:
             raise FailedPrecondition(f"the infra image {sandbox.infra_image} is gone")
@@ -588,18 +561,20 @@ class SandboxManager:
 
     @step("sandbox_start")
     async def sandbox_start(self, sandbox: Sandbox) -> None:
-        await self._backend().start(sandbox.id)
+        await self.backend.start(sandbox.id)
         sandbox.state = READY
-        self._save(sandbox)
+        self.sandboxes.save(sandbox)
 
     @step("sandbox_update_network_settings")
     def sandbox_update_network_settings(self, sandbox: Sandbox) -> None:
-        """The pod's IP into its /etc/hosts, and the record saved."""
+        """The pod's IP into its /etc/hosts, and the record saved, done: from
+        here on a restart keeps the pod."""
         hostname = (self.files / sandbox.id / "hostname").read_text().strip()
         if sandbox.ips:
             with open(self.files / sandbox.id / "hosts", "a", encoding="utf-8") as f:
                 f.write(f"{sandbox.ips[0]}\t{hostname}\n")
-        self._save(sandbox)
+        sandbox.pending = ""
+        self.sandboxes.save(sandbox)
 
     @step("mailbox_publish")
     def mailbox_publish(self, sandbox_id: str, what: str) -> None:
@@ -620,7 +595,7 @@ class SandboxManager:
         }
         if sandbox.netns:
             ns["network"] = sandbox.netns
-        if self._backend().rootless and self._backend().name == "rootless-runc":
+        if self.backend.rootless and self.backend.name == "rootless-runc":
             ns["user"] = f"/proc/{pid}/ns/user"  # which owns the infra's other namespaces
         d = self.files / sandbox.id
         host_ipc = sandbox.config.linux.security_context.namespace_options.ipc == api_pb2.NODE
@@ -635,12 +610,12 @@ class SandboxManager:
     # -- undo helpers ----------------------------------------------------------------
 
     async def _forget(self, sandbox: Sandbox) -> None:
-        self._drop(sandbox)
+        self.sandboxes.delete(sandbox)
         await self._release_files(sandbox)
         shutil.rmtree(self.files / sandbox.id, ignore_errors=True)
 
     async def _remove_infra(self, sandbox: Sandbox) -> None:
-        backend = self._backend()
+        backend = self.backend
         if sandbox.id in backend.list_ids():
             await backend.stop(sandbox.id, 0)
             await backend.delete(sandbox.id)
@@ -694,31 +669,17 @@ class SandboxManager:
     async def stop_all_containers_in_sandbox(self, sandbox: Sandbox) -> None:
         """Whatever of the pod still runs stops now (the kubelet gave each its
         grace period with StopContainer already)."""
-        backend = self.backend
-        if backend is None:
-            return
         for container_id in self.sandbox_get_containers(sandbox):
-            await self.cb_container_stop(backend, container_id)
+            await self.cb_container_stop(container_id)
 
     @step("sandbox_get_containers")
     def sandbox_get_containers(self, sandbox: Sandbox) -> list[str]:
-        if self.containers is not None:
-            return [c.id for c in self.containers.in_sandbox(sandbox.id)]
-        backend = self.backend
-        if backend is None:
-            return []
-        return [
-            c for c in backend.list_ids() if c != sandbox.id and backend.pod_of(c) == sandbox.id
-        ]
+        return [c.id for c in self.pod_containers.in_sandbox(sandbox.id)]
 
     @step("cb_container_stop")
-    async def cb_container_stop(self, backend: Backend, container_id: str) -> None:
-        with contextlib.suppress(NotFound):
-            if self.containers is not None:
-                with quiet():  # folds StopContainer's flow: here the stop is this one step
-                    await self.containers.stop(container_id, 0)
-            else:
-                await backend.stop(container_id, 0)
+    async def cb_container_stop(self, container_id: str) -> None:
+        with contextlib.suppress(NotFound), quiet():  # folds StopContainer's flow into this step
+            await self.pod_containers.stop_container(container_id)
 
     @step("clear_cni_network")
     async def clear_cni_network(self, sandbox: Sandbox) -> None:
@@ -746,7 +707,7 @@ class SandboxManager:
     @step("sandbox_set_network_ready")
     def sandbox_set_network_ready(self, sandbox: Sandbox, ready: bool) -> None:
         sandbox.network_ready = ready
-        self._save(sandbox)
+        self.sandboxes.save(sandbox)
 
     @step("remove_network_namespace")
     async def remove_network_namespace(self, sandbox: Sandbox) -> None:
@@ -760,12 +721,11 @@ class SandboxManager:
 
     @step("sandbox_stop")
     async def sandbox_stop(self, sandbox: Sandbox) -> None:
-        backend = self.backend
-        if backend is not None and sandbox.id in backend.list_ids():
+        if sandbox.id in self.backend.list_ids():
             with contextlib.suppress(NotFound):
-                await backend.stop(sandbox.id, 10)
+                await self.backend.stop(sandbox.id, 10)
         sandbox.state = NOTREADY
-        self._save(sandbox)
+        self.sandboxes.save(sandbox)
 
     # -- RemovePodSandbox ----------------------------------------------------------
 
@@ -774,6 +734,7 @@ class SandboxManager:
         if not decide("sandbox_found", sandbox is not None):
             return
         assert sandbox is not None
+        self.mark_sandbox_removing(sandbox)
         if decide("namespace_is_cni", not sandbox.host_network):
             if decide("network_ready", sandbox.network_ready):
                 await self.clear_cni_network_for_remove(sandbox)
@@ -784,12 +745,20 @@ class SandboxManager:
         self.sandbox_manager_delete_sandbox(sandbox)
         self.mailbox_publish(sandbox.id, "deleted")
 
+    @step("mark_sandbox_removing")
+    def mark_sandbox_removing(self, sandbox: Sandbox) -> None:
+        """Durably NOTREADY before anything is torn down: a restart after a
+        kill in the middle finds the pod not ready, and Remove again finishes it."""
+        sandbox.state, sandbox.pending = NOTREADY, PENDING_REMOVE
+        self.sandboxes.save(sandbox)
+        crash_point("remove_pod_sandbox:marked")
+
     @step("clear_cni_network")
     async def clear_cni_network_for_remove(self, sandbox: Sandbox) -> None:
         if not sandbox.loopback_only:
             await self._teardown(sandbox)
         sandbox.network_ready = False
-        self._save(sandbox)
+        self.sandboxes.save(sandbox)
 
     @step("remove_network_namespace_file")
     async def remove_network_namespace_file(self, sandbox: Sandbox) -> None:
@@ -798,34 +767,25 @@ class SandboxManager:
 
     @step("remove_all_containers_in_sandbox")
     async def remove_all_containers_in_sandbox(self, sandbox: Sandbox) -> None:
-        backend = self.backend
-        if backend is None:
-            return
         for container_id in self.sandbox_get_containers(sandbox):
-            await self.cb_container_remove(backend, container_id)
+            await self.cb_container_remove(container_id)
 
     @step("cb_container_remove")
-    async def cb_container_remove(self, backend: Backend, container_id: str) -> None:
-        with contextlib.suppress(NotFound):
-            if self.containers is not None:
-                with quiet():  # folds RemoveContainer's flow: here the remove is this one step
-                    await self.containers.remove(container_id)
-                return
-            await backend.stop(container_id, 0)
-            await backend.delete(container_id)
-        self.images.snapshots.remove_view(container_id)
+    async def cb_container_remove(self, container_id: str) -> None:
+        with contextlib.suppress(NotFound), quiet():  # folds RemoveContainer's flow into this step
+            await self.pod_containers.remove_container(container_id)
 
     @step("sandbox_remove")
     async def sandbox_remove(self, sandbox: Sandbox) -> None:
         """The infra, its rootfs, the pod's cgroup, the runtime files."""
-        if self.backend is not None:
-            await self._remove_infra(sandbox)
+        await self._remove_infra(sandbox)
+        crash_point("remove_pod_sandbox:infra_removed")
         await self._release_files(sandbox)
         shutil.rmtree(self.files / sandbox.id, ignore_errors=True)
 
     @step("sandbox_manager_delete_sandbox")
     def sandbox_manager_delete_sandbox(self, sandbox: Sandbox) -> None:
-        self._drop(sandbox)
+        self.sandboxes.delete(sandbox)
 
     # -- PodSandboxStatus, ListPodSandbox ---------------------------------------------
 
@@ -835,14 +795,14 @@ class SandboxManager:
 
     async def current_state(self, sandbox: Sandbox) -> str:
         """READY while the infra runs; an infra that died makes the pod NOTREADY."""
-        if sandbox.state == READY and self.backend is not None:
+        if sandbox.state == READY:
             try:
                 state = await self.backend.state(sandbox.id)
             except NotFound:
                 state = None
             if state is None or state.status != "running":
                 sandbox.state = NOTREADY
-                self._save(sandbox)
+                self.sandboxes.save(sandbox)
         return sandbox.state
 
     # -- UpdatePodSandboxResources -----------------------------------------------------
@@ -860,11 +820,11 @@ class SandboxManager:
         limits = self.add_overhead(resources, overhead)
         sandbox.resources = {k: v for k, v in limits.items() if v}
         parent = cgroups.pod_parent(sandbox.id)
-        if decide("pod_cgroup", not self._backend().rootless and cgroups.exists(parent)):
+        if decide("pod_cgroup", not self.backend.rootless and cgroups.exists(parent)):
             self.write_pod_cgroup_limits(parent, limits)
         else:
             self.record_unenforced_resources(sandbox)
-        self._save(sandbox)
+        self.sandboxes.save(sandbox)
 
     @step("add_overhead")
     def add_overhead(
@@ -913,7 +873,7 @@ class SandboxManager:
         return cgroups.pod_parent(sandbox.id), self.backend_pid(sandbox.id)
 
     def backend_pid(self, container_id: str) -> int:
-        return self.backend.pid_of(container_id) if self.backend is not None else 0
+        return self.backend.pid_of(container_id)
 
     @step("sandbox_get_annotations")
     def sandbox_get_annotations(self, sandbox: Sandbox) -> dict[str, str]:
@@ -941,14 +901,10 @@ class SandboxManager:
     async def container_manager_service_list_container_stats(
         self, sandbox: Sandbox
     ) -> list[tuple[str, cgroups.CgroupStats]]:
-        backend = self.backend
-        if backend is None:
-            return []
         out = []
-        for container_id in backend.list_ids():
-            if container_id != sandbox.id and backend.pod_of(container_id) == sandbox.id:
-                with contextlib.suppress(CRIError):
-                    out.append((container_id, await backend.stats(container_id)))
+        for container in self.pod_containers.in_sandbox(sandbox.id):
+            with contextlib.suppress(CRIError):
+                out.append((container.id, await self.backend.stats(container.id)))
         return out
 
     def verbose_info(self, sandbox: Sandbox) -> dict[str, str]:
@@ -965,7 +921,7 @@ class SandboxManager:
             "record_unreadable": sandbox.unreadable,
             "runtime_handler": sandbox.runtime_handler,
             "resources": sandbox.resources,
-            "resources_enforced": bool(self.backend and not self.backend.rootless),
+            "resources_enforced": not self.backend.rootless,
             "config": MessageToDict(sandbox.config, preserving_proto_field_name=True),
         }
         return {"info": json.dumps(info)}

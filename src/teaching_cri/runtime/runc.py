@@ -41,7 +41,7 @@ from ..errors import (
     InvalidArgument,
     NotFound,
 )
-from ..fsutil import atomic_write_json
+from ..fsutil import atomic_write_json, crash_point, move_aside
 from ..trace.tracer import annotate, branch, child_span, decide, step
 from . import cgroups, shim
 from .backend import (
@@ -67,6 +67,8 @@ from .shim_client import (
 
 log = logging.getLogger(__name__)
 RECORD = "container.json"
+UNREADABLE = "unreadable"  # the key of the placeholder for a record that cannot be read
+STARTING = "starting"  # set from just before runc start until it has returned
 ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 KILL_WAIT = 10.0  # after SIGKILL, how long a container may take to be reaped
 TIERS = ("runc", "rootless-runc", "processes")
@@ -124,6 +126,8 @@ class RuncBackend(Backend):
             raise RecordUnreadable(f"{path} cannot be read: {exc}") from None
         if not isinstance(data, dict):
             raise RecordUnreadable(f"{path} is not a JSON object")
+        if UNREADABLE in data:  # the placeholder recover() left for a bad file
+            raise RecordUnreadable(str(data[UNREADABLE]))
         return data
 
     def _save(self, container_id: str, record: dict[str, Any]) -> None:
@@ -344,9 +348,20 @@ class RuncBackend(Backend):
             raise FailedPrecondition(f"container {container_id!r} has exited; it cannot start")
         if decide("started_already", bool(record["started_at"])):
             raise FailedPrecondition(f"container {container_id!r} was started already")
-        started = time.time_ns()  # before: a quick init may exit before runc returns
-        await self.runc_start(container_id)
-        record["started_at"] = started
+        # Written before runc start (a quick init may exit before runc returns,
+        # and a server killed in between must not find it "created" while it
+        # runs); "starting" tells recover() to ask runc which it was.
+        record["started_at"], record[STARTING] = time.time_ns(), True
+        self._save(container_id, record)
+        crash_point("runtime_start:intent_written")
+        try:
+            await self.runc_start(container_id)
+        except BaseException:
+            record["started_at"], record[STARTING] = 0, False
+            self._save(container_id, record)
+            raise
+        crash_point("runtime_start:runc_started")
+        record[STARTING] = False
         self._save(container_id, record)
         return await self.state(container_id)
 
@@ -474,14 +489,14 @@ class RuncBackend(Backend):
         """The pod a container belongs to ("" for none, or if it is gone)."""
         try:
             return str(self.record(container_id).get("pod_id", ""))
-        except (NotFound, OSError, ValueError):
+        except (NotFound, RecordUnreadable):
             return ""
 
     def pid_of(self, container_id: str) -> int:
         """The container's init pid (0 if it is gone)."""
         try:
             return int(self.record(container_id).get("pid", 0))
-        except (NotFound, OSError, ValueError):
+        except (NotFound, RecordUnreadable, ValueError):
             return 0
 
     def uses_image(self, image_id: str) -> bool:
@@ -645,18 +660,20 @@ class RuncBackend(Backend):
         A shim still serving gets a new ``wait``; one gone without an exit record
         means the container is lost (exit 255). What ``runc list`` knows that we
         do not (a create cut short by the server's death) is deleted."""
+        self.sweep_unrecorded_dirs()
         ours = set(self.list_ids())
         for orphan in sorted(set(await self.runtime_list()) - ours):
             await self.delete_orphan(orphan)
         states = []
         for container_id in sorted(ours):
             try:
-                self._images[container_id] = str(self.record(container_id).get("image_id", ""))
+                record = self.record(container_id)
             except RecordUnreadable as exc:
-                # Never a reason to stop the server or touch the container: the
-                # manager reports it UNKNOWN, RemoveContainer cleans it up.
-                log.error("%s; the container is left alone and reported UNKNOWN", exc)
+                self.unreadable_record(container_id, exc)
                 continue
+            self._images[container_id] = str(record.get("image_id", ""))
+            if record.get(STARTING):
+                await self.settle_start(container_id, record)
             if self.read_exit(container_id) is None:
                 if self.shim_alive(container_id):
                     self._watch(container_id)
@@ -666,6 +683,42 @@ class RuncBackend(Backend):
             states.append(await self.state(container_id))
         annotate(containers=str(len(states)))
         return states
+
+    def sweep_unrecorded_dirs(self) -> None:
+        """A state dir with no ``container.json`` is what a kill between
+        ``mkdir`` and the first record, or in the middle of a delete's
+        ``rmtree``, leaves: nothing refers to it, so it goes."""
+        for d in self.containers_dir.iterdir():
+            if d.is_dir() and not (d / RECORD).exists():
+                log.warning("state dir %s has no %s: removed", d, RECORD)
+                shutil.rmtree(d, ignore_errors=True)
+
+    def unreadable_record(self, container_id: str, exc: RecordUnreadable) -> None:
+        """The load policy (``store/records.py``), for the runtime's record: never
+        a reason to stop the server or touch the container. The bad file is
+        moved aside and a placeholder saying why takes its place, so that the
+        manager reports the container UNKNOWN and ``delete`` removes what runc
+        knows of it."""
+        path = self.dir(container_id) / RECORD
+        with contextlib.suppress(OSError, ValueError, TypeError):
+            if UNREADABLE in json.loads(path.read_text()):
+                return  # moved aside at an earlier start
+        aside = move_aside(path, "unreadable")
+        why = f"{exc}; the file is kept as {aside.name}"
+        log.error("%s; the container is left alone and reported UNKNOWN", why)
+        self._save(container_id, {UNREADABLE: why})
+
+    async def settle_start(self, container_id: str, record: dict[str, Any]) -> None:
+        """A start cut short by the server's death: runc knows whether it
+        happened. Still "created": not started, a StartContainer may try again."""
+        try:
+            status = json.loads(await self._runc("state", container_id)).get("status")
+        except (NotFound, FailedPrecondition, ValueError):
+            status = "stopped"
+        if status == "created":
+            record["started_at"] = 0
+        record[STARTING] = False
+        self._save(container_id, record)
 
     def shim_alive(self, container_id: str) -> bool:
         """Is the shim that ``shim.pid`` names still running (and still ours, not a
@@ -679,8 +732,8 @@ class RuncBackend(Backend):
 
     async def release_pod(self, pod_id: str) -> None:
         """Remove the pod's cgroup level once none of its containers is left
-        (RemovePodSandbox, issue 5, calls this last)."""
-        users = [c for c in self.list_ids() if self.record(c).get("pod_id") == pod_id]
+        (RemovePodSandbox calls this last)."""
+        users = [c for c in self.list_ids() if self.pod_of(c) == pod_id]
         if users:
             raise FailedPrecondition(f"pod {pod_id!r} still has containers: {', '.join(users[:5])}")
         if not self.rootless:
