@@ -159,6 +159,7 @@ class ContainerManager:
             await self.backend.stop(container.id, 0)
         with contextlib.suppress(NotFound, RecordUnreadable):
             await self.backend.delete(container.id)
+        crash_point("remove_container:runtime_deleted")
         await asyncio.to_thread(self.images.snapshots.remove_view, container.id)
         self.containers.delete(container)
 
@@ -490,6 +491,7 @@ class ContainerManager:
     @step("m_cb_container_start")
     async def m_cb_container_start(self, container: Container) -> None:
         state = await self.backend.start(container.id)
+        crash_point("start_container:runtime_started")
         container.started_at = state.started_at
         if state.exit is not None:  # it has finished already (its exit event may be next)
             container.exited(state.exit)
@@ -573,6 +575,7 @@ class ContainerManager:
             if running:
                 await self.backend.stop(container.id, 0)
             await self.backend.delete(container.id)
+        crash_point("remove_container:runtime_deleted")
         await asyncio.to_thread(self.images.snapshots.remove_view, container.id)
         self.containers.delete(container)
 

@@ -653,7 +653,9 @@ class SandboxManager:
         assert sandbox is not None
         self.get_network_mode_and_annotations(sandbox)
         await self.stop_all_containers_in_sandbox(sandbox)
+        crash_point("stop_pod_sandbox:containers_stopped")
         await self.clear_cni_network(sandbox)
+        crash_point("stop_pod_sandbox:network_cleared")
         await self.cleanup_sandbox_files(sandbox)
         await self.sandbox_stop(sandbox)
 

@@ -410,6 +410,7 @@ class RuncBackend(Backend):
                 decide("exited_within_timeout", True)
                 return status
         await self.send_sigkill(container_id)
+        crash_point("runtime_stop:sigkill_sent")
         try:
             status = await asyncio.wait_for(asyncio.shield(exited), KILL_WAIT)
         except TimeoutError:
