@@ -445,13 +445,7 @@ CHARTS = ChartSet.load()
 # What the helpers working on the streaming server (server.py, session.py and
 # its charts) and on SPDY (spdy*.py, PortForward) had not finished when this
 # test was written; strict, so that the mark goes once they are done.
-STILL_BEING_FIXED: dict[str, str] = {
-    "streaming/server.py": "fixed validate_url [Y], for_each_session_data_in_m_wsis [done], "
-    "rpc_or_stream [stream]",
-    "streaming/spdy_portforward.py": "fixed get_pod_network_namespace, which_wire; "
-    "step(close_with_error) on an end node",
-    "streaming/spdy_server.py": "fixed process_started, method [portforward], rpc_or_stream [spdy]",
-}
+STILL_BEING_FIXED: dict[str, str] = {}
 
 
 def _param(key: str) -> object:

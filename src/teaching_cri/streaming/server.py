@@ -274,7 +274,8 @@ class StreamingServer:
                 for ws in list(self.sessions):
                     branch("for_each_session_data_in_m_wsis", "next")
                     await self.delete_session_data(ws)
-                branch("for_each_session_data_in_m_wsis", "done")
+                else:  # the sessions ran out (the loop has no break)
+                    branch("for_each_session_data_in_m_wsis", "done")
                 await self.lws_context_destroy()
                 if self._orphans:
                     await asyncio.wait(self._orphans)
@@ -396,12 +397,13 @@ class StreamingServer:
         method, token = match.group(1), match.group(2)
         annotate(method=method, token=shown(token))
         verdict = self.cache.check(method, token)
-        if verdict != "valid":
+        if verdict == "valid":
+            branch("validate_url", "Y")
+        else:
             branch("validate_url", verdict if verdict == "bad method" else f"{verdict} token")
             if verdict == "used":
                 return http.HTTPStatus.NOT_FOUND, "used streaming token: a URL opens one session\n"
             return http.HTTPStatus.NOT_FOUND, f"{verdict} streaming token\n"
-        branch("validate_url", "Y")
         if decide("socket_id_already_exist", key in self.sessions):
             return http.HTTPStatus.CONFLICT, "this connection has a session\n"
         if decide("too_many_connection_sessions", len(self.sessions) >= self.max_sessions):
@@ -571,8 +573,11 @@ class StreamingServer:
         if session.method == "portforward":  # its own chart; this one ends at port_forward_session
             from .portforward import serve_port_forward
 
-            with self.tracer.span("PortForward", attributes={"part": "stream"}):
-                branch("rpc_or_stream", "stream")
+            # The span enters PortForward by its edge "websocket session": this
+            # code is the websocket's, so no code asks which wire it is.
+            with self.tracer.span(
+                "PortForward", attributes={"part": "stream", "wire": "websocket"}
+            ):
                 await serve_port_forward(ws, protocol, entry.request, self.containers())
             return
         if session.method == "exec":

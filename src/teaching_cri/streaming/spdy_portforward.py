@@ -30,9 +30,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..errors import FailedPrecondition, NotFound
-from ..trace.tracer import annotate, branch, decide, step
+from ..trace.tracer import annotate, branch, current_span, decide, step
 from . import nsconnect, spdy
-from .portforward import connect_in_namespace, pod_network_namespace
+from .portforward import connect_in_namespace, pod_network_namespace, wire_of
 
 if TYPE_CHECKING:
     from ..manager.container import ContainerManager
@@ -115,18 +115,19 @@ class Pairs:
 async def serve_spdy_port_forward(
     session: SpdySession, request: Any, manager: ContainerManager, creation_timeout: float
 ) -> None:
-    """The SPDY walk of diagrams/PortForward.toml (after ``rpc_or_stream``: spdy)."""
+    """The SPDY walk of diagrams/PortForward.toml (from its start by the edge
+    "SPDY session": the SPDY front end opened this span)."""
     try:
         netns = pod_network_namespace(manager, request.pod_sandbox_id)
     except (NotFound, FailedPrecondition) as exc:
         decide("get_pod_network_namespace", False)
-        log.info("spdy: port-forward: %s", exc)
-        session.go_away()
-        return  # the span ends here, at the chart's end node close with error
-    decide("get_pod_network_namespace", True)
+        close_with_error(session, str(exc))
+        return
+    else:
+        decide("get_pod_network_namespace", True)
     way = nsconnect.way_into(netns)
     branch("way_into_the_pod_netns", way, netns=netns)
-    branch("which_wire", "spdy")
+    branch("which_wire", wire_of(session))
     pairs = Pairs(creation_timeout)
     copies: set[asyncio.Task[None]] = set()
     target = f"pod {request.pod_sandbox_id[:12]}"
@@ -168,6 +169,18 @@ async def serve_spdy_port_forward(
                 await task
     with step("close_session"):
         session.go_away()
+
+
+def close_with_error(session: SpdySession, message: str) -> None:
+    """The chart's error end close with error: no stream exists to carry the
+    reason (the client opens them), so it goes to the log and the session
+    ends with GOAWAY; the span ends here with the error, at the decision whose
+    N branch led here (not by a step: an end is where the span stops)."""
+    log.info("spdy: port-forward: %s", message)
+    session.go_away()
+    span = current_span()
+    if span is not None:
+        span.error(message)
 
 
 async def wait_for_a_stream_pair(session: SpdySession, pairs: Pairs) -> tuple[str, Any]:

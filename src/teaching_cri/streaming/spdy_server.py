@@ -700,7 +700,8 @@ class SpdyFrontEnd:
             with step("write_error_status"):
                 await transport_.write_error(failure_message(version, str(exc)))
             return
-        decide("process_started", True)
+        else:
+            decide("process_started", True)
         record.process = process
         command = list(request.cmd) if verb == "exec" else []
         with step("serve_process"):
@@ -755,12 +756,16 @@ class SpdyFrontEnd:
             return
         assert entry is not None
         record.request = entry.request
-        branch("method", "portforward")
+        branch("method", record.method)  # what run() branched on to come here
         with step("port_forward_session"):
             from .spdy_portforward import serve_spdy_port_forward
 
-            with self.server.tracer.span("PortForward", attributes={"part": "stream"}):
-                branch("rpc_or_stream", "spdy")
+            # The span enters PortForward by its edge "SPDY session": this code
+            # is SPDY's (plain or tunnelled), so no code asks which wire it is.
+            wire = "spdy" if session.tunnel is None else "tunnel"
+            with self.server.tracer.span(
+                "PortForward", attributes={"part": "stream", "wire": wire}
+            ):
                 await serve_spdy_port_forward(
                     session, entry.request, self.server.containers(), self.creation_timeout
                 )
