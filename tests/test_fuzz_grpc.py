@@ -45,6 +45,7 @@ from teaching_cri.api import admin_pb2, api_pb2
 from teaching_cri.client import Client
 from teaching_cri.trace.charts import ChartSet
 from teaching_cri.trace.conformance import assert_conforms
+from teaching_cri.trace.events import EventKind
 
 from conftest import Server, check_trace_file, start_server
 from test_containers import IMAGE
@@ -425,10 +426,8 @@ def known(finding: str) -> bool:
 
 
 KNOWN = [
-    # An empty (or ambiguous) id is refused inside the lookup step, and the
-    # Attach, Exec and PortForward charts draw no error edge from it.
-    "the chart draws no error exit from 'get_real_container_or_sandbox_id'",
-    # The same for StopPodSandbox and RemovePodSandbox's lookup.
+    # An empty (or ambiguous) id is refused inside StopPodSandbox and
+    # RemovePodSandbox's lookup step, from which their charts draw no error edge.
     "the chart draws no error exit from 'sandbox_manager_get_sandbox'",
     # ListContainers' filter with a state no ContainerState names: an exception
     # (INTERNAL) where INVALID_ARGUMENT belongs, at a node with no error edge.
@@ -493,12 +492,18 @@ def test_the_fixture_objects_survived_the_fuzzing(world: World) -> None:
     assert running & world.protected, "the fixture's container is gone or stopped"
 
 
-# --- the known findings, one request each ------------------------------------------------
+# --- the findings, one request each (known ones: strict xfails) -----------------------
 
+# Refused at GetRealContainerOrSandboxID, whose edge "empty or ambiguous id"
+# these charts draw (the fuzzer's first finding, fixed).
 EMPTY_IDS = [
     ("Attach", api_pb2.AttachRequest(container_id="", stdout=True)),
     ("Exec", api_pb2.ExecRequest(container_id="", cmd=["true"], stdout=True)),
     ("PortForward", api_pb2.PortForwardRequest(pod_sandbox_id="")),
+]
+
+# Still refused at nodes their charts draw no error edge from.
+EMPTY_IDS_KNOWN = [
     ("StopPodSandbox", api_pb2.StopPodSandboxRequest(pod_sandbox_id="")),
     ("RemovePodSandbox", api_pb2.RemovePodSandboxRequest(pod_sandbox_id="")),
 ]
@@ -533,15 +538,34 @@ def test_a_bad_filter_is_invalid_argument_along_its_chart(
     assert_conforms(world.client.recent(since_unix_nano=since), charts)
 
 
+@pytest.mark.parametrize(("method", "request_"), EMPTY_IDS, ids=[m for m, _ in EMPTY_IDS])
+def test_an_empty_id_is_refused_along_its_chart(
+    world: World, charts: ChartSet, method: str, request_: Message
+) -> None:
+    """Found by issue 17 item 5's fuzzer: INVALID_ARGUMENT from inside
+    GetRealContainerOrSandboxID, which the charts now draw an error edge from."""
+    since = time.time_ns()
+    with pytest.raises(grpc.RpcError) as refused:
+        getattr(world.client.runtime, method)(request_)
+    assert refused.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert "is empty" in (refused.value.details() or "")
+    time.sleep(0.2)
+    events = world.client.recent(since_unix_nano=since)
+    assert_conforms(events, charts)
+    errors = [e.node for e in events if e.chart == method and e.kind is EventKind.ERROR]
+    assert errors == ["get_real_container_or_sandbox_id"], errors
+
+
 @pytest.mark.xfail(
     strict=True,
     reason="found by issue 17 item 5's fuzzer: an empty id is refused INVALID_ARGUMENT inside "
-    "get_real_container_or_sandbox_id (Attach, Exec, PortForward) or "
-    "sandbox_manager_get_sandbox (StopPodSandbox, RemovePodSandbox), nodes from which "
+    "sandbox_manager_get_sandbox (StopPodSandbox, RemovePodSandbox), a node from which "
     "those charts draw no error edge",
 )
-@pytest.mark.parametrize(("method", "request_"), EMPTY_IDS, ids=[m for m, _ in EMPTY_IDS])
-def test_an_empty_id_is_refused_along_its_chart(
+@pytest.mark.parametrize(
+    ("method", "request_"), EMPTY_IDS_KNOWN, ids=[m for m, _ in EMPTY_IDS_KNOWN]
+)
+def test_an_empty_sandbox_id_is_refused_along_its_chart(
     world: World, charts: ChartSet, method: str, request_: Message
 ) -> None:
     since = time.time_ns()

@@ -15,6 +15,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import grpc
 import pytest
 from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
@@ -317,6 +318,89 @@ def test_port_forward_reaches_a_server_in_the_pod(
         assert way_taken(events) == [expected[tier]], f"tier {tier}"
     else:
         assert way_taken(events), f"no way traced (tier {tier!r}):\n{srv.output()[-2000:]}"
+
+
+def test_port_forward_refuses_a_port_out_of_range(
+    node: tuple[Server, Client, Path],  # noqa: F811
+    charts: ChartSet,
+) -> None:
+    """A port of 0 in the RPC is refused before any URL exists: INVALID_ARGUMENT
+    naming it, the span's error at ports in range ? (its N edge)."""
+    _srv, client, logs = node
+    sandbox_id, _ = pod(client, logs, "pfzero")
+    since = time.time_ns()
+    with pytest.raises(grpc.RpcError) as refused:
+        client.runtime.PortForward(
+            api_pb2.PortForwardRequest(pod_sandbox_id=sandbox_id, port=[8080, 0])
+        )
+    assert refused.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert "port 0 is not in 1..65535" in (refused.value.details() or "")
+    time.sleep(0.2)
+    events = client.recent(since_unix_nano=since)
+    assert_conforms(events, charts)
+    assert spans_of(events, "PortForward") == [
+        [
+            "port_forward",
+            "get_real_container_or_sandbox_id",
+            "get_sandbox_id[Y]",
+            "ports_in_range[N]",
+            "ports_in_range",
+        ]
+    ]
+
+
+def test_a_port_forward_session_with_no_ports_is_closed_saying_so(
+    node: tuple[Server, Client, Path],  # noqa: F811
+    charts: ChartSet,
+) -> None:
+    """The RPC may name no ports (the kubelet can name them later), but the
+    websocket walk needs at least one: no error channel exists yet, so the
+    close frame says why (1011), and the session's span ends with the error
+    at valid ports ? (its N edge into close with error)."""
+    _srv, client, logs = node
+    sandbox_id, _ = pod(client, logs, "pfnone")
+    since = time.time_ns()
+    url = client.runtime.PortForward(api_pb2.PortForwardRequest(pod_sandbox_id=sandbox_id)).url
+    messages, code, reason = asyncio.run(session_until_closed(url, V4))
+    assert messages == []
+    assert (code, reason) == (1011, "no valid port to forward")
+    time.sleep(0.2)
+    events = client.recent(since_unix_nano=since)
+    assert_conforms(events, charts)
+    [_rpc, stream] = sorted(spans_of(events, "PortForward"), key=len, reverse=True)
+    assert stream == ["port_forward", "get_ports", "valid_ports[N]", "valid_ports"], stream
+
+
+def test_a_port_forward_session_to_a_pod_removed_since_its_url_names_the_pod(
+    node: tuple[Server, Client, Path],  # noqa: F811
+    charts: ChartSet,
+) -> None:
+    """The URL was issued for a ready pod, which was removed before the client
+    connected: the close frame (1011) says the pod is not found, naming it,
+    and the span ends with the error at get pod network namespace ? (N)."""
+    _srv, client, logs = node
+    sandbox_id, _ = pod(client, logs, "pfgone")
+    url = client.runtime.PortForward(
+        api_pb2.PortForwardRequest(pod_sandbox_id=sandbox_id, port=[8080])
+    ).url
+    client.runtime.StopPodSandbox(api_pb2.StopPodSandboxRequest(pod_sandbox_id=sandbox_id))
+    client.runtime.RemovePodSandbox(api_pb2.RemovePodSandboxRequest(pod_sandbox_id=sandbox_id))
+    since = time.time_ns()
+    messages, code, reason = asyncio.run(session_until_closed(url, V4))
+    assert messages == []
+    assert code == 1011 and sandbox_id in reason and "not found" in reason, (code, reason)
+    time.sleep(0.2)
+    events = client.recent(since_unix_nano=since)
+    assert_conforms(events, charts)
+    assert spans_of(events, "PortForward") == [
+        [
+            "port_forward",
+            "get_ports",
+            "valid_ports[Y]",
+            "get_pod_network_namespace[N]",
+            "get_pod_network_namespace",
+        ]
+    ]
 
 
 def free_port() -> int:
