@@ -748,7 +748,7 @@ class SpdyFrontEnd:
             return self.server.cache.consume(record.method, record.token)
 
     async def port_forward(self, session: SpdySession, record: Session) -> None:
-        """The token, then the session's own span of PortForward (branch spdy)."""
+        """The token, then the session's own span of PortForward (edge SPDY session)."""
         entry = self.consume_request(record)
         if not decide("get_request_by_token", entry is not None):
             with step("write_error_status"):
