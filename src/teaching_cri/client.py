@@ -18,8 +18,7 @@ from types import TracebackType
 import grpc
 
 from .api import admin_pb2_grpc, api_pb2_grpc, trace_pb2, trace_pb2_grpc
-from .config import default_socket
-from .daemon import MAX_MESSAGE_BYTES
+from .config import MAX_MESSAGE_BYTES, default_socket
 from .trace.events import TraceEvent
 from .trace.wire import event_from_pb
 

@@ -25,6 +25,9 @@ DEFAULT_STREAM_ADDRESS = "127.0.0.1:10350"  # iSulad's websocket server port
 SOCKET_NAME = "teaching-cri.sock"
 # sockaddr_un.sun_path is 108 bytes, including the terminating NUL.
 MAX_SOCKET_PATH = 107
+# The kubelet's CRI client uses 16 MiB in both directions (cri-client maxMsgSize);
+# here, not in daemon.py, so that a client need not import the server.
+MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 
 
 class ConfigError(ValueError):

@@ -27,7 +27,7 @@ from grpc_reflection.v1alpha import reflection
 
 from . import __version__
 from .api import admin_pb2, admin_pb2_grpc, api_pb2, api_pb2_grpc, trace_pb2, trace_pb2_grpc
-from .config import Config
+from .config import MAX_MESSAGE_BYTES, Config
 from .cri.admin import AdminService
 from .cri.image_service import ImageService
 from .cri.runtime_service import RuntimeService
@@ -48,8 +48,6 @@ from .trace.tracer import Sink, Tracer
 
 log = logging.getLogger("teaching_cri.daemon")
 
-# The kubelet's CRI client uses 16 MiB in both directions (cri-client maxMsgSize).
-MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 SOCKET_MODE = 0o660
 SHUTDOWN_GRACE_SECONDS = 5.0
 

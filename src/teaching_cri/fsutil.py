@@ -13,8 +13,10 @@ from pathlib import Path
 from typing import Any
 
 
-def atomic_write_json(path: Path, data: Any, *, durable: bool = True) -> None:
-    """Write ``data`` so that a crash leaves either the old file or the new one.
+def atomic_write(path: Path, data: bytes, *, durable: bool = True, mode: int = 0o600) -> None:
+    """Write ``data`` so that a crash leaves either the old file or the new one
+    (a temporary file beside it, renamed over it): the project's one way to
+    replace a file.
 
     ``durable`` also survives the machine losing power (fsync). Runtime state
     (the containers' records under the state dir) does without: it describes
@@ -23,15 +25,23 @@ def atomic_write_json(path: Path, data: Any, *, durable: bool = True) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2, sort_keys=True)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
             if durable:
                 f.flush()
                 os.fsync(f.fileno())
+        if mode != 0o600:  # mkstemp's
+            os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def atomic_write_json(path: Path, data: Any, *, durable: bool = True, mode: int = 0o600) -> None:
+    """``atomic_write`` of ``data`` as indented JSON with sorted keys."""
+    text = json.dumps(data, indent=2, sort_keys=True)
+    atomic_write(path, text.encode(), durable=durable, mode=mode)
 
 
 # mount(2) and umount2(2) straight from libc: a mount is one system call, and

@@ -42,19 +42,18 @@ from __future__ import annotations
 import gzip
 import io
 import json
-import os
 import re
 import shutil
 import struct
 import subprocess
 import tarfile
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
 from teaching_cri.errors import FailedPrecondition, InvalidArgument, NotFound
+from teaching_cri.fsutil import atomic_write
 
 from .oci import (
     ANNOTATION_REF_NAME,
@@ -413,17 +412,8 @@ def blob_path(layout_dir: Path, digest: str) -> Path:
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
-    """Write via a temporary file and rename, so no reader sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Whole or not at all; readable by all, as the rest of a layout is."""
+    atomic_write(path, data, durable=False, mode=0o644)
 
 
 def init_layout(layout_dir: Path) -> Path:

@@ -157,10 +157,10 @@ class ContainerManager:
         """Whatever a create made goes: the runtime container, the rootfs, the record."""
         with contextlib.suppress(CRIError):
             await self.backend.stop(container.id, 0)
-        with contextlib.suppress(NotFound, RecordUnreadable):
+        with contextlib.suppress(CRIError):
             await self.backend.delete(container.id)
-        crash_point("remove_container:runtime_deleted")
-        await asyncio.to_thread(self.images.snapshots.remove_view, container.id)
+        with contextlib.suppress(OSError):
+            await asyncio.to_thread(self.images.snapshots.remove_view, container.id)
         self.containers.delete(container)
 
     async def forget_orphan(self, container_id: str) -> None:

@@ -28,7 +28,7 @@ import re
 import secrets
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -161,15 +161,20 @@ class SandboxManager:
 
     async def undo_run(self, sandbox: Sandbox) -> None:
         """What a RunPodSandbox cut short may have made, in reverse: CNI's
-        addresses, the pinned namespace, the infra and its cgroup, the files."""
-        with contextlib.suppress(Exception):
-            await self._teardown(sandbox)
-        if sandbox.netns:
-            with contextlib.suppress(Exception):
-                await netns.remove(Path(sandbox.netns))
-        with contextlib.suppress(Exception):
-            await self._remove_infra(sandbox)
-        await self._forget(sandbox)
+        addresses, the pinned namespace, the infra and its cgroup, the files.
+        Each as far as it goes: a restart never fails over one of them."""
+        undo: list[Callable[[], Awaitable[None]]] = [
+            lambda: self._teardown(sandbox),
+            lambda: netns.remove(Path(sandbox.netns)) if sandbox.netns else asyncio.sleep(0),
+            lambda: self._remove_infra(sandbox),
+            lambda: self._forget(sandbox),
+        ]
+        for action in undo:
+            try:
+                await action()
+            except (CRIError, OSError) as exc:
+                log.error("pod sandbox %s: undoing its run: %s", sandbox.id, exc)
+        self.sandboxes.delete(sandbox)
 
     # -- the store's lookups ----------------------------------------------------------
 

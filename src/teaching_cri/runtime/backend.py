@@ -3,7 +3,7 @@
 iSulad's ``runtime/`` offers the same verbs through ``runtime_create``,
 ``runtime_start``, ``runtime_kill``, ``runtime_rm``, ``runtime_exec``,
 ``runtime_update``, ``runtime_resources_stats`` and ``runtime_resize``; the
-container manager (issue 6's RPCs) calls only these, never runc directly, so
+container manager calls only these, never runc directly, so
 an unprivileged tier can stand in where runc as root cannot run.
 """
 

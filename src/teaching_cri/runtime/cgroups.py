@@ -88,8 +88,8 @@ def version() -> int:
 
 
 def pod_parent(pod_id: str) -> str:
-    """The pod's cgroup; containers without a pod (this issue's tests, the
-    demo) share one called ``standalone``."""
+    """The pod's cgroup; containers without a pod (the runtime's own tests,
+    the demo) share one called ``standalone``."""
     return f"/{TOP}/{pod_id or 'standalone'}"
 
 

@@ -396,7 +396,7 @@ def oom_score_adj(config: api_pb2.ContainerConfig, notes: SpecNotes) -> int:
 
 @dataclass(frozen=True)
 class SandboxContext:
-    """What a container takes from its pod sandbox (issue 5 fills it in): the
+    """What a container takes from its pod sandbox (the sandbox manager fills it in): the
     namespaces to join (type → ``/proc/<pid>/ns/...`` path), and the files the
     sandbox keeps for all its containers, bound into each at the same place."""
 

@@ -1,8 +1,8 @@
 """The pre-forked shim server: a shim per container at the cost of a fork.
 
 A shim started with ``python -c`` spends most of its first 100 ms importing
-modules, more than the issue's whole budget for our share of a container's
-create (runc's cycle + 40 ms). So the backend starts this process once, with
+modules, more than our whole budget for our share of a container's create
+(runc's cycle + 40 ms, ``benchmarks/containers.py``). So the backend starts this process once, with
 the shim's modules already imported, and asks it for each shim: it forks,
 the child becomes a session leader and forks again, and the grandchild,
 parented by init like any detached shim, runs :func:`.shim.run`. Android's
