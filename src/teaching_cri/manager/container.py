@@ -50,6 +50,7 @@ from ..runtime.backend import (
 )
 from ..runtime.cgroups import CgroupStats
 from ..runtime.runc import merge_resources
+from ..runtime.shim_client import ProcessStream
 from ..runtime.spec import (
     ImageRunConfig,
     SandboxContext,
@@ -648,6 +649,20 @@ class ContainerManager:
     @step("shim_reopen_log")
     async def shim_reopen_log(self, container: Container) -> None:
         await self.backend.reopen_log(container.id)
+
+    # -- Exec and Attach, for the streaming server ----------------------------------
+
+    async def exec_stream(
+        self, container: Container, cmd: list[str], *, tty: bool, stdin: bool
+    ) -> ProcessStream:
+        """A new process in the container, its stdio streamed (Exec)."""
+        return await self.backend.exec(container.id, cmd, tty=tty, stdin=stdin)
+
+    async def attach_stream(
+        self, container: Container, *, stdin: bool, stdout: bool, stderr: bool
+    ) -> ProcessStream:
+        """The container's own stdio, streamed (Attach)."""
+        return await self.backend.attach(container.id, stdin=stdin, stdout=stdout, stderr=stderr)
 
     # -- ContainerStats ------------------------------------------------------------------
 
