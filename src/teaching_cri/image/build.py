@@ -762,6 +762,12 @@ BUSYBOX_APPLETS = (
     "mkdir",
     "rm",
     "hostname",
+    # For the notebooks' terminal: an editor, the tty's size, following a log.
+    "vi",
+    "stty",
+    "tail",
+    "touch",
+    "test",
 )
 BUSYBOX_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 BUSYBOX_CONFIG: Mapping[str, Any] = {"Cmd": ["sh"], "Env": [f"PATH={BUSYBOX_PATH}"]}
