@@ -711,11 +711,11 @@ class StreamingServer:
                     f"container {container.id[:12]} is not running ({container.state})"
                 )
             if session.method == "exec":
-                return await manager.backend.exec(
-                    container.id, list(request.cmd), tty=request.tty, stdin=request.stdin
+                return await manager.exec_stream(
+                    container, list(request.cmd), tty=request.tty, stdin=request.stdin
                 )
-            return await manager.backend.attach(
-                container.id, stdin=request.stdin, stdout=request.stdout, stderr=request.stderr
+            return await manager.attach_stream(
+                container, stdin=request.stdin, stdout=request.stdout, stderr=request.stderr
             )
 
     set_container_stream_request = start_process  # the name spdy_server.py calls it by
