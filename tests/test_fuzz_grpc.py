@@ -426,9 +426,6 @@ def known(finding: str) -> bool:
 
 
 KNOWN = [
-    # An empty (or ambiguous) id is refused inside StopPodSandbox and
-    # RemovePodSandbox's lookup step, from which their charts draw no error edge.
-    "the chart draws no error exit from 'sandbox_manager_get_sandbox'",
     # ListContainers' filter with a state no ContainerState names: an exception
     # (INTERNAL) where INVALID_ARGUMENT belongs, at a node with no error edge.
     "Enum ContainerState has no name defined for value",
@@ -502,8 +499,8 @@ EMPTY_IDS = [
     ("PortForward", api_pb2.PortForwardRequest(pod_sandbox_id="")),
 ]
 
-# Still refused at nodes their charts draw no error edge from.
-EMPTY_IDS_KNOWN = [
+# Refused inside the pod lookup step, which their charts draw an error edge from.
+EMPTY_SANDBOX_IDS = [
     ("StopPodSandbox", api_pb2.StopPodSandboxRequest(pod_sandbox_id="")),
     ("RemovePodSandbox", api_pb2.RemovePodSandboxRequest(pod_sandbox_id="")),
 ]
@@ -556,21 +553,20 @@ def test_an_empty_id_is_refused_along_its_chart(
     assert errors == ["get_real_container_or_sandbox_id"], errors
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="found by issue 17 item 5's fuzzer: an empty id is refused INVALID_ARGUMENT inside "
-    "sandbox_manager_get_sandbox (StopPodSandbox, RemovePodSandbox), a node from which "
-    "those charts draw no error edge",
-)
 @pytest.mark.parametrize(
-    ("method", "request_"), EMPTY_IDS_KNOWN, ids=[m for m, _ in EMPTY_IDS_KNOWN]
+    ("method", "request_"), EMPTY_SANDBOX_IDS, ids=[m for m, _ in EMPTY_SANDBOX_IDS]
 )
 def test_an_empty_sandbox_id_is_refused_along_its_chart(
     world: World, charts: ChartSet, method: str, request_: Message
 ) -> None:
+    """Found by issue 17 item 5's fuzzer: an empty id is INVALID_ARGUMENT (not
+    "removed already": only an unknown id is), leaving by the lookup's error edge."""
     since = time.time_ns()
     with pytest.raises(grpc.RpcError) as refused:
         getattr(world.client.runtime, method)(request_)
     assert refused.value.code() is grpc.StatusCode.INVALID_ARGUMENT
     time.sleep(0.2)
-    assert_conforms(world.client.recent(since_unix_nano=since), charts)
+    events = world.client.recent(since_unix_nano=since)
+    assert_conforms(events, charts)
+    errors = [e.node for e in events if e.chart == method and e.kind is EventKind.ERROR]
+    assert errors == ["sandbox_manager_get_sandbox"], errors
