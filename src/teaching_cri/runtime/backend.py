@@ -19,7 +19,10 @@ from ..errors import FailedPrecondition, InvalidArgument
 from .cgroups import CgroupStats
 from .shim_client import ProcessStream
 
-MAX_EXEC_OUTPUT = 16 << 20  # ExecSync keeps at most this much of stdout and of stderr
+# ExecSync keeps at most this much of stdout and of stderr while the command
+# runs (the rest is read and dropped, so the command never blocks on a full
+# pipe); the CRI layer then fits both into one reply (cri/container_exec.py).
+MAX_EXEC_OUTPUT = 16 << 20
 
 
 class RecordUnreadable(FailedPrecondition):
@@ -73,9 +76,14 @@ class ContainerState:
 
 @dataclass(frozen=True)
 class ExecResult:
+    """What ExecSync's command left: its exit code, the output kept, and how
+    many bytes it wrote to each stream (more than kept when the output was cut)."""
+
     exit_code: int
     stdout: bytes
     stderr: bytes
+    stdout_written: int = 0
+    stderr_written: int = 0
 
 
 ExitCallback = Callable[[str, ExitStatus], Awaitable[None] | None]

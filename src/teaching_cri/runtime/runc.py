@@ -571,11 +571,13 @@ class RuncBackend(Backend):
             ) from None
         timeout = max(0.001, deadline - asyncio.get_running_loop().time()) if timeout > 0 else 0
         kept = {"stdout": bytearray(), "stderr": bytearray()}
+        written = {"stdout": 0, "stderr": 0}
 
         async def collect() -> None:
             async for name, data in stream.output():
                 buf = kept[name]
                 buf += data[: max(0, MAX_EXEC_OUTPUT - len(buf))]
+                written[name] += len(data)
 
         try:
             if timeout > 0:
@@ -592,7 +594,9 @@ class RuncBackend(Backend):
         if stream.exit is None:
             raise FailedPrecondition(stream.error or "exec: the shim went away")
         code = int(stream.exit["exit_code"])
-        return ExecResult(code, bytes(kept["stdout"]), bytes(kept["stderr"]))
+        return ExecResult(
+            code, bytes(kept["stdout"]), bytes(kept["stderr"]), written["stdout"], written["stderr"]
+        )
 
     async def kill_exec(self, stream: ProcessStream) -> None:
         """SIGKILL the exec'd process and wait for its reaping, so that when the
