@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ..api import Context, api_pb2
-from ..errors import NotFound
+from ..errors import InvalidArgument, NotFound
 from ..manager.container import (
     Container,
     ContainerManager,
@@ -48,13 +48,18 @@ async def ListContainers(
 
 @step("list_containers_from_grpc")
 def list_containers_from_grpc(request: api_pb2.ListContainersRequest) -> Wanted:
+    """The filter as our records name things. An enum on the wire is any
+    int32: a state no ContainerState names is refused, not looked up."""
     f = request.filter
-    return Wanted(
-        f.id,
-        api_pb2.ContainerState.Name(f.state.state) if f.HasField("state") else "",
-        f.pod_sandbox_id,
-        tuple(sorted(f.label_selector.items())),
-    )
+    state = ""
+    if f.HasField("state"):
+        if f.state.state not in api_pb2.ContainerState.values():
+            raise InvalidArgument(
+                f"filter.state.state {f.state.state} is not a ContainerState "
+                f"({', '.join(f'{n} = {v}' for n, v in api_pb2.ContainerState.items())})"
+            )
+        state = api_pb2.ContainerState.Name(f.state.state)
+    return Wanted(f.id, state, f.pod_sandbox_id, tuple(sorted(f.label_selector.items())))
 
 
 @step("m_cb_container_list")
