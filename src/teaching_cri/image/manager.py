@@ -15,6 +15,7 @@ import os
 import re
 import secrets
 import shutil
+import ssl
 import tempfile
 import threading
 from collections import Counter
@@ -81,6 +82,7 @@ class ImageManager:
         self.images = ImageStore(root / "content")
         self.snapshots = SnapshotStore(root / "snapshots", snapshot_mode)
         self._pulls: dict[str, asyncio.Task[ImageRecord]] = {}
+        self._tls: ssl.SSLContext | None = None  # built at the first pull: see tls()
         # Blobs and snapshots that pulls and imports under way rely on, before
         # any record names them: RemoveImage must not delete them (containerd
         # calls this a lease).
@@ -186,8 +188,23 @@ class ImageManager:
         if not task.cancelled():
             task.exception()  # retrieved: no "never retrieved" warning if nobody waited
 
+    def tls(self) -> ssl.SSLContext:
+        """The TLS settings every pull's HTTP client shares. Left to itself, httpx
+        builds them for each client it makes, loading the CA bundle again: some
+        20 ms of parsing certificates, a quarter of a small pull from a local
+        registry. The bundle is the same for every pull and an SSLContext may
+        serve any number of connections, so one is built, at the first pull, with
+        the very defaults the client would use (``SSL_CERT_FILE`` and
+        ``SSL_CERT_DIR`` honoured). The client itself stays one per pull: its
+        pooled connections belong to the event loop that opened them, and are
+        closed when the pull ends."""
+        if self._tls is None:
+            self._tls = httpx.create_ssl_context()
+        return self._tls
+
     async def _pull(self, ref: Reference, credentials: Credentials) -> ImageRecord:
-        async with httpx.AsyncClient(timeout=httpx.Timeout(60.0, connect=10.0)) as client:
+        timeout = httpx.Timeout(60.0, connect=10.0)
+        async with httpx.AsyncClient(timeout=timeout, verify=self.tls()) as client:
             try:
                 repo, top = await self.resolve_manifest(client, ref, credentials)
                 return await self._fetch_and_commit(repo, top, ref)

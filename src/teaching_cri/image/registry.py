@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import importlib.util
 import re
+import sys
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -40,6 +42,15 @@ from .oci import (
 )
 from .reference import Reference
 from .store import BlobWriter
+
+# httpcore asks ``import sniffio`` which async library it runs under each time
+# it sets up a lock: some twenty times a pull. anyio 4 no longer needs sniffio,
+# so it is often not installed, and Python does not remember that an import
+# failed: each attempt searches the whole of sys.path again. None in
+# sys.modules is Python's own way of saying "this module is not there": the
+# import then fails at once, and httpcore takes the asyncio it runs under.
+if importlib.util.find_spec("sniffio") is None:
+    sys.modules.setdefault("sniffio", None)  # type: ignore[arg-type]
 
 INDEX_TYPES = tuple(sorted(INDEX_MEDIA_TYPES))
 MANIFEST_TYPES = tuple(sorted(IMAGE_MANIFEST_MEDIA_TYPES))
