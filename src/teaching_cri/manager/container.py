@@ -69,6 +69,7 @@ from ..store.container import UNKNOWN as UNKNOWN
 from ..store.container import Container as Container
 from ..store.sandbox import READY
 from ..trace.tracer import annotate, branch, decide, step
+from . import validate
 from .events import Mailbox
 from .sandbox import Sandbox, SandboxManager
 
@@ -249,6 +250,7 @@ class ContainerManager:
             raise FailedPrecondition(f"pod sandbox {sandbox.id[:12]} is not ready")
         self.get_container_or_sandbox_runtime(sandbox)
         image = self.generate_create_container_request(config)
+        self.validate_container_config(config)
         name = self.make_container_name(sandbox, config)
         labels = self.make_labels(sandbox, config)
         self.make_annotations(config)
@@ -295,6 +297,11 @@ class ContainerManager:
         if image is None:
             raise NotFound(f"image {config.image.image!r} not found: pull it first")
         return image
+
+    @step("validate_container_config")
+    def validate_container_config(self, config: api_pb2.ContainerConfig) -> None:
+        """What the kubelet would never send, refused before anything exists (validate.py)."""
+        validate.container_config(config)
 
     @step("make_container_name")
     def make_container_name(self, sandbox: Sandbox, config: api_pb2.ContainerConfig) -> str:
@@ -376,9 +383,7 @@ class ContainerManager:
         if config.log_path:
             if not directory:
                 raise InvalidArgument("log_path is set but the sandbox has no log_directory")
-            log_path = str(Path(directory) / config.log_path)
-            if ".." in Path(config.log_path).parts or Path(config.log_path).is_absolute():
-                raise InvalidArgument(f"log_path {config.log_path!r} must stay in log_directory")
+            log_path = validate.log_path(directory, config.log_path)
         labels[LOG_PATH_LABEL] = log_path
         return log_path
 

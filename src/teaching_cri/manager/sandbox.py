@@ -50,7 +50,7 @@ from ..store.sandbox import PENDING_REMOVE, PENDING_RUN, SandboxStore, unreadabl
 from ..store.sandbox import READY as READY
 from ..store.sandbox import Sandbox as Sandbox
 from ..trace.tracer import annotate, branch, decide, quiet, step
-from . import netns
+from . import netns, validate
 from .cni import CNI, LOOPBACK, Attachment, NetworkConfig, ips_of
 from .hostports import check_host_ports
 
@@ -85,9 +85,8 @@ SETUP_NETWORK_FIRST = "cri.sandbox.network.setup.v2"  # iSulad 2.0's pod annotat
 SHM_SIZE = 64 << 20
 log = logging.getLogger(__name__)
 RUNTIME_HANDLERS = ("",)  # the default handler only: runc (or the tier standing in for it)
-_NAME_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 HOST_NAME_MAX = 64  # bytes: what sethostname(2) takes
-_HOSTNAME_LABEL = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?$")
+_HOSTNAME_LABEL = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?\Z")  # \Z: no "\n"
 PAUSE_RETRY_AFTER = 300.0  # seconds a failed pause-image pull is remembered
 
 
@@ -262,11 +261,7 @@ class SandboxManager:
     ) -> Sandbox:
         """Check the metadata, the handler and the name (one sandbox per name)."""
         md = config.metadata
-        for what, value in (("name", md.name), ("namespace", md.namespace), ("uid", md.uid)):
-            if not value:
-                raise InvalidArgument(f"pod sandbox metadata: {what} is empty")
-            if not _NAME_PART.match(value) or "_" in value:
-                raise InvalidArgument(f"pod sandbox metadata: {what} {value!r} is not a valid name")
+        validate.pod_metadata(md)
         if runtime_handler not in RUNTIME_HANDLERS:
             raise InvalidArgument(
                 f"runtime handler {runtime_handler!r} is unknown; known: the default ('')"
