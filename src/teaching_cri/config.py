@@ -70,6 +70,7 @@ class Config:
     root: Path
     state: Path
     stream_address: str
+    # runtime/backends.py's BACKEND_NAMES; "fake" runs no program (tests, learning the flows)
     runtime: str
     log_level: str
     trace_file: Path | None

@@ -10,12 +10,15 @@ an unprivileged tier can stand in where runc as root cannot run.
 from __future__ import annotations
 
 import abc
+import asyncio
 import signal
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import FailedPrecondition, InvalidArgument
+from ..fsutil import crash_point
+from ..trace.tracer import annotate, child_span, decide, step
 from .cgroups import CgroupStats
 from .shim_client import ProcessStream
 
@@ -23,6 +26,7 @@ from .shim_client import ProcessStream
 # runs (the rest is read and dropped, so the command never blocks on a full
 # pipe); the CRI layer then fits both into one reply (cri/container_exec.py).
 MAX_EXEC_OUTPUT = 16 << 20
+KILL_WAIT = 10.0  # after SIGKILL, how long a container may take to be reaped
 
 
 class RecordUnreadable(FailedPrecondition):
@@ -120,10 +124,60 @@ class Backend(abc.ABC):
     async def kill(self, container_id: str, signum: int) -> None: ...
 
     @abc.abstractmethod
-    async def stop(self, container_id: str, timeout: float) -> ExitStatus: ...
+    async def wait(self, container_id: str) -> ExitStatus: ...
 
     @abc.abstractmethod
-    async def wait(self, container_id: str) -> ExitStatus: ...
+    def exit_status(self, container_id: str) -> ExitStatus | None:
+        """The exit, if the container has exited (``None`` while it lives)."""
+
+    @abc.abstractmethod
+    def stop_signal(self, container_id: str) -> signal.Signals:
+        """The signal that asks this container to stop (its image's StopSignal)."""
+
+    @child_span("RuntimeStop")
+    async def stop(self, container_id: str, timeout: float) -> ExitStatus:
+        """The stop signal, ``timeout`` seconds of grace, then SIGKILL: the one
+        stop sequence, for every backend (built on its ``kill`` and ``wait``)
+        and every caller (StopContainer, a pod's stop, a forced remove).
+
+        PID 1 of a pid namespace gets only the signals it handles, so an init
+        without a SIGTERM handler (``sleep``) ignores the stop signal; SIGKILL,
+        sent from outside, always works."""
+        signum = self.stop_signal(container_id)  # NotFound for an unknown container
+        status = self.exit_status(container_id)
+        if decide("exited_already", status is not None):
+            assert status is not None
+            return status
+        if decide("grace_period", timeout > 0):
+            await self.send_stop_signal(container_id, signum)
+            try:
+                status = await asyncio.wait_for(self.wait(container_id), timeout)
+            except TimeoutError:
+                decide("exited_within_timeout", False)
+            else:
+                decide("exited_within_timeout", True)
+                return status
+        await self.send_sigkill(container_id)
+        crash_point("runtime_stop:sigkill_sent")
+        try:
+            status = await asyncio.wait_for(self.wait(container_id), KILL_WAIT)
+        except TimeoutError:
+            decide("reaped", False)
+            raise FailedPrecondition(
+                f"container {container_id!r} did not exit {KILL_WAIT:.0f} s after SIGKILL"
+            ) from None
+        else:
+            decide("reaped", True)
+        return status
+
+    @step("send_stop_signal")
+    async def send_stop_signal(self, container_id: str, signum: signal.Signals) -> None:
+        annotate(signal=signum.name)
+        await self.kill(container_id, signum)
+
+    @step("send_sigkill")
+    async def send_sigkill(self, container_id: str) -> None:
+        await self.kill(container_id, signal.SIGKILL)
 
     @abc.abstractmethod
     async def delete(self, container_id: str) -> None: ...

@@ -3,6 +3,8 @@
 ``--runtime`` names one of :data:`BACKEND_NAMES`. ``auto`` picks runc when the
 server runs as root and Debian's runc is installed, and the unprivileged
 backend otherwise, whose best tier here is rootless runc (:mod:`.rootless`).
+``fake`` (:mod:`.fake`) runs no program at all: for tests and for learning
+the flows, never for isolation; ``auto`` never picks it.
 The probe is what Status's RuntimeReady condition and its verbose info
 report, including, honestly, what a backend does not isolate.
 """
@@ -18,11 +20,14 @@ from pathlib import Path
 
 from ..errors import FailedPrecondition
 from . import cgroups
+from .backend import Backend
+from .fake import NOT_ISOLATED as FAKE_NOT_ISOLATED
+from .fake import FakeBackend
 from .plainrun import NOT_ISOLATED as PLAIN_NOT_ISOLATED
 from .rootless import NOT_ISOLATED
 from .runc import RuncBackend
 
-BACKEND_NAMES = ("auto", "runc", "unprivileged", "processes")
+BACKEND_NAMES = ("auto", "runc", "unprivileged", "processes", "fake")
 
 
 @dataclass(frozen=True)
@@ -61,6 +66,14 @@ def probe(requested: str, runc: str = "runc") -> BackendProbe:
     root = os.geteuid() == 0
     runc_path = shutil.which(runc)
     name = requested
+    if requested == "fake":
+        return BackendProbe(
+            requested,
+            "fake",
+            True,
+            details={"tier": "fake", "cgroup_driver": "none"},
+            not_isolated=FAKE_NOT_ISOLATED,
+        )
     if requested == "auto":
         name = "runc" if root and runc_path else "unprivileged"
     if name == "runc":
@@ -124,8 +137,10 @@ def probe(requested: str, runc: str = "runc") -> BackendProbe:
     )
 
 
-def open_backend(found: BackendProbe, state: Path, runc: str = "runc") -> RuncBackend:
-    """The backend a probe found: runc as root, rootless runc, or plain processes."""
+def open_backend(found: BackendProbe, state: Path, runc: str = "runc") -> Backend:
+    """The backend a probe found: runc as root, rootless runc, plain processes, or the fake."""
     if not found.available:
         raise FailedPrecondition(found.message)
+    if found.name == "fake":
+        return FakeBackend(state)
     return RuncBackend(state, runc, tier=found.details.get("tier", ""))

@@ -45,6 +45,7 @@ from ..fsutil import atomic_write_json, crash_point, move_aside
 from ..trace.tracer import annotate, branch, child_span, decide, step
 from . import cgroups, shim
 from .backend import (
+    KILL_WAIT,
     MAX_EXEC_OUTPUT,
     Backend,
     ContainerState,
@@ -70,7 +71,6 @@ RECORD = "container.json"
 UNREADABLE = "unreadable"  # the key of the placeholder for a record that cannot be read
 STARTING = "starting"  # set from just before runc start until it has returned
 ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
-KILL_WAIT = 10.0  # after SIGKILL, how long a container may take to be reaped
 TIERS = ("runc", "rootless-runc", "processes")
 
 
@@ -386,50 +386,11 @@ class RuncBackend(Backend):
             if "not running" not in str(exc) and "does not exist" not in str(exc):
                 raise
 
-    @child_span("RuntimeStop")
-    async def stop(self, container_id: str, timeout: float) -> ExitStatus:
-        """The stop signal, ``timeout`` seconds of grace, then SIGKILL.
+    def exit_status(self, container_id: str) -> ExitStatus | None:
+        return self.read_exit(container_id)
 
-        PID 1 of a pid namespace gets only the signals it handles, so an init
-        without a SIGTERM handler (``sleep``) ignores the stop signal; SIGKILL,
-        sent from outside, always works."""
-        record = self.record(container_id)
-        status = self.read_exit(container_id)
-        if decide("exited_already", status is not None):
-            assert status is not None
-            return status
-        self._watch(container_id)
-        exited = self._exits[container_id]
-        if decide("grace_period", timeout > 0):
-            await self.send_stop_signal(container_id, signal.Signals[record["stop_signal"]])
-            try:
-                status = await asyncio.wait_for(asyncio.shield(exited), timeout)
-            except TimeoutError:
-                decide("exited_within_timeout", False)
-            else:
-                decide("exited_within_timeout", True)
-                return status
-        await self.send_sigkill(container_id)
-        crash_point("runtime_stop:sigkill_sent")
-        try:
-            status = await asyncio.wait_for(asyncio.shield(exited), KILL_WAIT)
-        except TimeoutError:
-            decide("reaped", False)
-            raise FailedPrecondition(
-                f"container {container_id!r} did not exit {KILL_WAIT:.0f} s after SIGKILL"
-            ) from None
-        else:
-            decide("reaped", True)
-        return status
-
-    @step("send_stop_signal")
-    async def send_stop_signal(self, container_id: str, signum: signal.Signals) -> None:
-        annotate(signal=signum.name)
-        await self.kill(container_id, signum)
-
-    @step("send_sigkill")
-    async def send_sigkill(self, container_id: str) -> None:
-        await self.kill(container_id, signal.SIGKILL)
+    def stop_signal(self, container_id: str) -> signal.Signals:
+        return signal.Signals[self.record(container_id)["stop_signal"]]
 
     # -- delete ----------------------------------------------------------------------
 

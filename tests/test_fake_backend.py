@@ -1,0 +1,354 @@
+"""The manager's flows under the fake backend (``--runtime fake``): no root, no
+runc, no container, a real server on a real socket all the same, every trace
+checked against its chart when the server stops (``conftest.Server.stop``).
+
+The same flows run with runc as root in test_containers.py, test_pod_sandbox.py
+and test_crash_points.py; here they run as any user, in seconds, and the crash
+points that need no real container (all but the pinned namespace's and CNI's)
+are killed at too.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import grpc
+import pytest
+from test_crash_points import (
+    POINTS,
+    Action,
+    Scene,
+    call_create,
+    call_remove_pod,
+    call_run_pod,
+    call_start,
+    pod_ids_on_disk,
+)
+
+from teaching_cri.api import admin_pb2, api_pb2
+from teaching_cri.client import Client
+from teaching_cri.fsutil import CRASH_AT
+from teaching_cri.runtime.fake import PID_MAX_LIMIT, program_of
+
+from conftest import Server, start_server
+from cri_node import BUSYBOX, create_container, pod_config, run_pod, wait_exit
+
+NEED_A_REAL_NODE = {"run_pod_sandbox:netns_pinned", "run_pod_sandbox:network_added"}
+FAKE_POINTS = [p for p in POINTS if p[0] not in NEED_A_REAL_NODE]
+needs_busybox = pytest.mark.skipif(
+    not Path("/bin/busybox").exists(), reason="the local busybox image needs busybox-static"
+)
+
+
+# -- the model of a command, without a server ---------------------------------------------
+
+
+def test_the_model_reads_a_script_as_sh_would() -> None:
+    program = program_of(
+        ["sh", "-c", "echo one; false && echo no; false || echo two; exit 3"], init=True
+    )
+    assert program.steps == (("stdout", "one\n"), ("stdout", "two\n"), ("exit", 3))
+
+
+def test_a_trap_is_a_handler_and_a_loop_runs_for_ever() -> None:
+    infra = program_of(
+        ["/bin/sh", "-c", "trap 'exit 0' TERM INT; while :; do sleep 3600 & wait; done"], init=True
+    )
+    assert infra.traps == {signal.SIGTERM: (("exit", 0),), signal.SIGINT: (("exit", 0),)}
+    assert infra.steps[0] == ("sleep", float("inf"))
+
+
+def test_an_unknown_program_is_a_server_as_init_and_a_failure_as_exec() -> None:
+    assert program_of(["nginx"], init=True).steps[0] == ("sleep", float("inf"))
+    steps = program_of(["nginx", "-s", "reload"], init=False).steps
+    assert steps[-1] == ("exit", 127)
+    assert "nginx: not found" in steps[0][1]
+
+
+# -- flows through a server ------------------------------------------------------------------
+
+
+@pytest.fixture
+def fake(short_tmp: Path) -> Iterator[Server]:
+    srv = serve(short_tmp)
+    srv.client().admin.BuildLocalImage(admin_pb2.BuildLocalImageRequest(name=BUSYBOX))
+    yield srv
+    try:  # what a test left (as root, its rootfs mounts) goes before the directory
+        remove_every_pod(srv.client())
+    finally:
+        srv.stop()
+
+
+def remove_every_pod(client: Client) -> None:
+    for pod in client.runtime.ListPodSandbox(api_pb2.ListPodSandboxRequest()).items:
+        client.runtime.StopPodSandbox(api_pb2.StopPodSandboxRequest(pod_sandbox_id=pod.id))
+        client.runtime.RemovePodSandbox(api_pb2.RemovePodSandboxRequest(pod_sandbox_id=pod.id))
+
+
+def serve(base: Path, crash_at: str = "") -> Server:
+    env = {**os.environ, CRASH_AT: crash_at} if crash_at else None
+    return start_server(base / "srv", "--runtime", "fake", env=env)
+
+
+def status_of(client: Client, container_id: str) -> api_pb2.ContainerStatus:
+    return client.runtime.ContainerStatus(
+        api_pb2.ContainerStatusRequest(container_id=container_id)
+    ).status
+
+
+@needs_busybox
+def test_a_container_is_created_started_stopped_and_removed(fake: Server, short_tmp: Path) -> None:
+    client = fake.client()
+    pod = pod_config("lifecycle", log_directory=str(short_tmp / "logs"))
+    pod_id = run_pod(client, pod)
+    script = "trap 'echo bye; exit 0' TERM; echo ready; sleep 1000"
+    cid = create_container(client, pod_id, pod, "web", "sh", "-c", script, log_path="web.log")
+    assert status_of(client, cid).state == api_pb2.CONTAINER_CREATED
+    client.runtime.StartContainer(api_pb2.StartContainerRequest(container_id=cid))
+    running = status_of(client, cid)
+    assert running.state == api_pb2.CONTAINER_RUNNING and running.started_at > 0
+    client.runtime.StopContainer(api_pb2.StopContainerRequest(container_id=cid, timeout=10))
+    stopped = status_of(client, cid)
+    assert (stopped.state, stopped.exit_code, stopped.reason) == (
+        api_pb2.CONTAINER_EXITED,
+        0,
+        "Completed",
+    )
+    lines = (short_tmp / "logs" / "web.log").read_text().splitlines()
+    assert [line.split(" ", 1)[1] for line in lines] == ["stdout F ready", "stdout F bye"]
+    client.runtime.RemoveContainer(api_pb2.RemoveContainerRequest(container_id=cid))
+    listed = client.runtime.ListContainers(api_pb2.ListContainersRequest()).containers
+    assert list(listed) == []
+
+
+@needs_busybox
+def test_an_init_that_ignores_the_stop_signal_is_killed(fake: Server) -> None:
+    """PID 1 gets only the signals it handles: sleep ignores SIGTERM, and the
+    stop ends with SIGKILL (137) once the grace period is over."""
+    client = fake.client()
+    pod = pod_config("stubborn")
+    pod_id = run_pod(client, pod)
+    cid = create_container(client, pod_id, pod, "sleeper", "sleep", "1000")
+    client.runtime.StartContainer(api_pb2.StartContainerRequest(container_id=cid))
+    client.runtime.StopContainer(api_pb2.StopContainerRequest(container_id=cid, timeout=1))
+    assert (status_of(client, cid).exit_code, status_of(client, cid).reason) == (137, "Error")
+
+
+@needs_busybox
+def test_a_container_that_ends_by_itself_is_exited_with_its_code(fake: Server) -> None:
+    client = fake.client()
+    pod = pod_config("brief")
+    pod_id = run_pod(client, pod)
+    cid = create_container(client, pod_id, pod, "once", "sh", "-c", "sleep 0.1; exit 7")
+    client.runtime.StartContainer(api_pb2.StartContainerRequest(container_id=cid))
+    assert wait_exit(client, cid).exit_code == 7
+
+
+@needs_busybox
+def test_a_program_missing_from_the_image_fails_the_create(fake: Server) -> None:
+    client = fake.client()
+    pod = pod_config("missing")
+    pod_id = run_pod(client, pod)
+    with pytest.raises(grpc.RpcError) as err:
+        create_container(client, pod_id, pod, "nope", "no-such-program")
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "no-such-program" in str(err.value.details())
+    assert list(client.runtime.ListContainers(api_pb2.ListContainersRequest()).containers) == []
+
+
+@needs_busybox
+def test_a_pod_runs_stops_and_is_removed(fake: Server) -> None:
+    client = fake.client()
+    pod_id = run_pod(client, pod_config("pod"))
+    status = client.runtime.PodSandboxStatus(
+        api_pb2.PodSandboxStatusRequest(pod_sandbox_id=pod_id, verbose=True)
+    )
+    assert status.status.state == api_pb2.SANDBOX_READY
+    assert json.loads(status.info["info"])["network"].startswith("loopback only")
+    client.runtime.StopPodSandbox(api_pb2.StopPodSandboxRequest(pod_sandbox_id=pod_id))
+    stopped = client.runtime.PodSandboxStatus(
+        api_pb2.PodSandboxStatusRequest(pod_sandbox_id=pod_id)
+    )
+    assert stopped.status.state == api_pb2.SANDBOX_NOTREADY
+    client.runtime.RemovePodSandbox(api_pb2.RemovePodSandboxRequest(pod_sandbox_id=pod_id))
+    assert list(client.runtime.ListPodSandbox(api_pb2.ListPodSandboxRequest()).items) == []
+    assert list((fake.state / "fake").iterdir()) == [], "the infra's record is gone too"
+
+
+@needs_busybox
+def test_exec_sync_gives_output_and_exit_code_and_keeps_its_deadline(fake: Server) -> None:
+    client = fake.client()
+    pod = pod_config("execs")
+    pod_id = run_pod(client, pod)
+    cid = create_container(client, pod_id, pod, "box", "sleep", "1000")
+    client.runtime.StartContainer(api_pb2.StartContainerRequest(container_id=cid))
+    done = client.runtime.ExecSync(
+        api_pb2.ExecSyncRequest(container_id=cid, cmd=["sh", "-c", "echo hi; exit 3"], timeout=5)
+    )
+    assert (done.stdout, done.exit_code) == (b"hi\n", 3)
+    with pytest.raises(grpc.RpcError) as err:
+        client.runtime.ExecSync(
+            api_pb2.ExecSyncRequest(container_id=cid, cmd=["sleep", "10"], timeout=1)
+        )
+    assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    client.runtime.StopContainer(api_pb2.StopContainerRequest(container_id=cid, timeout=0))
+    with pytest.raises(grpc.RpcError) as err:
+        client.runtime.ExecSync(api_pb2.ExecSyncRequest(container_id=cid, cmd=["true"], timeout=1))
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "not running" in str(err.value.details())
+
+
+def in_parallel(calls: list[Callable[[], str]]) -> tuple[list[str], list[grpc.StatusCode]]:
+    """The ids of the calls that succeeded, the codes of those that failed."""
+
+    def outcome(call: Callable[[], str]) -> tuple[str, grpc.StatusCode | None]:
+        try:
+            return call(), None
+        except grpc.RpcError as exc:
+            return "", exc.code()
+
+    with ThreadPoolExecutor(len(calls)) as pool:
+        results = list(pool.map(outcome, calls))
+    return [r for r, _ in results if r], [c for _, c in results if c is not None]
+
+
+@needs_busybox
+def test_five_parallel_creates_of_one_name_make_one_container(fake: Server) -> None:
+    """The store reserves the name in the turn of its check: four see it taken."""
+    client = fake.client()
+    pod = pod_config("names")
+    pod_id = run_pod(client, pod)
+    made, failed = in_parallel(
+        [lambda: create_container(client, pod_id, pod, "same", "sleep", "9")] * 5
+    )
+    assert len(made) == 1 and failed == [grpc.StatusCode.ALREADY_EXISTS] * 4
+    listed = client.runtime.ListContainers(api_pb2.ListContainersRequest()).containers
+    assert [c.id for c in listed] == made
+
+
+@needs_busybox
+def test_five_parallel_runs_of_one_pod_make_one_pod(fake: Server) -> None:
+    client = fake.client()
+    made, failed = in_parallel([lambda: run_pod(client, pod_config("twins"))] * 5)
+    assert len(made) == 1 and failed == [grpc.StatusCode.ALREADY_EXISTS] * 4
+    listed = client.runtime.ListPodSandbox(api_pb2.ListPodSandboxRequest()).items
+    assert [p.id for p in listed] == made
+
+
+# -- the crash points, with the fake backend ------------------------------------------------
+
+
+def fake_states(srv: Server) -> dict[str, str]:
+    """What the fake backend's own records say, read from disk, as
+    test_crash_points.py asks ``runc list``."""
+    states = {}
+    for path in (srv.state / "fake").glob("*.json"):
+        record = json.loads(path.read_text())
+        states[record["id"]] = (
+            "stopped" if record["exit"] else ("running" if record["started_at"] else "created")
+        )
+    return states
+
+
+CRI_OF_FAKE = {
+    "created": api_pb2.CONTAINER_CREATED,
+    "running": api_pb2.CONTAINER_RUNNING,
+    "stopped": api_pb2.CONTAINER_EXITED,
+}
+
+
+def check_consistent(srv: Server) -> tuple[list[api_pb2.PodSandbox], list[api_pb2.Container]]:
+    """What the server lists is what the backend has: no ghost, no duplicate, same states."""
+    client = srv.client()
+    pods = list(client.runtime.ListPodSandbox(api_pb2.ListPodSandboxRequest()).items)
+    containers = list(client.runtime.ListContainers(api_pb2.ListContainersRequest()).containers)
+    names = [c.metadata.name for c in containers] + [p.metadata.name for p in pods]
+    assert len(names) == len(set(names)), f"duplicate names: {names}"
+    backend = fake_states(srv)
+    listed = {c.id for c in containers} | {p.id for p in pods}
+    assert set(backend) <= listed, f"ghosts nobody lists: {set(backend) - listed}"
+    for c in containers:
+        if c.id in backend:
+            assert c.state == CRI_OF_FAKE[backend[c.id]], (c.id, c.state, backend[c.id])
+        else:
+            assert c.state in (api_pb2.CONTAINER_EXITED, api_pb2.CONTAINER_UNKNOWN), c
+    for p in pods:
+        if p.state == api_pb2.SANDBOX_READY:
+            assert backend.get(p.id) == "running", (p.id, backend.get(p.id))
+    return pods, containers
+
+
+def check_nothing_left(srv: Server) -> None:
+    base = str(srv.base)
+    found = [line for line in Path("/proc/self/mountinfo").read_text().splitlines() if base in line]
+    for d in (
+        srv.state / "fake",
+        srv.state / "sandboxes",
+        srv.root / "sandboxes",
+        srv.root / "images" / "snapshots" / "active",
+    ):
+        found += [str(p) for p in d.iterdir()] if d.exists() else []
+    found += [str(p) for p in (srv.root / "containers").glob("*.json")]
+    assert found == [], found
+
+
+@needs_busybox
+@pytest.mark.parametrize(
+    ("point", "before", "call", "outcome"),
+    FAKE_POINTS,
+    ids=[f"{p}-{c.__name__.removeprefix('call_')}" for p, _, c, _ in FAKE_POINTS],
+)
+def test_a_kill_at_the_point_loses_nothing_and_leaves_nothing(
+    short_tmp: Path, point: str, before: Action, call: Action, outcome: str
+) -> None:
+    """test_crash_points.py's test, with the fake backend, as any user."""
+    scene = Scene(pod_config("crash-" + point.replace(":", "-").replace("_", "-")))
+    srv = serve(short_tmp)
+    srv.client().admin.BuildLocalImage(admin_pb2.BuildLocalImageRequest(name=BUSYBOX))
+    before(srv, scene)
+    srv.stop()
+
+    srv = serve(short_tmp, crash_at=point)
+    with pytest.raises(grpc.RpcError) as err:
+        call(srv, scene)
+    assert err.value.code() == grpc.StatusCode.UNAVAILABLE, err.value
+    assert srv.process.wait(20) == -signal.SIGKILL, "the server killed itself at the point"
+    srv.stop()
+
+    srv = serve(short_tmp)
+    try:
+        pods, containers = check_consistent(srv)
+        if call is call_run_pod:
+            assert pods == [], "a run cut short is undone: the client never got the id"
+        if call is call_create:
+            assert containers == [], "a create cut short is undone"
+        if call is call_remove_pod:
+            assert [p.state for p in pods] == [api_pb2.SANDBOX_NOTREADY]
+        if call is not call_start or [c.state for c in containers] == [api_pb2.CONTAINER_CREATED]:
+            call(srv, scene)  # made again, as a client that saw no answer does: it finishes
+        pods, containers = check_consistent(srv)
+        states = {
+            "pod ready": [p.state for p in pods] == [api_pb2.SANDBOX_READY],
+            "created": [c.state for c in containers] == [api_pb2.CONTAINER_CREATED],
+            "running": [c.state for c in containers] == [api_pb2.CONTAINER_RUNNING],
+            "exited": [c.state for c in containers] == [api_pb2.CONTAINER_EXITED],
+            "no container": containers == [],
+            "pod not ready": [p.state for p in pods] == [api_pb2.SANDBOX_NOTREADY],
+            "no pod": pods == [] and containers == [],
+        }
+        assert states[outcome], (outcome, pods, containers)
+        assert all(pid > PID_MAX_LIMIT for pid in fake_pids(srv)), "no real process's pid"
+        remove_every_pod(srv.client())
+        assert pod_ids_on_disk(srv) == []
+        check_nothing_left(srv)
+    finally:
+        srv.stop()
+
+
+def fake_pids(srv: Server) -> list[int]:
+    return [int(json.loads(p.read_text())["pid"]) for p in (srv.state / "fake").glob("*.json")]
