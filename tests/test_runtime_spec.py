@@ -27,6 +27,7 @@ from teaching_cri.runtime.spec import (
     namespaces,
     process_args,
     process_env,
+    recursive_read_only_supported,
     resolve_user,
 )
 
@@ -151,8 +152,8 @@ def test_resources_and_mounts_in_spec_form(tmp_path: Path) -> None:
         "destination": "/data",
         "type": "bind",
         "source": "/srv/data",
-        "options": ["rbind", "rslave", "ro"],
-    } in spec["mounts"]
+        "options": ["rbind", "rslave", "rro" if recursive_read_only_supported() else "ro"],
+    } in spec["mounts"], "read-only all the way down where the kernel can"
     assert spec["annotations"] == {"a": "b"} and spec["hostname"] == "pod"
     assert spec["process"]["cwd"] == "/work"
     assert "/proc/kcore" in spec["linux"]["maskedPaths"]
@@ -452,3 +453,11 @@ def test_masked_and_readonly_paths_come_from_the_request(tmp_path: Path) -> None
 def test_no_new_privs_reaches_the_spec(tmp_path: Path, no_new_privs: bool) -> None:
     spec, _ = generate_spec(sec(no_new_privs=no_new_privs), IMAGE, tmp_path)
     assert spec["process"]["noNewPrivileges"] is no_new_privs
+
+
+def test_recursive_read_only_is_known_from_the_kernel_release() -> None:
+    """mount_setattr(2) with AT_RECURSIVE, which runc's rro uses, came in 5.12."""
+    assert recursive_read_only_supported("5.12.0")
+    assert recursive_read_only_supported("6.18.44-fc-v1272")
+    assert not recursive_read_only_supported("5.10.0-28-amd64")
+    assert not recursive_read_only_supported("4.19.0")

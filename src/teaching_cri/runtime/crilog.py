@@ -14,16 +14,38 @@ json-file format and symlinks it into place; critest's parser and the
 kubelet's rotation want this one.
 
 The encoder only turns bytes into records; the shim that owns the file does
-the writing, so this can be tested without processes or files.
+the writing, so this can be tested without processes or files. How the shim
+opens that file is here too (:func:`open_log`): the path is the kubelet's,
+and the file must be the one it names, not one a symlink points to.
 """
 
 from __future__ import annotations
 
+import os
+import stat
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 
 MAX_LINE = 16 * 1024
+# No symlink followed at the last component (ELOOP), no blocking on a FIFO
+# with no reader (ENXIO), not inherited by runc and the container.
+LOG_OPEN_FLAGS = (
+    os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+)
+
+
+def open_log(path: str) -> int:
+    """The container's log file, appended to, made 0640 if new. CreateContainer
+    checked the way there (``manager/validate.py``: no symlink, a regular
+    file); this holds when something changed since: a symlink or anything
+    but a regular file at the name is an OSError, never a file elsewhere."""
+    fd = os.open(path, LOG_OPEN_FLAGS, 0o640)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise IsADirectoryError(f"{path}: not a regular file")
+    os.set_blocking(fd, True)
+    return fd
 
 
 def rfc3339_nano(unix_ns: int) -> str:

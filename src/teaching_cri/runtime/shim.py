@@ -57,7 +57,7 @@ from typing import Any
 
 from ..fsutil import atomic_write_json
 from . import frames
-from .crilog import CRILogEncoder
+from .crilog import CRILogEncoder, open_log
 
 PR_SET_CHILD_SUBREAPER = 36
 READ_CHUNK = 64 * 1024
@@ -314,7 +314,7 @@ class Shim:
         log_path = self.config.get("log_path") or ""
         if not log_path:
             return
-        self.log_fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+        self.log_fd = open_log(log_path)  # no symlink followed, a regular file only
 
     def reopen_log(self) -> None:
         """ReopenContainerLog: the kubelet has renamed the file; start a fresh one

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ..api import api_pb2
-from ..errors import InvalidArgument
+from ..errors import FailedPrecondition, InvalidArgument
 from . import seccomp
 from .propagation import OPTION_OF, check_host_path, rootfs_propagation
 
@@ -285,10 +285,25 @@ def _mount(destination: str, kind: str, source: str, options: list[str]) -> dict
     return {"destination": destination, "type": kind, "source": source, "options": options}
 
 
+def recursive_read_only_supported(release: str = "") -> bool:
+    """Whether a read-only bind can be read-only all the way down: runc's
+    ``rro`` option (runc 1.1 and later, as Debian 12's) is mount_setattr(2)
+    with AT_RECURSIVE, which Linux has since 5.12."""
+    numbers = re.findall(r"\d+", release or os.uname().release)[:2]
+    return tuple(int(n) for n in numbers) >= (5, 12)
+
+
 def config_mounts(config: api_pb2.ContainerConfig) -> list[dict[str, Any]]:
     """CRI mounts as bind mounts: read-only and propagation as asked. A propagation
     the host path's mount cannot give is refused here, before runc would make a
-    bind that silently propagates nothing (``propagation.check_host_path``)."""
+    bind that silently propagates nothing (``propagation.check_host_path``).
+
+    A read-only bind is read-only recursively (``rro``) where the kernel can,
+    as Docker's since 25.0: an ``ro`` bind of ``/`` would leave every mount
+    under it (the host's /dev/shm, /run) writable. CRI's recursive_read_only
+    asks for exactly that, so without the kernel's support it is refused, as
+    api.proto requires ("return an error if not supported")."""
+    recursive = recursive_read_only_supported()
     mounts = []
     for m in config.mounts:
         if not m.container_path.startswith("/"):
@@ -298,8 +313,13 @@ def config_mounts(config: api_pb2.ContainerConfig) -> list[dict[str, Any]]:
                 f"mount {m.container_path!r}: host_path {m.host_path!r} is not an absolute path"
             )
         check_host_path(m)
+        if m.recursive_read_only and not recursive:
+            raise FailedPrecondition(
+                f"mount {m.container_path!r}: recursive_read_only needs Linux 5.12 or later "
+                f"(this is {os.uname().release})"
+            )
         options = ["rbind", OPTION_OF.get(m.propagation, "rprivate")]
-        options.append("ro" if m.readonly else "rw")
+        options.append(("rro" if recursive else "ro") if m.readonly else "rw")
         mounts.append(_mount(m.container_path, "bind", m.host_path, options))
     return mounts
 
@@ -380,18 +400,32 @@ def resources(config: api_pb2.ContainerConfig) -> dict[str, Any]:
     return out
 
 
+CAP_SYS_RESOURCE = 24  # its bit in /proc/self/status's CapEff
+
+
 def oom_score_adj(config: api_pb2.ContainerConfig, notes: SpecNotes) -> int:
-    """The kernel refuses an oom_score_adj below our own without CAP_SYS_RESOURCE;
+    """The kernel refuses an oom_score_adj below our own without CAP_SYS_RESOURCE
+    (root need not have it: a container runtime in a container often has not);
     clamp it, as containerd's restrict_oom_score_adj does, and say so."""
     wanted = int(config.linux.resources.oom_score_adj)
     try:
         ours = int(Path("/proc/self/oom_score_adj").read_text())
     except (OSError, ValueError):
         ours = 0
-    if wanted < ours and os.geteuid() != 0:
+    if wanted < ours and not _effective_capability(CAP_SYS_RESOURCE):
         notes.clamped["oom_score_adj"] = f"{wanted} raised to {ours}, the server's own"
         return ours
     return wanted
+
+
+def _effective_capability(bit: int) -> bool:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("CapEff:"):
+                return bool(int(line.split()[1], 16) >> bit & 1)
+    except (OSError, ValueError):
+        pass
+    return os.geteuid() == 0
 
 
 @dataclass(frozen=True)
@@ -630,6 +664,8 @@ def generate_spec(
             "readonlyPaths": readonly_paths,
         },
     }
+    if any(m.readonly for m in config.mounts) and not recursive_read_only_supported():
+        notes.clamped["mounts"] = "read-only binds not recursive: Linux before 5.12 has no rro"
     if seccomp_filter is not None:
         spec["linux"]["seccomp"] = seccomp_filter
     if rootfs_propagation(config):
