@@ -3,8 +3,9 @@ limit, ``MAX_MESSAGE_BYTES``): whatever a command prints, the answer is its
 exit code with as much output as fits, and a note at the end of stderr saying
 what was cut, never RESOURCE_EXHAUSTED with nothing (issue 17, item 2).
 
-As root on the runc tier (a CNI pod) and on the unprivileged tier
-(``--runtime unprivileged``: rootless runc, no CNI)."""
+On the runc tier as root (a CNI pod), and on the unprivileged tier
+(``--runtime unprivileged``: rootless runc, no CNI) as whichever user runs
+the tests."""
 
 from __future__ import annotations
 
@@ -36,8 +37,8 @@ NOTE = re.compile(
 
 
 def _unavailable(tier: str) -> str:
-    if not IS_ROOT:
-        return "starts its servers as root (a CNI pod; the unprivileged tier beside it)"
+    if tier == "runc" and not IS_ROOT:
+        return "the runc tier with a CNI pod needs root"
     if shutil.which("runc") is None or not Path("/bin/busybox").exists():
         return "runc and busybox-static are needed"
     if tier == "runc" and not any((d / "bridge").is_file() for d in DEFAULT_CNI_BIN_DIRS):
