@@ -191,8 +191,10 @@ def test_sleep_as_pid_1_is_killed_after_the_grace_period(
     assert 1 <= time.monotonic() - t < 5
     st = state_of(client, cid)
     assert (st.exit_code, st.reason) == (128 + signal.SIGKILL, "Error")
-    events = client.recent(since_unix_nano=since, charts=["StopContainer"])
-    assert "send_sigkill" in [e.node for e in events]
+    stop = [e.node for e in client.recent(since_unix_nano=since, charts=["StopContainer"])]
+    assert "runtime_stop" in stop, "the stop is the runtime's one sequence"
+    runtime = [e.node for e in client.recent(since_unix_nano=since, charts=["RuntimeStop"])]
+    assert runtime.index("send_stop_signal") < runtime.index("send_sigkill"), runtime
     assert_conforms(client.recent(since_unix_nano=since), charts)
 
 

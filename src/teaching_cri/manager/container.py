@@ -20,7 +20,6 @@ import json
 import logging
 import os
 import secrets
-import signal
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -46,7 +45,6 @@ from ..runtime.backend import (
     ExecResult,
     ExitStatus,
     RecordUnreadable,
-    parse_signal,
 )
 from ..runtime.cgroups import CgroupStats
 from ..runtime.runc import merge_resources
@@ -524,33 +522,18 @@ class ContainerManager:
     @step("m_cb_container_stop")
     async def m_cb_container_stop(self, container: Container, timeout: int) -> None:
         await self.refresh(container)
-        if decide("already_stopped", container.state in (EXITED, UNKNOWN, CREATED)):
-            if container.state == CREATED:  # never started: nothing runs, nothing to wait for
-                with contextlib.suppress(CRIError):
-                    await self.backend.stop(container.id, 0)
-                await self.refresh(container)
+        if decide("already_stopped", container.state in (EXITED, UNKNOWN)):
             return
-        if decide("grace_period", timeout > 0):
-            signum = parse_signal(container_stop_signal(self, container))
-            await self.send_stop_signal(container, signum)
-            try:
-                status = await asyncio.wait_for(self.backend.wait(container.id), timeout)
-            except TimeoutError:
-                decide("exited_within_timeout", False)
-            else:
-                decide("exited_within_timeout", True)
-                await self._exited(container.id, status)
-                return
-        await self.send_sigkill(container)
+        if container.state == CREATED:  # never started: nothing runs, nothing to wait for
+            timeout = 0
+        await self.runtime_stop(container, timeout)
 
-    @step("send_stop_signal")
-    async def send_stop_signal(self, container: Container, signum: signal.Signals) -> None:
-        annotate(signal=signum.name)
-        await self.backend.kill(container.id, signum)
-
-    @step("send_sigkill")
-    async def send_sigkill(self, container: Container) -> None:
-        status = await self.backend.stop(container.id, 0)
+    @step("runtime_stop")
+    async def runtime_stop(self, container: Container, timeout: int) -> None:
+        """The stop signal, the grace period, SIGKILL: the backend's one stop
+        sequence (the chart RuntimeStop, a child span of this step), then the
+        exit recorded before the call returns."""
+        status = await self.backend.stop(container.id, timeout)
         await self._exited(container.id, status)
 
     # -- RemoveContainer ---------------------------------------------------------------
@@ -686,11 +669,3 @@ class ContainerManager:
     async def remove_container(self, container_id: str) -> None:
         """RemovePodSandbox's "remove all containers": RemoveContainer's flow."""
         await self.remove(container_id)
-
-
-def container_stop_signal(manager: ContainerManager, container: Container) -> str:
-    """The image's StopSignal (CRI has no per-container one in v1's config)."""
-    image = manager.images.images.get(container.image_id)
-    if image is None:
-        return ""
-    return ImageRunConfig.from_config(image.config).stop_signal
