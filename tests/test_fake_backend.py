@@ -10,6 +10,7 @@ are killed at too.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -37,6 +38,8 @@ from teaching_cri.runtime.fake import PID_MAX_LIMIT, program_of
 
 from conftest import Server, start_server
 from cri_node import BUSYBOX, create_container, pod_config, run_pod, wait_exit
+from test_streaming import V4, V5, session, stdout_of
+from test_streaming import status_of as exec_status_of
 
 NEED_A_REAL_NODE = {"run_pod_sandbox:netns_pinned", "run_pod_sandbox:network_added"}
 FAKE_POINTS = [p for p in POINTS if p[0] not in NEED_A_REAL_NODE]
@@ -352,3 +355,28 @@ def test_a_kill_at_the_point_loses_nothing_and_leaves_nothing(
 
 def fake_pids(srv: Server) -> list[int]:
     return [int(json.loads(p.read_text())["pid"]) for p in (srv.state / "fake").glob("*.json")]
+
+
+@needs_busybox
+def test_exec_and_attach_stream_over_the_websocket(fake: Server, short_tmp: Path) -> None:
+    """The streaming server takes a fake process as it takes a shim's: output,
+    stdin, the exit code in the status frame."""
+    client = fake.client()
+    pod = pod_config("streams")
+    pod_id = run_pod(client, pod)
+    cid = create_container(client, pod_id, pod, "cat", "cat", stdin=True, stdin_once=True)
+    client.runtime.StartContainer(api_pb2.StartContainerRequest(container_id=cid))
+    url = client.runtime.Exec(
+        api_pb2.ExecRequest(container_id=cid, cmd=["sh", "-c", "echo hi; exit 3"], stdout=True)
+    ).url
+    messages = asyncio.run(session(url, V4))
+    assert stdout_of(messages) == b"hi\n"
+    assert exec_status_of(messages)["details"] == {
+        "causes": [{"reason": "ExitCode", "message": "3"}]
+    }
+    url = client.runtime.Attach(
+        api_pb2.AttachRequest(container_id=cid, stdin=True, stdout=True, stderr=True)
+    ).url
+    messages = asyncio.run(session(url, V5, [b"\x00hello\n", bytes([255, 0])]))
+    assert stdout_of(messages) == b"hello\n"
+    assert wait_exit(client, cid).exit_code == 0, "stdin closed: cat ended"

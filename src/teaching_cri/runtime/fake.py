@@ -10,7 +10,7 @@ What a "process" does is read from its command by :func:`program_of`, a
 model small enough to read in one sitting:
 
 ==========================  ================================================
-``echo ARGS``               writes ARGS and a newline, exits 0
+``echo [-n] ARGS``          writes ARGS (and a newline, without -n), exits 0
 ``true`` / ``false``        exits 0 / 1
 ``sleep N``                 waits N seconds (``infinity``: for ever), exits 0
 ``exit N``                  exits N
@@ -131,6 +131,8 @@ def command(
     """One simple command: its steps, the traps it sets, its exit status."""
     name, rest = os.path.basename(words[0]), words[1:]
     if name == "echo":
+        if rest[:1] == ["-n"]:
+            return [("stdout", " ".join(rest[1:]))], {}, 0
         return [("stdout", " ".join(rest) + "\n")], {}, 0
     if name in ("true", ":"):
         return [], {}, 0
@@ -253,9 +255,12 @@ class FakeStream(ProcessStream):
     """A :class:`ProcessStream` with no shim behind it: the process's output
     through a queue, its stdin into the process."""
 
-    def __init__(self, process: FakeProcess, *, tty: bool, pid: int) -> None:
+    def __init__(
+        self, process: FakeProcess, *, tty: bool, pid: int, stdin_once: bool = False
+    ) -> None:
         self.pid, self.tty, self.exit, self.error = pid, tty, None, ""
         self.process = process
+        self.stdin_once = stdin_once  # an attach's end closes the init's stdin
         self.queue: asyncio.Queue[tuple[str, bytes] | None] = asyncio.Queue()
         process.done.add_done_callback(lambda _: self.queue.put_nowait(None))
 
@@ -285,9 +290,11 @@ class FakeStream(ProcessStream):
 
     async def close(self) -> None:
         """Closing an exec's stream kills it, as the shim does; an attach
-        leaves the container alone."""
+        leaves the container alone, but for closing its stdin (stdin_once)."""
         if not self.process.init:
             self.process.signal(signal.SIGKILL)
+        elif self.stdin_once:
+            self.process.stdin.put_nowait(None)
 
 
 # -- the backend ---------------------------------------------------------------------------
@@ -358,6 +365,7 @@ class FakeBackend(Backend):
             "log_path": request.log_path,
             "tty": request.tty,
             "stdin": request.stdin,
+            "stdin_once": request.stdin_once,
             "stop_signal": parse_signal(request.stop_signal).name,
             "image_id": request.image_id,
             "created_at": time.time_ns(),
@@ -418,6 +426,8 @@ class FakeBackend(Backend):
             init=True,
             skip=skip,
         )
+        if not record["stdin"]:  # no stdin: a cat reads end-of-file at once
+            self._processes[container_id].stdin.put_nowait(None)
         self._exits.setdefault(container_id, asyncio.get_running_loop().create_future())
         self._watchers[container_id] = asyncio.get_running_loop().create_task(
             self._watch(container_id)
@@ -605,7 +615,10 @@ class FakeBackend(Backend):
         self, container_id: str, *, stdin: bool, stdout: bool, stderr: bool
     ) -> ProcessStream:
         process = self.running(container_id)
-        stream = FakeStream(process, tty=bool(self.record(container_id)["tty"]), pid=0)
+        record = self.record(container_id)
+        stream = FakeStream(
+            process, tty=bool(record["tty"]), pid=0, stdin_once=bool(record.get("stdin_once"))
+        )
         self._attached.setdefault(container_id, []).append(stream)
         return stream
 
