@@ -20,6 +20,7 @@ disk and walks it from the first page:
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -119,6 +120,13 @@ def crawl(book_html: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator
                 path = todo.pop()
                 if path in result.pages:
                     continue
+                redirect = meta_refresh_target(path)
+                if redirect is not None:
+                    # Jupyter Book's index.html is a meta refresh to the first
+                    # page: chromium would navigate away while we read it.
+                    result.pages[path] = Page(path, set(), [redirect], [], 0)
+                    todo.append((path.parent / unquote(redirect)).resolve())
+                    continue
                 page.goto(path.as_uri(), wait_until="load")
                 seen = Page(
                     path,
@@ -142,6 +150,16 @@ def crawl(book_html: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator
         finally:
             browser.close()
     yield result
+
+
+def meta_refresh_target(page: Path) -> str | None:
+    """The URL a ``<meta http-equiv="Refresh">`` page sends the reader to."""
+    match = re.search(
+        r'<meta\s+http-equiv="refresh"\s+content="\d+;\s*url=([^"]+)"',
+        page.read_text(errors="replace"),
+        re.IGNORECASE,
+    )
+    return match.group(1) if match else None
 
 
 def local_target(page: Path, href: str) -> tuple[Path, str] | None:
