@@ -380,3 +380,18 @@ def test_exec_and_attach_stream_over_the_websocket(fake: Server, short_tmp: Path
     messages = asyncio.run(session(url, V5, [b"\x00hello\n", bytes([255, 0])]))
     assert stdout_of(messages) == b"hello\n"
     assert wait_exit(client, cid).exit_code == 0, "stdin closed: cat ended"
+
+
+def test_status_says_the_fake_runs_nothing(short_tmp: Path) -> None:
+    """Ready, and honest about it: Status's verbose info names the backend
+    and what it does not isolate (everything)."""
+    srv = serve(short_tmp)
+    try:
+        status = srv.client().runtime.Status(api_pb2.StatusRequest(verbose=True))
+    finally:
+        srv.stop()
+    ready = {c.type: c.status for c in status.status.conditions}
+    assert ready["RuntimeReady"] is True
+    backend = json.loads(status.info["backend"])
+    assert (backend["requested"], backend["name"]) == ("fake", "fake")
+    assert "runs no program" in backend["not_isolated"][0]
