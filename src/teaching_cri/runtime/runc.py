@@ -339,7 +339,7 @@ class RuncBackend(Backend):
         self._watch(container_id)
         return await asyncio.shield(self._exits[container_id])
 
-    # -- start, kill, stop ---------------------------------------------------------
+    # -- start, kill (Backend.stop, the one stop sequence, is built on these) -------
 
     @child_span("RuntimeStart")
     async def start(self, container_id: str) -> ContainerState:
