@@ -431,7 +431,7 @@ class ContainerManager:
                     "io.kubernetes.cri.sandbox-id": sandbox.id,
                 },
                 seccomp_profile_root=self.seccomp_profile_root,
-                seccomp_enforced=self.backend.name != "processes",
+                seccomp_enforced=self.backend.name not in ("processes", "fake"),
             )
             container.resources = spec.get("linux", {}).get("resources", {})
             container.notes = notes.clamped
