@@ -112,6 +112,13 @@ class Credentials:
                 username, _, password = base64.b64decode(auth).decode().partition(":")
             except (ValueError, UnicodeDecodeError):
                 raise InvalidArgument("auth: not base64 of username:password") from None
+        for name, token in (
+            ("identity_token", identity_token),
+            ("registry_token", registry_token),
+        ):
+            # A token travels in an HTTP header (RFC 6750's b64token): printable ASCII.
+            if not (token.isascii() and token.isprintable()):
+                raise InvalidArgument(f"auth.{name}: a token must be printable ASCII")
         return cls(username, password, identity_token, registry_token)
 
     @property
