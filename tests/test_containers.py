@@ -1,6 +1,8 @@
 """The container RPCs against the live server, as a kubelet calls them: a pod,
 a busybox container in it, exec, resources, status, lists, stop, log
-rotation, removal; every call's trace checked against its chart."""
+rotation, removal; every call's trace checked against its chart. The flows
+that need no real container (``any_node``) run twice: with runc as root, and
+with the fake backend as any user."""
 
 from __future__ import annotations
 
@@ -39,27 +41,60 @@ def _unavailable() -> str:
     return ""
 
 
-pytestmark = pytest.mark.skipif(bool(_unavailable()), reason=_unavailable())
+needs_root_runc = pytest.mark.skipif(bool(_unavailable()), reason=_unavailable())
 
 
 @pytest.fixture
 def node(short_tmp: Path) -> Iterator[tuple[Server, Client, Path]]:
+    """A server with runc as root, and a CNI network."""
+    if _unavailable():
+        pytest.skip(_unavailable())
+    yield from runc_node(short_tmp)
+
+
+@pytest.fixture(params=["runc", "fake"])
+def any_node(
+    request: pytest.FixtureRequest, short_tmp: Path
+) -> Iterator[tuple[Server, Client, Path]]:
+    """The flows that need no real container run twice: with runc as root,
+    and with the fake backend (runtime/fake.py) as any user."""
+    if request.param == "runc":
+        if _unavailable():
+            pytest.skip(_unavailable())
+        yield from runc_node(short_tmp)
+        return
+    if not Path("/bin/busybox").exists():
+        pytest.skip("the local busybox image needs busybox-static")
+    srv = start_server(short_tmp / "srv", "--runtime", "fake")
+    yield from serving(srv, short_tmp / "logs")
+
+
+def serving(srv: Server, logs: Path) -> Iterator[tuple[Server, Client, Path]]:
+    """The image built, the server lent out; then every pod removed and the server stopped."""
+    client = srv.client()
+    try:
+        client.admin.BuildLocalImage(admin_pb2.BuildLocalImageRequest(name=IMAGE))
+        yield srv, client, logs
+    finally:
+        try:
+            c = srv.client()
+            for item in c.runtime.ListPodSandbox(api_pb2.ListPodSandboxRequest()).items:
+                c.runtime.StopPodSandbox(api_pb2.StopPodSandboxRequest(pod_sandbox_id=item.id))
+                c.runtime.RemovePodSandbox(api_pb2.RemovePodSandboxRequest(pod_sandbox_id=item.id))
+        finally:
+            srv.stop()
+
+
+def runc_node(short_tmp: Path) -> Iterator[tuple[Server, Client, Path]]:
     bridge = f"tcri-c{os.getpid() % 10000}"
     conf = short_tmp / "net.d"
     conf.mkdir()
     doc = default_conflist(f"10.235.{os.getpid() % 200}.0/24", bridge, str(short_tmp / "ipam"))
     (conf / "10-test.conflist").write_text(json.dumps(doc))
     srv = start_server(short_tmp / "srv", "--cni-conf-dir", str(conf))
-    client = srv.client()
-    client.admin.BuildLocalImage(admin_pb2.BuildLocalImageRequest(name=IMAGE))
     try:
-        yield srv, client, short_tmp / "logs"
+        yield from serving(srv, short_tmp / "logs")
     finally:
-        c = srv.client()
-        for item in c.runtime.ListPodSandbox(api_pb2.ListPodSandboxRequest()).items:
-            c.runtime.StopPodSandbox(api_pb2.StopPodSandboxRequest(pod_sandbox_id=item.id))
-            c.runtime.RemovePodSandbox(api_pb2.RemovePodSandboxRequest(pod_sandbox_id=item.id))
-        srv.stop()
         subprocess.run(["ip", "link", "del", bridge], capture_output=True)
 
 
@@ -109,8 +144,8 @@ def state_of(client: Client, container_id: str) -> api_pb2.ContainerStatus:
 TRAPS_TERM = "trap 'echo bye; exit 0' TERM; echo hello; while true; do sleep 0.2; done"
 
 
-def test_a_kubelet_like_sequence(node: tuple[Server, Client, Path], charts: ChartSet) -> None:
-    _srv, client, logs = node
+def test_a_kubelet_like_sequence(any_node: tuple[Server, Client, Path], charts: ChartSet) -> None:
+    _srv, client, logs = any_node
     rt = client.runtime
     since = time.time_ns()
     sandbox = pod(client, logs, "web")
@@ -179,9 +214,9 @@ def test_a_kubelet_like_sequence(node: tuple[Server, Client, Path], charts: Char
 
 
 def test_sleep_as_pid_1_is_killed_after_the_grace_period(
-    node: tuple[Server, Client, Path], charts: ChartSet
+    any_node: tuple[Server, Client, Path], charts: ChartSet
 ) -> None:
-    _srv, client, logs = node
+    _srv, client, logs = any_node
     since = time.time_ns()
     sandbox = pod(client, logs, "sleepy")
     cid = container(client, sandbox, "sleeper", "sleep", "1000")
@@ -198,8 +233,10 @@ def test_sleep_as_pid_1_is_killed_after_the_grace_period(
     assert_conforms(client.recent(since_unix_nano=since), charts)
 
 
-def test_errors_name_what_was_wrong(node: tuple[Server, Client, Path], charts: ChartSet) -> None:
-    _srv, client, logs = node
+def test_errors_name_what_was_wrong(
+    any_node: tuple[Server, Client, Path], charts: ChartSet
+) -> None:
+    _srv, client, logs = any_node
     rt = client.runtime
     since = time.time_ns()
     sandbox = pod(client, logs, "err")
@@ -274,6 +311,7 @@ SERVE = (
 )
 
 
+@needs_root_runc
 def test_a_container_serves_http_to_another_pods_container_across_a_restart(
     short_tmp: Path, charts: ChartSet
 ) -> None:
@@ -337,9 +375,9 @@ def test_a_container_serves_http_to_another_pods_container_across_a_restart(
 
 
 def test_exec_and_attach_answer_a_url_from_the_request_cache(
-    node: tuple[Server, Client, Path], charts: ChartSet
+    any_node: tuple[Server, Client, Path], charts: ChartSet
 ) -> None:
-    _srv, client, logs = node
+    _srv, client, logs = any_node
     rt = client.runtime
     since = time.time_ns()
     sandbox = pod(client, logs, "streams")
@@ -370,11 +408,11 @@ def test_exec_and_attach_answer_a_url_from_the_request_cache(
 
 
 def test_container_events_stream_to_a_subscriber(
-    node: tuple[Server, Client, Path], charts: ChartSet
+    any_node: tuple[Server, Client, Path], charts: ChartSet
 ) -> None:
     import threading
 
-    _srv, client, logs = node
+    _srv, client, logs = any_node
     rt = client.runtime
     sandbox = pod(client, logs, "events")
     since = time.time_ns()
@@ -479,6 +517,7 @@ def test_review_cases_state_timing_target_and_transactional_update(
     assert_conforms(client.recent(since_unix_nano=since), charts)
 
 
+@needs_root_runc
 def test_a_runtime_container_without_a_record_is_removed_at_restart(short_tmp: Path) -> None:
     """What a server killed between the runtime's create and our record leaves:
     the next server removes it, and the pod can go."""
@@ -523,6 +562,7 @@ def test_a_runtime_container_without_a_record_is_removed_at_restart(short_tmp: P
         srv.stop()
 
 
+@needs_root_runc
 @pytest.mark.parametrize("kill_midway", [False, True], ids=["straight", "server-sigkilled-midway"])
 def test_the_done_when_sequence(short_tmp: Path, charts: ChartSet, kill_midway: bool) -> None:
     """Issue 6's scripted kubelet: pull, pod, container, exec, update, status,
@@ -617,9 +657,9 @@ def test_the_done_when_sequence(short_tmp: Path, charts: ChartSet, kill_midway: 
 
 
 def test_unknown_containers_take_each_charts_not_found_branch(
-    node: tuple[Server, Client, Path], charts: ChartSet
+    any_node: tuple[Server, Client, Path], charts: ChartSet
 ) -> None:
-    _srv, client, _logs = node
+    _srv, client, _logs = any_node
     rt = client.runtime
     since = time.time_ns()
     unknown = "e" * 64

@@ -630,8 +630,12 @@ class FakeBackend(Backend):
             raise FailedPrecondition(f"container {container_id!r} has no terminal to resize")
 
     async def reopen_log(self, container_id: str) -> None:
-        """The next line goes to a new file at the log path, as the shim's would."""
+        """A fresh file at the log path (the kubelet has moved the old one
+        aside), as the shim opens one; the next line goes there."""
         self.running(container_id)
+        log_path = self.record(container_id).get("log_path")
+        if log_path:
+            Path(log_path).touch()
 
     # -- resources ------------------------------------------------------------------------------
 
