@@ -60,7 +60,7 @@ from ..runtime.spec import (
 )
 from ..store.container import CREATED as CREATED
 from ..store.container import EXITED as EXITED
-from ..store.container import PENDING_CREATE, ContainerStore, unreadable
+from ..store.container import PENDING_CREATE, ContainerStore, state_name, unreadable
 from ..store.container import RECORD_UNREADABLE as RECORD_UNREADABLE
 from ..store.container import RUNNING as RUNNING
 from ..store.container import UNKNOWN as UNKNOWN
@@ -485,7 +485,7 @@ class ContainerManager:
         container = self.get(given)
         if not decide("container_created", container.state == CREATED):
             raise FailedPrecondition(
-                f"container {container.id[:12]} is {container.state.split('_')[1].lower()}, "
+                f"container {container.id[:12]} is {state_name(container.state)}, "
                 "only a created container can start"
             )
         await self.m_cb_container_start(container)

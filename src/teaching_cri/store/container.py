@@ -28,6 +28,11 @@ RECORD_UNREADABLE = "RecordUnreadable"  # the reason of a container loaded from 
 PENDING_CREATE = "create"  # the record's intent while CreateContainer runs
 
 
+def state_name(state: str) -> str:
+    """``exited`` for CONTAINER_EXITED: a state as a message says it."""
+    return state.removeprefix("CONTAINER_").lower()
+
+
 @dataclass
 class Container:
     """One container's record; the runtime fields follow the backend."""
