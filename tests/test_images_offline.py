@@ -299,3 +299,28 @@ def test_a_docker_archive_cannot_name_files_outside_it(client: Client, tmp_path:
         client.admin.ImportImage(admin_pb2.ImportImageRequest(path=str(archive)))
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "'/etc/hostname' is not a path inside the archive" in err.value.details()
+
+
+def test_removed_snapshots_are_deleted_after_the_call_and_at_the_next_start(
+    tmp_path: Path,
+) -> None:
+    """RemoveImage renames an image's snapshots aside and a collector thread deletes
+    them after the call; a tree a stopped server left aside goes at the next start."""
+    layout = tmp_path / "layout"
+    build_image(layout, [[file_entry("a", b"1\n")], [file_entry("b", b"2\n")]], ref_name=None)
+    manager = ImageManager(tmp_path / "images", snapshot_mode="copy")
+    record = asyncio.run(manager.import_layout(layout, None))
+    snapshots = [manager.snapshots.path(x.chain_id) for x in record.layers]
+    assert all(p.is_dir() for p in snapshots)
+    manager.remove(record)
+    assert not any(p.exists() for p in snapshots), "gone from their names in the call"
+    manager.close()  # waits for the collector
+    assert list(manager.snapshots.layers.iterdir()) == [], "and their files after it"
+    assert list(manager.content.digests()) == []
+
+    left = manager.snapshots.layers / ".removed-0123456789abcdef"  # a server killed meanwhile
+    (left / "fs" / "etc").mkdir(parents=True)
+    (left / "fs" / "etc" / "passwd").write_text("root:x:0:0::/root:/bin/sh\n")
+    again = ImageManager(tmp_path / "images", snapshot_mode="copy")
+    assert not left.exists()
+    again.close()

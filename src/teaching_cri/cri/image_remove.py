@@ -7,7 +7,9 @@ registry, or its id) removes the image with all its names, as containerd's
 RemoveImage deletes every reference of the image it resolves and critest's
 "removing image from one registry should remove all tags from other
 registries" expects. An image a container uses is refused with
-FAILED_PRECONDITION.
+FAILED_PRECONDITION. The blobs and snapshots no other image shares go with
+it: the blobs deleted, the snapshots renamed aside, their files deleted by a
+collector thread once the call has answered (``ImageManager._delete_unreferenced``).
 """
 
 from __future__ import annotations
@@ -35,8 +37,8 @@ async def RemoveImage(
     record = find_image(svc, name)
     if decide("image_found", record is not None):
         assert record is not None
-        # Deleting snapshots can take a while: off the event loop, so the
-        # kubelet's other calls go on meanwhile.
+        # File system work (unlinks, renames) that a busy disk can stall: off
+        # the event loop, so the kubelet's other calls go on meanwhile.
         await asyncio.to_thread(m_cb_image_remove, svc, record)
     return api_pb2.RemoveImageResponse()
 

@@ -20,6 +20,7 @@ import tempfile
 import threading
 from collections import Counter
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -93,7 +94,16 @@ class ImageManager:
         self._gc_lock = threading.Lock()
         # Which images containers use: the container store answers this once it exists.
         self.in_use: Callable[[str], bool] = lambda image_id: False
+        # Deletes the snapshot trees RemoveImage renamed aside, after it has answered
+        # (see _delete_unreferenced). One thread: they are deleted in the order retired.
+        self._collector = ThreadPoolExecutor(max_workers=1, thread_name_prefix="image-collector")
         self.collect_garbage()
+
+    def close(self) -> None:
+        """Wait until the snapshot trees removals retired are deleted (the server
+        calls this as it stops). A server killed first leaves them renamed aside,
+        and its next start deletes them (:meth:`collect_garbage`)."""
+        self._collector.shutdown(wait=True)
 
     def collect_garbage(self) -> int:
         """Delete blobs and snapshots no image record names and no pull holds:
@@ -125,8 +135,15 @@ class ImageManager:
 
     def _delete_unreferenced(self, blobs: set[str], chains: list[str]) -> None:
         """Of these blobs and snapshots, delete those no image record names and no
-        pull or import holds. A snapshot is only renamed aside under the lock (a
-        tree takes a while to delete), then deleted."""
+        pull or import holds. A blob is one unlink. A snapshot is a tree of files,
+        which takes longer to delete than the rest of a RemoveImage together
+        (two-thirds of it for busybox): it is only renamed aside here, under the
+        lock, and the collector thread deletes the tree after the call has
+        answered, as containerd leaves deletion to its garbage collector. That is
+        as safe as deleting it here: the rename is atomic, so the snapshot is gone
+        from its name at once and a pull of the same layers unpacks it anew beside
+        the tree being deleted; and a ``.removed-`` tree left by a server that
+        stopped first is deleted at its next start (:meth:`collect_garbage`)."""
         retired: list[Path] = []
         with self._gc_lock:
             keep_blobs, keep_chains = self._referenced()
@@ -140,7 +157,10 @@ class ImageManager:
                         os.rename(self.snapshots.path(chain), aside)
                         retired.append(aside)
         for path in retired:
-            shutil.rmtree(path, ignore_errors=True)
+            try:
+                self._collector.submit(shutil.rmtree, path, ignore_errors=True)
+            except RuntimeError:  # closed: the server is stopping, so delete it here
+                shutil.rmtree(path, ignore_errors=True)
 
     # -- lookups -------------------------------------------------------------------
     def resolve(self, name: str) -> ImageRecord | None:
@@ -406,7 +426,8 @@ class ImageManager:
     # -- remove --------------------------------------------------------------------
     def remove(self, record: ImageRecord) -> None:
         """Remove the image (all its names, as CRI says), then the blobs and
-        snapshots no other image needs."""
+        snapshots no other image needs (the snapshots' files just after: see
+        :meth:`_delete_unreferenced`)."""
         if self.in_use(record.id):
             raise FailedPrecondition(f"image {record.id} is in use by a container")
         self.images.remove(record.id)
