@@ -8,6 +8,7 @@ import gzip
 import io
 import json
 import shutil
+import ssl
 import subprocess
 import sys
 import tarfile
@@ -324,3 +325,13 @@ def test_removed_snapshots_are_deleted_after_the_call_and_at_the_next_start(
     again = ImageManager(tmp_path / "images", snapshot_mode="copy")
     assert not left.exists()
     again.close()
+
+
+def test_pulls_share_one_tls_context_that_still_verifies(tmp_path: Path) -> None:
+    """Built once (loading the CA bundle costs ~20 ms a pull otherwise), with the
+    checks a default httpx client makes: the certificate and the host name."""
+    manager = ImageManager(tmp_path / "images")
+    tls = manager.tls()
+    assert manager.tls() is tls
+    assert tls.verify_mode == ssl.CERT_REQUIRED and tls.check_hostname
+    manager.close()
