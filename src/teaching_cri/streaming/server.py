@@ -42,6 +42,7 @@ from websockets.typing import Subprotocol
 
 from ..errors import CRIError, FailedPrecondition, Internal, InvalidArgument, NotFound
 from ..runtime.shim_client import ProcessStream
+from ..store.container import RUNNING, state_name
 from ..trace.tracer import Tracer, annotate, branch, decide, quiet, step
 from .channel import (
     CLOSE,
@@ -706,9 +707,9 @@ class StreamingServer:
         with quiet():
             container = manager.get(request.container_id)
             await manager.refresh(container)
-            if container.state != "CONTAINER_RUNNING":
+            if container.state != RUNNING:
                 raise FailedPrecondition(
-                    f"container {container.id[:12]} is not running ({container.state})"
+                    f"container {container.id[:12]} is not running ({state_name(container.state)})"
                 )
             if session.method == "exec":
                 return await manager.exec_stream(
