@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from teaching_cri.api import api_pb2
 from teaching_cri.errors import AlreadyExists, InvalidArgument
 from teaching_cri.store.container import (
     RECORD_UNREADABLE,
@@ -19,7 +20,7 @@ from teaching_cri.store.container import (
     ContainerStore,
     unreadable,
 )
-from teaching_cri.store.sandbox import NOTREADY, Sandbox, SandboxStore
+from teaching_cri.store.sandbox import NOTREADY, READY, Sandbox, SandboxStore
 from teaching_cri.store.sandbox import unreadable as unreadable_pod
 
 
@@ -93,3 +94,23 @@ def test_an_unreadable_pod_record_stands_notready_and_delete_removes_its_dir(
     assert pod.state == NOTREADY and "not a JSON object" in pod.unreadable
     store.delete(pod)
     assert not (tmp_path / "p1").exists() and store.resolve("p") is None
+
+
+def test_a_state_is_the_cri_enum_in_memory_and_its_name_on_disk(tmp_path: Path) -> None:
+    """A reader of the record sees CONTAINER_EXITED; a state CRI has no name
+    for makes the record unreadable (UNKNOWN, moved aside), never a crash."""
+    store = ContainerStore(tmp_path)
+    record = container("f6")
+    record.state = api_pb2.CONTAINER_EXITED
+    store.save(record)
+    assert json.loads((tmp_path / "f6.json").read_text())["state"] == "CONTAINER_EXITED"
+    (tmp_path / "g7.json").write_text(
+        (tmp_path / "f6.json").read_text().replace('"f6"', '"g7"').replace("EXITED", "DANCING")
+    )
+    loaded = {c.id: c for c in ContainerStore(tmp_path).load(lambda i, w: unreadable(i, "", w))}
+    assert loaded["f6"].state == api_pb2.CONTAINER_EXITED
+    assert (loaded["g7"].state, loaded["g7"].reason) == (UNKNOWN, RECORD_UNREADABLE)
+    SandboxStore(tmp_path / "pods").save(Sandbox("p2", "k8s_POD_b", "", 1, state=READY))
+    assert '"state": "SANDBOX_READY"' in (tmp_path / "pods" / "p2" / "sandbox.json").read_text()
+    (pod,) = SandboxStore(tmp_path / "pods").load(lambda i, w: unreadable_pod(i, "", w))
+    assert pod.state == api_pb2.SANDBOX_READY

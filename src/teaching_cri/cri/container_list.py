@@ -16,8 +16,11 @@ from typing import TYPE_CHECKING
 from ..api import Context, api_pb2
 from ..errors import InvalidArgument, NotFound
 from ..manager.container import (
+    EXITED,
+    UNKNOWN,
     Container,
     ContainerManager,
+    State,
     extract_labels,
     parse_container_name,
 )
@@ -31,7 +34,7 @@ if TYPE_CHECKING:
 @dataclass(frozen=True)
 class Wanted:
     id: str = ""
-    state: str = ""
+    state: State | None = None
     sandbox_id: str = ""
     labels: tuple[tuple[str, str], ...] = ()
 
@@ -48,17 +51,17 @@ async def ListContainers(
 
 @step("list_containers_from_grpc")
 def list_containers_from_grpc(request: api_pb2.ListContainersRequest) -> Wanted:
-    """The filter as our records name things. An enum on the wire is any
-    int32: a state no ContainerState names is refused, not looked up."""
+    """The filter, checked. An enum on the wire is any int32: a state no
+    ContainerState names is refused, not looked up."""
     f = request.filter
-    state = ""
+    state = None
     if f.HasField("state"):
         if f.state.state not in api_pb2.ContainerState.values():
             raise InvalidArgument(
                 f"filter.state.state {f.state.state} is not a ContainerState "
                 f"({', '.join(f'{n} = {v}' for n, v in api_pb2.ContainerState.items())})"
             )
-        state = api_pb2.ContainerState.Name(f.state.state)
+        state = f.state.state
     return Wanted(f.id, state, f.pod_sandbox_id, tuple(sorted(f.label_selector.items())))
 
 
@@ -69,7 +72,7 @@ def m_cb_container_list(manager: ContainerManager, wanted: Wanted) -> list[Conta
     for c in manager.containers.list():
         if wanted.id and not c.id.startswith(wanted.id):
             continue
-        if wanted.state and c.state != wanted.state:
+        if wanted.state is not None and c.state != wanted.state:
             continue
         if wanted.sandbox_id and not c.sandbox_id.startswith(wanted.sandbox_id):
             continue
@@ -89,7 +92,7 @@ def list_containers_to_grpc(found: list[Container]) -> api_pb2.ListContainersRes
     response = api_pb2.ListContainersResponse()
     response.containers.extend(c.listing for c in found)
     for item, c in zip(response.containers, found, strict=True):
-        item.state = c.state  # type: ignore[assignment]
+        item.state = c.state
     return response
 
 
@@ -147,10 +150,10 @@ def pack_container_image_to_status(c: Container, status: api_pb2.ContainerStatus
 
 @step("update_base_status_from_inspect")
 def update_base_status_from_inspect(c: Container, status: api_pb2.ContainerStatus) -> None:
-    status.state = c.state  # type: ignore[assignment]
-    if c.state == "CONTAINER_EXITED":
+    status.state = c.state
+    if c.state == EXITED:
         status.exit_code = c.exit_code
-    if c.state in ("CONTAINER_EXITED", "CONTAINER_UNKNOWN"):  # UNKNOWN: why we cannot tell
+    if c.state in (EXITED, UNKNOWN):  # UNKNOWN: why we cannot tell
         status.reason = c.reason
         status.message = c.message
 

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from ..api import Context, api_pb2
 from ..errors import NotFound
-from ..manager.sandbox import Sandbox, SandboxManager
+from ..manager.sandbox import Sandbox, SandboxManager, State
 from ..trace.tracer import decide, step
 from ._rpc import rpc
 
@@ -49,7 +49,7 @@ def set_sandbox_status_network(sandbox: Sandbox) -> api_pb2.PodSandboxNetworkSta
 
 @step("pod_sandbox_status_to_grpc")
 def pod_sandbox_status_to_grpc(
-    sandbox: Sandbox, state: str, network: api_pb2.PodSandboxNetworkStatus
+    sandbox: Sandbox, state: State, network: api_pb2.PodSandboxNetworkStatus
 ) -> api_pb2.PodSandboxStatus:
     config = sandbox.config
     return api_pb2.PodSandboxStatus(
@@ -100,16 +100,14 @@ def sandbox_manager_list_all_sandboxes(manager: SandboxManager) -> list[Sandbox]
 
 @step("match_id_state_and_labels")
 def match_id_state_and_labels(
-    sandboxes: list[Sandbox], states: dict[str, str], wanted: api_pb2.PodSandboxFilter
+    sandboxes: list[Sandbox], states: dict[str, State], wanted: api_pb2.PodSandboxFilter
 ) -> list[Sandbox]:
     """Every filter that is set must match (AND); the id may be a unique prefix."""
     out = []
     for s in sandboxes:
         if wanted.id and not s.id.startswith(wanted.id):
             continue
-        if wanted.HasField("state") and api_pb2.PodSandboxState.Value(states[s.id]) != (
-            wanted.state.state
-        ):
+        if wanted.HasField("state") and states[s.id] != wanted.state.state:
             continue
         labels = s.config.labels
         if any(labels.get(k) != v for k, v in wanted.label_selector.items()):
@@ -120,7 +118,7 @@ def match_id_state_and_labels(
 
 @step("list_pod_sandbox_to_grpc")
 def list_pod_sandbox_to_grpc(
-    sandboxes: list[Sandbox], states: dict[str, str]
+    sandboxes: list[Sandbox], states: dict[str, State]
 ) -> api_pb2.ListPodSandboxResponse:
     items = []
     for s in sandboxes:

@@ -65,6 +65,7 @@ from ..store.container import RECORD_UNREADABLE as RECORD_UNREADABLE
 from ..store.container import RUNNING as RUNNING
 from ..store.container import UNKNOWN as UNKNOWN
 from ..store.container import Container as Container
+from ..store.container import State as State
 from ..store.sandbox import READY
 from ..trace.tracer import annotate, branch, decide, step
 from . import validate

@@ -49,6 +49,7 @@ from ..store.sandbox import NOTREADY as NOTREADY
 from ..store.sandbox import PENDING_REMOVE, PENDING_RUN, SandboxStore, unreadable
 from ..store.sandbox import READY as READY
 from ..store.sandbox import Sandbox as Sandbox
+from ..store.sandbox import State as State
 from ..trace.tracer import annotate, branch, decide, quiet, step
 from . import netns, validate
 from .cni import CNI, LOOPBACK, Attachment, NetworkConfig, ips_of
@@ -792,10 +793,10 @@ class SandboxManager:
     # -- PodSandboxStatus, ListPodSandbox ---------------------------------------------
 
     @step("sandbox_status")
-    async def sandbox_status(self, sandbox: Sandbox) -> str:
+    async def sandbox_status(self, sandbox: Sandbox) -> State:
         return await self.current_state(sandbox)
 
-    async def current_state(self, sandbox: Sandbox) -> str:
+    async def current_state(self, sandbox: Sandbox) -> State:
         """READY while the infra runs; an infra that died makes the pod NOTREADY."""
         if sandbox.state == READY:
             try:

@@ -10,27 +10,28 @@ from __future__ import annotations
 import base64
 import functools
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias, cast
 
 from ..api import api_pb2
 from ..runtime.backend import ExitStatus
 from .records import Store
 
-CREATED, RUNNING, EXITED, UNKNOWN = (
-    "CONTAINER_CREATED",
-    "CONTAINER_RUNNING",
-    "CONTAINER_EXITED",
-    "CONTAINER_UNKNOWN",
-)
+# The states are CRI's own enum (api_pb2.ContainerState), in memory and on the
+# wire; the record on disk names them ("CONTAINER_RUNNING"), for a reader.
+State: TypeAlias = api_pb2.ContainerState
+CREATED: State = api_pb2.CONTAINER_CREATED
+RUNNING: State = api_pb2.CONTAINER_RUNNING
+EXITED: State = api_pb2.CONTAINER_EXITED
+UNKNOWN: State = api_pb2.CONTAINER_UNKNOWN
 RECORD_UNREADABLE = "RecordUnreadable"  # the reason of a container loaded from a bad record
 PENDING_CREATE = "create"  # the record's intent while CreateContainer runs
 
 
-def state_name(state: str) -> str:
+def state_name(state: State) -> str:
     """``exited`` for CONTAINER_EXITED: a state as a message says it."""
-    return state.removeprefix("CONTAINER_").lower()
+    return api_pb2.ContainerState.Name(state).removeprefix("CONTAINER_").lower()
 
 
 @dataclass
@@ -46,7 +47,7 @@ class Container:
     created_at: int
     log_path: str
     internal_labels: dict[str, str] = field(default_factory=dict)
-    state: str = CREATED
+    state: State = CREATED
     started_at: int = 0
     finished_at: int = 0
     exit_code: int = 0
@@ -119,8 +120,13 @@ class ContainerStore(Store[Container]):
         for path in self.directory.glob("*.json"):
             yield path.stem, path
 
+    def document(self, record: Container) -> dict[str, Any]:
+        return asdict(record) | {"state": api_pb2.ContainerState.Name(record.state)}
+
     def parse(self, data: dict[str, Any]) -> Container:
-        return Container(**data)
+        """``ValueError`` for a state CRI has no name for."""
+        state = cast(State, api_pb2.ContainerState.Value(data.pop("state", "CONTAINER_CREATED")))
+        return Container(**data, state=state)
 
     def in_sandbox(self, sandbox_id: str) -> list[Container]:
         return [c for c in self._index.values() if c.sandbox_id == sandbox_id]

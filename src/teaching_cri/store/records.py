@@ -8,7 +8,6 @@ import abc
 import json
 import logging
 from collections.abc import Callable, Iterator
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Generic, Protocol, TypeVar
 
@@ -52,6 +51,10 @@ class Store(abc.ABC, Generic[R]):
     @abc.abstractmethod
     def paths(self) -> Iterator[tuple[str, Path]]:
         """Every record file on disk, with the id it is for."""
+
+    @abc.abstractmethod
+    def document(self, record: R) -> dict[str, Any]:
+        """The record as its JSON holds it."""
 
     @abc.abstractmethod
     def parse(self, data: dict[str, Any]) -> R:
@@ -112,7 +115,7 @@ class Store(abc.ABC, Generic[R]):
     def persist(self, record: R) -> None:
         """Written whole or not at all (``fsutil.atomic_write_json``), not yet
         indexed: an intent, for a restart to find, that no lookup shows."""
-        atomic_write_json(self.path(record.id), asdict(record))  # type: ignore[call-overload]
+        atomic_write_json(self.path(record.id), self.document(record))
 
     def save(self, record: R) -> None:
         """Persisted and indexed: from here on lookups and lists see it."""

@@ -8,15 +8,17 @@ from __future__ import annotations
 import base64
 import shutil
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias, cast
 
 from ..api import api_pb2
 from .records import Store
 
-READY = "SANDBOX_READY"
-NOTREADY = "SANDBOX_NOTREADY"
+# CRI's own enum (api_pb2.PodSandboxState), named in the record on disk.
+State: TypeAlias = api_pb2.PodSandboxState
+READY: State = api_pb2.SANDBOX_READY
+NOTREADY: State = api_pb2.SANDBOX_NOTREADY
 PENDING_RUN = "run"  # the record's intent while RunPodSandbox runs
 PENDING_REMOVE = "remove"  # teardown has begun: never READY again
 
@@ -29,7 +31,7 @@ class Sandbox:
     name: str
     config_b64: str  # the PodSandboxConfig as sent: the checkpoint
     created_at: int
-    state: str = NOTREADY
+    state: State = NOTREADY
     runtime_handler: str = ""
     netns: str = ""  # the pinned namespace's path, "" for host network or unpinned
     network_ready: bool = False
@@ -74,8 +76,13 @@ class SandboxStore(Store[Sandbox]):
         for path in self.directory.glob("*/sandbox.json"):
             yield path.parent.name, path
 
+    def document(self, record: Sandbox) -> dict[str, Any]:
+        return asdict(record) | {"state": api_pb2.PodSandboxState.Name(record.state)}
+
     def parse(self, data: dict[str, Any]) -> Sandbox:
-        return Sandbox(**data)
+        """``ValueError`` for a state CRI has no name for."""
+        state = cast(State, api_pb2.PodSandboxState.Value(data.pop("state", "SANDBOX_NOTREADY")))
+        return Sandbox(**data, state=state)
 
     def save(self, record: Sandbox) -> None:
         self.path(record.id).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
