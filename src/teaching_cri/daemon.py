@@ -143,6 +143,7 @@ class Daemon:
         self.tracer: Tracer | None = None
         self.backend: Backend | None = None
         self.streaming: StreamingServer | None = None
+        self.images: ImageManager | None = None
 
     async def start(self) -> None:
         """Everything that can fail on bad input or a busy socket is checked
@@ -164,8 +165,8 @@ class Daemon:
         self.runtime = RuntimeManager(cfg)  # reads persisted state: fails before any mkdir
         for directory in (cfg.root, cfg.state):
             directory.mkdir(parents=True, exist_ok=True, mode=0o711)
-        self.images = ImageManager(cfg.root / "images", cfg.registry)
-        await self._open_backend(backend)
+        self.images = images = ImageManager(cfg.root / "images", cfg.registry)
+        await self._open_backend(backend, images)
 
         self.ring = RingBufferSink()
         self.fanout = FanOutSink()
@@ -272,7 +273,7 @@ class Daemon:
         runtime_service.stream_base = f"{scheme}://{shown}:{self.streaming.port}"
         log.info("streaming server on %s", runtime_service.stream_base)
 
-    async def _open_backend(self, found: BackendProbe) -> None:
+    async def _open_backend(self, found: BackendProbe, images: ImageManager) -> None:
         """Open the backend and rebuild the view of the containers that ran
         under an earlier server (their shims kept them running)."""
         if not found.available:
@@ -280,12 +281,12 @@ class Daemon:
         self.backend = open_backend(found, self.config.state, self.config.runc)
         recovered = await self.backend.recover()
         self.runtime.backend = self.backend
-        self.images.in_use = self.backend.uses_image
+        images.in_use = self.backend.uses_image
         self.runtime.sandboxes = SandboxManager(
             SandboxStore(self.config.root / "sandboxes"),
             self.config.state,
             self.backend,
-            self.images,
+            images,
             CNI(self.config.cni_conf_dir),
             self.config.pause_image,
             privileged_network=found.name == "runc",
@@ -294,7 +295,7 @@ class Daemon:
         self.runtime.containers = ContainerManager(
             ContainerStore(self.config.root / "containers"),
             self.backend,
-            self.images,
+            images,
             self.runtime.sandboxes,
             seccomp_profile_root=self.config.profile_root,
         )
@@ -326,6 +327,9 @@ class Daemon:
         if self.backend is not None:
             await self.backend.close()  # stop watching; the containers run on
             self.backend = None
+        if self.images is not None:
+            await asyncio.to_thread(self.images.close)  # the snapshot trees RemoveImage retired
+            self.images = None
         if self.tracer is not None:
             await asyncio.to_thread(self.tracer.close)
             self.tracer = None
