@@ -162,16 +162,19 @@ CRI_OF_RUNC = {
 }
 
 
-def check_consistent(srv: Server) -> tuple[list[api_pb2.PodSandbox], list[api_pb2.Container]]:
-    """What the server lists is what runc knows: no ghost, no duplicate, same states."""
+def check_consistent(
+    srv: Server, backend_states: Callable[[Server], dict[str, str]] = runc_states
+) -> tuple[list[api_pb2.PodSandbox], list[api_pb2.Container]]:
+    """What the server lists is what the backend knows (runc's own list, or the
+    fake backend's records): no ghost, no duplicate, same states."""
     client = srv.client()
     pods = list(client.runtime.ListPodSandbox(api_pb2.ListPodSandboxRequest()).items)
     containers = list(client.runtime.ListContainers(api_pb2.ListContainersRequest()).containers)
     names = [c.metadata.name for c in containers] + [p.metadata.name for p in pods]
     assert len(names) == len(set(names)), f"duplicate names: {names}"
-    runc = runc_states(srv)
+    runc = backend_states(srv)
     listed = {c.id for c in containers} | {p.id for p in pods}
-    assert set(runc) <= listed, f"ghosts runc runs that nobody lists: {set(runc) - listed}"
+    assert set(runc) <= listed, f"ghosts the backend runs that nobody lists: {set(runc) - listed}"
     for c in containers:
         if c.id in runc:
             assert c.state == CRI_OF_RUNC[runc[c.id]], (c.id, c.state, runc[c.id])

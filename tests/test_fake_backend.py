@@ -28,6 +28,7 @@ from test_crash_points import (
     call_remove_pod,
     call_run_pod,
     call_start,
+    check_consistent,
     pod_ids_on_disk,
 )
 
@@ -258,34 +259,6 @@ def fake_states(srv: Server) -> dict[str, str]:
     return states
 
 
-CRI_OF_FAKE = {
-    "created": api_pb2.CONTAINER_CREATED,
-    "running": api_pb2.CONTAINER_RUNNING,
-    "stopped": api_pb2.CONTAINER_EXITED,
-}
-
-
-def check_consistent(srv: Server) -> tuple[list[api_pb2.PodSandbox], list[api_pb2.Container]]:
-    """What the server lists is what the backend has: no ghost, no duplicate, same states."""
-    client = srv.client()
-    pods = list(client.runtime.ListPodSandbox(api_pb2.ListPodSandboxRequest()).items)
-    containers = list(client.runtime.ListContainers(api_pb2.ListContainersRequest()).containers)
-    names = [c.metadata.name for c in containers] + [p.metadata.name for p in pods]
-    assert len(names) == len(set(names)), f"duplicate names: {names}"
-    backend = fake_states(srv)
-    listed = {c.id for c in containers} | {p.id for p in pods}
-    assert set(backend) <= listed, f"ghosts nobody lists: {set(backend) - listed}"
-    for c in containers:
-        if c.id in backend:
-            assert c.state == CRI_OF_FAKE[backend[c.id]], (c.id, c.state, backend[c.id])
-        else:
-            assert c.state in (api_pb2.CONTAINER_EXITED, api_pb2.CONTAINER_UNKNOWN), c
-    for p in pods:
-        if p.state == api_pb2.SANDBOX_READY:
-            assert backend.get(p.id) == "running", (p.id, backend.get(p.id))
-    return pods, containers
-
-
 def check_nothing_left(srv: Server) -> None:
     base = str(srv.base)
     found = [line for line in Path("/proc/self/mountinfo").read_text().splitlines() if base in line]
@@ -325,7 +298,7 @@ def test_a_kill_at_the_point_loses_nothing_and_leaves_nothing(
 
     srv = serve(short_tmp)
     try:
-        pods, containers = check_consistent(srv)
+        pods, containers = check_consistent(srv, fake_states)
         if call is call_run_pod:
             assert pods == [], "a run cut short is undone: the client never got the id"
         if call is call_create:
@@ -334,7 +307,7 @@ def test_a_kill_at_the_point_loses_nothing_and_leaves_nothing(
             assert [p.state for p in pods] == [api_pb2.SANDBOX_NOTREADY]
         if call is not call_start or [c.state for c in containers] == [api_pb2.CONTAINER_CREATED]:
             call(srv, scene)  # made again, as a client that saw no answer does: it finishes
-        pods, containers = check_consistent(srv)
+        pods, containers = check_consistent(srv, fake_states)
         states = {
             "pod ready": [p.state for p in pods] == [api_pb2.SANDBOX_READY],
             "created": [c.state for c in containers] == [api_pb2.CONTAINER_CREATED],

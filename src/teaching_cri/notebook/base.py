@@ -17,8 +17,10 @@ import anywidget
 
 class LiveWidget(anywidget.AnyWidget):
     def fallback(self) -> dict[str, str]:
-        """The static renderings, by MIME type ("text/plain" at least)."""
-        raise NotImplementedError
+        """The static renderings, by MIME type ("text/plain" at least). Each
+        widget gives its SVG or text of what it shows; this one only says what
+        the output is, for a widget that has nothing better."""
+        return {"text/plain": f"<{type(self).__name__}: live in JupyterLab>"}
 
     def _repr_mimebundle_(self, **kwargs: Any) -> tuple[dict[str, Any], dict[str, Any]]:
         live = super()._repr_mimebundle_(**kwargs)
