@@ -23,12 +23,7 @@ import pytest
 from test_crash_points import (
     POINTS,
     Action,
-    Scene,
-    call_create,
-    call_remove_pod,
-    call_run_pod,
-    call_start,
-    check_consistent,
+    kill_at_the_point_and_retry,
     pod_ids_on_disk,
 )
 
@@ -283,41 +278,10 @@ def test_a_kill_at_the_point_loses_nothing_and_leaves_nothing(
     short_tmp: Path, point: str, before: Action, call: Action, outcome: str
 ) -> None:
     """test_crash_points.py's test, with the fake backend, as any user."""
-    scene = Scene(pod_config("crash-" + point.replace(":", "-").replace("_", "-")))
-    srv = serve(short_tmp)
-    srv.client().admin.BuildLocalImage(admin_pb2.BuildLocalImageRequest(name=BUSYBOX))
-    before(srv, scene)
-    srv.stop()
-
-    srv = serve(short_tmp, crash_at=point)
-    with pytest.raises(grpc.RpcError) as err:
-        call(srv, scene)
-    assert err.value.code() == grpc.StatusCode.UNAVAILABLE, err.value
-    assert srv.process.wait(20) == -signal.SIGKILL, "the server killed itself at the point"
-    srv.stop()
-
-    srv = serve(short_tmp)
+    srv, _ = kill_at_the_point_and_retry(
+        lambda crash_at: serve(short_tmp, crash_at), point, before, call, outcome, fake_states
+    )
     try:
-        pods, containers = check_consistent(srv, fake_states)
-        if call is call_run_pod:
-            assert pods == [], "a run cut short is undone: the client never got the id"
-        if call is call_create:
-            assert containers == [], "a create cut short is undone"
-        if call is call_remove_pod:
-            assert [p.state for p in pods] == [api_pb2.SANDBOX_NOTREADY]
-        if call is not call_start or [c.state for c in containers] == [api_pb2.CONTAINER_CREATED]:
-            call(srv, scene)  # made again, as a client that saw no answer does: it finishes
-        pods, containers = check_consistent(srv, fake_states)
-        states = {
-            "pod ready": [p.state for p in pods] == [api_pb2.SANDBOX_READY],
-            "created": [c.state for c in containers] == [api_pb2.CONTAINER_CREATED],
-            "running": [c.state for c in containers] == [api_pb2.CONTAINER_RUNNING],
-            "exited": [c.state for c in containers] == [api_pb2.CONTAINER_EXITED],
-            "no container": containers == [],
-            "pod not ready": [p.state for p in pods] == [api_pb2.SANDBOX_NOTREADY],
-            "no pod": pods == [] and containers == [],
-        }
-        assert states[outcome], (outcome, pods, containers)
         assert all(pid > PID_MAX_LIMIT for pid in fake_pids(srv)), "no real process's pid"
         remove_every_pod(srv.client())
         assert pod_ids_on_disk(srv) == []

@@ -652,6 +652,7 @@ class SandboxManager:
         if not decide("sandbox_found", sandbox is not None):
             return
         assert sandbox is not None
+        self.mark_sandbox_stopping(sandbox)
         self.get_network_mode_and_annotations(sandbox)
         await self.stop_all_containers_in_sandbox(sandbox)
         crash_point("stop_pod_sandbox:containers_stopped")
@@ -663,6 +664,15 @@ class SandboxManager:
     @step("sandbox_manager_get_sandbox")
     def sandbox_manager_get_sandbox(self, sandbox_id: str) -> Sandbox | None:
         return self.find(sandbox_id)
+
+    @step("mark_sandbox_stopping")
+    def mark_sandbox_stopping(self, sandbox: Sandbox) -> None:
+        """Durably NOTREADY before anything stops: a restart after a kill in
+        the middle finds the pod not ready, never READY with its network gone."""
+        if sandbox.state != NOTREADY:
+            sandbox.state = NOTREADY
+            self.sandboxes.save(sandbox)
+        crash_point("stop_pod_sandbox:marked")
 
     @step("get_network_mode_and_annotations")
     def get_network_mode_and_annotations(self, sandbox: Sandbox) -> None:
@@ -727,8 +737,6 @@ class SandboxManager:
         if sandbox.id in self.backend.list_ids():
             with contextlib.suppress(NotFound):
                 await self.backend.stop(sandbox.id, 10)
-        sandbox.state = NOTREADY
-        self.sandboxes.save(sandbox)
 
     # -- RemovePodSandbox ----------------------------------------------------------
 
