@@ -39,7 +39,7 @@ from teaching_cri.runtime import cgroups
 from teaching_cri.runtime.backend import CreateRequest
 from teaching_cri.runtime.backends import user_namespaces_allowed
 from teaching_cri.runtime.runc import RuncBackend
-from teaching_cri.runtime.shim_client import ProcessStream
+from teaching_cri.runtime.shim_client import ProcessStream, request
 from teaching_cri.runtime.spec import ImageRunConfig, SandboxContext, generate_spec
 
 from conftest import IS_ROOT
@@ -478,6 +478,41 @@ async def test_bad_requests_get_clear_errors_and_leave_nothing(env: Env) -> None
         await env.backend.delete("twice")
     with pytest.raises(FailedPrecondition, match="exec failed"):
         await env.backend.exec_sync("twice", ["/no/such/program"], 5)
+
+
+async def test_runc_forgets_an_exited_container_we_still_report(env: Env) -> None:
+    """As containerd deletes a task when it exits: runc's state goes with the
+    exit, ours stays (status, exit code, log) until RemoveContainer."""
+    await env.run("done", "sh", "-c", "echo bye; exit 3")
+    status = await env.backend.wait("done")
+    assert "done" not in await env.backend.runtime_list()
+    state = await env.backend.state("done")
+    assert (state.status, state.exit) == ("exited", status)
+    assert (await env.backend.stats("done")).pids == 0
+    assert [r[2] for r in env.records("done")] == [b"bye"]
+    await env.backend.delete("done")
+    assert "done" not in env.backend.list_ids()
+
+
+async def test_an_exit_no_server_watched_keeps_runcs_state_until_the_remove(env: Env) -> None:
+    """The server gone when the container exits: nobody deleted runc's state,
+    and the restarted server's remove does; it was never taken for an orphan."""
+    await env.run("unwatched", "sh", "-c", "read line; exit 4", stdin=True)
+    await env.backend.close()  # the server is gone; the shim and container live on
+    shim_dir = env.backend.dir("unwatched")
+    await request(shim_dir, "close_stdin")  # the read ends: it exits
+    for _ in range(100):
+        if (shim_dir / "exit.json").exists():
+            break
+        await asyncio.sleep(0.05)
+    fresh = RuncBackend(env.backend.containers_dir.parent, tier=TIER)
+    env.backend = fresh
+    states = {s.id: s for s in await fresh.recover()}
+    assert states["unwatched"].exit is not None and states["unwatched"].exit.exit_code == 4
+    assert "unwatched" in await fresh.runtime_list()
+    await fresh.delete("unwatched")
+    assert "unwatched" not in await fresh.runtime_list()
+    assert not shim_dir.exists()
 
 
 async def test_a_failing_runc_create_says_why_and_leaves_no_state(env: Env) -> None:

@@ -7,7 +7,9 @@ the same way):
   writes its log, reaps its init and records the exit (:mod:`.shim`);
 * the **server** runs the short runc commands itself: ``start``, ``kill``,
   ``update``, ``state``, ``delete``; they change the container, not who
-  watches it.
+  watches it. ``runc delete`` runs as soon as the exit is recorded (the exit
+  watcher's, as containerd deletes a task when it exits), so RemoveContainer
+  has only our own files left to remove.
 
 Everything a restarted server needs is on disk, in the container's state dir
 (``<state>/containers/<id>/``): ``config.json`` (the bundle's spec),
@@ -70,6 +72,7 @@ log = logging.getLogger(__name__)
 RECORD = "container.json"
 UNREADABLE = "unreadable"  # the key of the placeholder for a record that cannot be read
 STARTING = "starting"  # set from just before runc start until it has returned
+RUNC_DELETED = "runc_deleted"  # set once the exit watcher has deleted runc's state
 ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 TIERS = ("runc", "rootless-runc", "processes")
 
@@ -276,7 +279,7 @@ class RuncBackend(Backend):
     @step("watch_for_the_exit")
     def watch_for_the_exit(self, container_id: str) -> None:
         """A ``wait`` connection to the shim, held by a task of its own: the
-        exit is recorded whoever asks, or nobody."""
+        exit is recorded whoever asks, or nobody, and runc's state deleted then."""
         self._watch(container_id)
 
     def _watch(self, container_id: str) -> None:
@@ -303,6 +306,7 @@ class RuncBackend(Backend):
         status = self.read_exit(container_id)
         if status is None:
             status = await self._shim_lost(container_id)
+        await self.forget_runc_state(container_id)
         self._watchers.pop(container_id, None)
         future = self._exits.setdefault(container_id, asyncio.get_running_loop().create_future())
         if not future.done():
@@ -311,6 +315,33 @@ class RuncBackend(Backend):
             result = callback(container_id, status)
             if asyncio.iscoroutine(result):
                 await result
+
+    async def forget_runc_state(self, container_id: str) -> None:
+        """The exit is on disk: runc's state (and with it the container's
+        cgroup) has nothing more to tell, so it goes now, as containerd
+        deletes a task when it exits, and RemoveContainer does not wait for
+        it. ``--force``: a lost shim's container may still be dying of our
+        SIGKILL. Our state dir stays (record, ``exit.json``, log), so
+        ContainerStatus reports the exit until the container is removed.
+
+        The record then says so, and :meth:`delete` skips runc. The mark is
+        written after runc's state is gone, so a server killed in between
+        finds no mark and ``delete`` runs ``runc delete`` once more, which
+        finds nothing: the one order in which losing the mark costs nothing."""
+        try:
+            record = self.record(container_id)
+        except (NotFound, RecordUnreadable):
+            return  # being removed, or unreadable: delete() runs runc itself
+        try:
+            await self._runc("delete", "--force", container_id)
+        except NotFound:
+            pass  # deleted already (a remove that overtook us)
+        except FailedPrecondition as exc:
+            log.warning("runc delete of exited %s: %s; RemoveContainer retries", container_id, exc)
+            return
+        record[RUNC_DELETED] = True
+        with contextlib.suppress(OSError):  # removed under us: nothing to mark
+            self._save(container_id, record)
 
     async def _shim_lost(self, container_id: str) -> ExitStatus:
         """The shim is gone and left no exit record (killed, or the machine
@@ -332,11 +363,13 @@ class RuncBackend(Backend):
         return status
 
     async def wait(self, container_id: str) -> ExitStatus:
+        """The exit, once recorded and (while a watcher runs) runc's state deleted."""
         self._known(container_id)
-        status = self.read_exit(container_id)
-        if status is not None:
-            return status
-        self._watch(container_id)
+        if container_id not in self._watchers:
+            status = self.read_exit(container_id)
+            if status is not None:
+                return status
+            self._watch(container_id)
         return await asyncio.shield(self._exits[container_id])
 
     # -- start, kill (Backend.stop, the one stop sequence, is built on these) -------
@@ -397,8 +430,11 @@ class RuncBackend(Backend):
     async def delete(self, container_id: str) -> None:
         """Remove a container that is not running: runc's state, the cgroup, our dir.
         A container created but never started is killed first (nothing to lose).
-        One whose record cannot be read is killed and deleted as runc knows it:
-        removing it is what the user asked for."""
+        runc's state is usually gone already (the exit watcher deleted it);
+        ``runc delete`` runs here only when the record does not say so: the
+        server died between the exit and now, or the record cannot be read
+        (then the container is killed and deleted as runc knows it: removing
+        it is what the user asked for)."""
         try:
             record = self.record(container_id)
         except RecordUnreadable:
@@ -412,11 +448,24 @@ class RuncBackend(Backend):
                     f"container {container_id!r} is running; stop it before removing it"
                 )
             await self.stop(container_id, 0)
-        with contextlib.suppress(NotFound):
-            await self._runc("delete", "--force", container_id)
+        record = await self.watcher_done(container_id, record)
+        if not record.get(RUNC_DELETED):
+            with contextlib.suppress(NotFound):
+                await self._runc("delete", "--force", container_id)
         if record.get("cgroups_path"):
-            cgroups.remove(record["cgroups_path"])
+            cgroups.remove(record["cgroups_path"])  # runc's delete removed it, but for a leftover
         self._forget(container_id)
+
+    async def watcher_done(self, container_id: str, record: dict[str, Any]) -> dict[str, Any]:
+        """The exit is on disk (the shim writes it before it tells the watcher):
+        let the watcher finish deleting runc's state rather than race it. The
+        record as it is then."""
+        if container_id in self._watchers:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.wait(container_id), KILL_WAIT)
+            with contextlib.suppress(NotFound, RecordUnreadable):
+                return self.record(container_id)
+        return record
 
     def _forget(self, container_id: str) -> None:
         task = self._watchers.pop(container_id, None)
@@ -613,10 +662,15 @@ class RuncBackend(Backend):
         return cgroups.read_resources(path) if path and cgroups.exists(path) else {}
 
     async def stats(self, container_id: str) -> cgroups.CgroupStats:
+        """The cgroup's counters, or the init's own without one. An exited
+        container's cgroup went with runc's state, and its pid may be another
+        process's by now: it uses nothing."""
         record = self.record(container_id)
         path = record.get("cgroups_path") or ""
         if path and cgroups.exists(path):
             return cgroups.read_stats(path)
+        if self.read_exit(container_id) is not None:
+            return cgroups.CgroupStats(time.time_ns(), 0, 0, 0, None, 0, 0)
         return proc_stats(int(record.get("pid", 0)))
 
     # -- after a restart -------------------------------------------------------------
