@@ -4,7 +4,11 @@ Who does what (iSulad's ``rt_isula_*`` and containerd's runc shim split it
 the same way):
 
 * the **shim** runs ``runc create`` and stays: it owns the container's stdio,
-  writes its log, reaps its init and records the exit (:mod:`.shim`);
+  writes its log, reaps its init and records the exit (:mod:`.shim`). The
+  server's create returns as soon as the shim is there, before its
+  ``runc create`` has finished (iSulad's ``shim_create(fg=false)``); whatever
+  needs the container itself (a start, a kill, an update) first awaits the
+  shim's report of it (:meth:`RuncBackend.created`);
 * the **server** runs the short runc commands itself: ``start``, ``kill``,
   ``update``, ``state``, ``delete``; they change the container, not who
   watches it. ``runc delete`` runs as soon as the exit is recorded (the exit
@@ -40,6 +44,7 @@ from ..errors import (
     AlreadyExists,
     DeadlineExceeded,
     FailedPrecondition,
+    Internal,
     InvalidArgument,
     NotFound,
 )
@@ -60,9 +65,11 @@ from .backend import (
 )
 from .rootless import make_rootless
 from .shim_client import (
+    SPAWN_TIMEOUT,
     Channel,
     ProcessStream,
     ShimLauncher,
+    ShimReport,
     Spawned,
     package_root,
     request,
@@ -106,6 +113,7 @@ class RuncBackend(Backend):
         self.runc_root.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._exits: dict[str, asyncio.Future[ExitStatus]] = {}
         self._watchers: dict[str, asyncio.Task[None]] = {}
+        self._creates: dict[str, asyncio.Task[int]] = {}  # runc create under way: the init's pid
         self._images: dict[str, str] = {}  # container id → image id
         self.on_exit: list[ExitCallback] = []
         self.launcher = ShimLauncher()
@@ -171,6 +179,7 @@ class RuncBackend(Backend):
             int(data.get("signal", 0)),
             bool(data.get("oom_killed", False)),
             str(data.get("message", "")),
+            data.get("reason") == "StartError",
         )
 
     # -- create ------------------------------------------------------------------
@@ -227,10 +236,13 @@ class RuncBackend(Backend):
         self._save(request.id, record)
         self._images[request.id] = request.image_id
         spawned = await self.spawn(d, request, cgroups_path)
-        record["pid"] = spawned.pid
+        record["shim_pid"] = spawned.shim_pid
         self._save(request.id, record)
+        self._creates[request.id] = asyncio.get_running_loop().create_task(
+            self._runc_created(request.id, spawned.report)
+        )
         self.watch_for_the_exit(request.id)
-        return ContainerState(request.id, "created", spawned.pid, record["created_at"], notes=notes)
+        return ContainerState(request.id, "created", 0, record["created_at"], notes=notes)
 
     @step("adapt_spec_to_the_tier")
     def adapt_spec_to_the_tier(
@@ -258,6 +270,8 @@ class RuncBackend(Backend):
 
     @step("spawn_shim")
     async def spawn(self, d: Path, request: CreateRequest, cgroups_path: str) -> Spawned:
+        """The shim, started; returns once it is there (its pid known), while
+        its ``runc create`` runs on: iSulad's ``shim_create(fg=false)``."""
         spawned = await self.launcher.launch(
             d,
             {
@@ -271,8 +285,29 @@ class RuncBackend(Backend):
                 "memory_events": cgroups.memory_events(cgroups_path) if cgroups_path else "",
             },
         )
-        annotate(pid=str(spawned.pid), shim_pid=str(spawned.shim_pid))
+        annotate(shim_pid=str(spawned.shim_pid))
         return spawned
+
+    async def _runc_created(self, container_id: str, report: ShimReport) -> int:
+        """The shim's second line, read by a task of its own: the init's pid,
+        saved in the record, or runc create's error (raised to whoever awaits
+        it; the shim has recorded it as the exit, a StartError)."""
+        try:
+            pid = await report.init_pid()
+            record = self.record(container_id)
+            record["pid"] = pid
+            self._save(container_id, record)
+            return pid
+        finally:
+            self._creates.pop(container_id, None)
+
+    async def created(self, container_id: str) -> int:
+        """The init's pid once ``runc create`` is done (0 if the container
+        never got one: its create failed, or its shim died). What a kill, an
+        update or a delete awaits first: runc knows no container before."""
+        with contextlib.suppress(FailedPrecondition, Internal):
+            return await self._runc_create_done(container_id)
+        return 0
 
     # -- watching for the exit -------------------------------------------------------
 
@@ -292,6 +327,10 @@ class RuncBackend(Backend):
         """Hold a ``wait`` connection until the shim says the init has exited (or
         is gone); then ``exit.json`` is on disk, written before the shim spoke."""
         d = self.dir(container_id)
+        pending = self._creates.get(container_id)
+        if pending is not None:  # the shim serves once its runc create is done
+            with contextlib.suppress(Exception):
+                await asyncio.shield(pending)
         try:
             channel, answer = await Channel.open(d, {"op": "wait"})
         except (FailedPrecondition, NotFound):
@@ -376,6 +415,8 @@ class RuncBackend(Backend):
 
     @child_span("RuntimeStart")
     async def start(self, container_id: str) -> ContainerState:
+        self._known(container_id)
+        await self.get_container_process_pid(container_id)
         record = self.record(container_id)
         if decide("exited_already", self.read_exit(container_id) is not None):
             raise FailedPrecondition(f"container {container_id!r} has exited; it cannot start")
@@ -398,6 +439,51 @@ class RuncBackend(Backend):
         self._save(container_id, record)
         return await self.state(container_id)
 
+    @step("get_container_process_pid")
+    async def get_container_process_pid(self, container_id: str) -> int:
+        """Wait for the shim's ``runc create``, as iSulad's ``rt_isula_start``
+        does first: the report on the shim's pipe while this server holds it;
+        after a restart, what the shim leaves in the state dir (iSulad polls
+        its shim's pid file the same way, every 100 ms while the shim lives).
+        A create that failed fails the start with runc's words (the shim has
+        recorded the exit: 128, StartError, as containerd does)."""
+        return await self._runc_create_done(container_id)
+
+    async def _runc_create_done(self, container_id: str) -> int:
+        pending = self._creates.get(container_id)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        record = self.record(container_id)
+        if record.get("pid"):
+            return int(record["pid"])
+        pid = await self.pid_left_by_the_shim(container_id)
+        if pid:
+            record["pid"] = pid
+            self._save(container_id, record)
+        return pid
+
+    async def pid_left_by_the_shim(self, container_id: str) -> int:
+        """No report to read (the server restarted meanwhile): ``init.pid``
+        once runc create has written it; an exit recorded instead (a create
+        that failed, a lost shim) or a shim dead without either says why not."""
+        d = self.dir(container_id)
+        deadline = time.monotonic() + SPAWN_TIMEOUT
+        while True:
+            with contextlib.suppress(OSError, ValueError):
+                return int((d / shim.INIT_PID).read_text())
+            status = self.read_exit(container_id)
+            if status is not None:
+                if status.start_error:
+                    raise FailedPrecondition(status.message)
+                return 0  # exited otherwise: the caller's own checks say so
+            if not self.shim_alive(container_id):
+                raise FailedPrecondition(
+                    f"container {container_id!r}: failed read pid from dead shim"
+                )
+            if time.monotonic() > deadline:
+                raise Internal(f"the shim did not report within {SPAWN_TIMEOUT:.0f} s")
+            await asyncio.sleep(0.1)
+
     @step("runc_start")
     async def runc_start(self, container_id: str) -> None:
         """The shim's ``runc create`` left the init waiting on its exec fifo; this releases it."""
@@ -406,6 +492,7 @@ class RuncBackend(Backend):
     @child_span("RuntimeKill")
     async def kill(self, container_id: str, signum: int) -> None:
         self._known(container_id)
+        await self.created(container_id)
         if decide("exited_already", self.read_exit(container_id) is not None):
             return
         await self.runc_kill(container_id, signum)
@@ -435,6 +522,7 @@ class RuncBackend(Backend):
         server died between the exit and now, or the record cannot be read
         (then the container is killed and deleted as runc knows it: removing
         it is what the user asked for)."""
+        await self.created(container_id)
         try:
             record = self.record(container_id)
         except RecordUnreadable:
@@ -468,9 +556,10 @@ class RuncBackend(Backend):
         return record
 
     def _forget(self, container_id: str) -> None:
-        task = self._watchers.pop(container_id, None)
-        if task is not None:
-            task.cancel()
+        for tasks in (self._watchers, self._creates):
+            task = tasks.pop(container_id, None)
+            if task is not None:
+                task.cancel()
         self._exits.pop(container_id, None)
         self._images.pop(container_id, None)
         shutil.rmtree(self.dir(container_id), ignore_errors=True)
@@ -641,6 +730,7 @@ class RuncBackend(Backend):
     async def update(self, container_id: str, resources: dict[str, Any]) -> dict[str, str]:
         """``runc update`` with runtime-spec LinuxResources; recorded either way so
         the status can show it. Rootless: recorded, not enforced (no cgroups)."""
+        await self.created(container_id)
         record = self.record(container_id)
         if self.read_exit(container_id) is not None:
             raise FailedPrecondition(f"container {container_id!r} has exited")
@@ -665,6 +755,7 @@ class RuncBackend(Backend):
         """The cgroup's counters, or the init's own without one. An exited
         container's cgroup went with runc's state, and its pid may be another
         process's by now: it uses nothing."""
+        await self.created(container_id)
         record = self.record(container_id)
         path = record.get("cgroups_path") or ""
         if path and cgroups.exists(path):
@@ -773,7 +864,10 @@ class RuncBackend(Backend):
             await self._runc("delete", "--force", container_id)
 
     async def close(self) -> None:
-        """Stop watching (the shims and containers go on)."""
+        """Stop watching (the shims and containers go on). A create under way is
+        awaited first, so that its pid is in the record, not only in the shim."""
+        if self._creates:
+            await asyncio.wait(list(self._creates.values()), timeout=SPAWN_TIMEOUT)
         for task in list(self._watchers.values()):
             task.cancel()
         for task in list(self._watchers.values()):
