@@ -111,14 +111,9 @@ from websockets.typing import Subprotocol
 
 from teaching_cri.api import api_pb2
 from teaching_cri.client import Client, connect, wait_for_socket
-from teaching_cri.image.build import (
-    BUSYBOX_CONFIG,
-    LayerSpec,
-    build_image,
-    build_infra_image,
-    busybox_layers,
-    file_entry,
-)
+from teaching_cri.image.hostimages import BUSYBOX_CONFIG, build_infra_image, busybox_layers
+from teaching_cri.image.layer import LayerSpec, file_entry
+from teaching_cri.image.layout import build_image
 from teaching_cri.image.push import push_layout
 from teaching_cri.trace.events import TraceEvent
 

@@ -17,7 +17,8 @@ import pytest
 
 from teaching_cri.api import admin_pb2, api_pb2
 from teaching_cri.client import Client
-from teaching_cri.image.build import build_image, copy_entry
+from teaching_cri.image.layer import copy_entry
+from teaching_cri.image.layout import build_image
 from teaching_cri.trace.charts import ChartSet
 from teaching_cri.trace.conformance import assert_conforms
 
