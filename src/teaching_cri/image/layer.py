@@ -34,9 +34,7 @@ from typing import Literal
 from teaching_cri.errors import InvalidArgument
 
 from .oci import OCI_LAYER_MEDIA_TYPE, Compression, Descriptor, sha256_digest
-
-WHITEOUT_PREFIX = ".wh."
-OPAQUE_MARKER = ".wh..wh..opq"
+from .unpack import OPAQUE_WHITEOUT, WHITEOUT_PREFIX  # the names unpacking reads
 
 EntryKind = Literal["file", "dir", "symlink", "hardlink", "whiteout", "opaque"]
 _KINDS: frozenset[str] = frozenset({"file", "dir", "symlink", "hardlink", "whiteout", "opaque"})
@@ -169,7 +167,7 @@ def _tar_name(entry: Entry) -> str:
         parent = str(PurePosixPath(path).parent)
         return WHITEOUT_PREFIX + name if parent == "." else f"{parent}/{WHITEOUT_PREFIX}{name}"
     if entry.kind == "opaque":
-        return f"{path}/{OPAQUE_MARKER}"
+        return f"{path}/{OPAQUE_WHITEOUT}"
     return path
 
 
