@@ -94,10 +94,25 @@ def attributes(c: Container) -> api_pb2.ContainerAttributes:
     return made
 
 
+# The CPU sample each container's last stats were read with: usage_nano_cores is
+# the CPU time used since then over the time since then (as PodSandboxStats's
+# sandbox_update_cpu_metrics, iSulad's UpdateCPUMetrics); the first has none.
+_CPU_SAMPLES: dict[str, tuple[int, int]] = {}  # id → (timestamp ns, CPU time ns)
+
+
+def usage_nano_cores(container_id: str, timestamp: int, usage: int) -> int:
+    last = _CPU_SAMPLES.get(container_id)
+    _CPU_SAMPLES[container_id] = (timestamp, usage)
+    if last is None or timestamp <= last[0] or usage < last[1]:
+        return 0
+    return (usage - last[1]) * 1_000_000_000 // (timestamp - last[0])
+
+
 def forget_removed(manager: ContainerManager) -> None:
-    """Drop the attributes of containers the manager no longer has."""
-    for gone in [i for i in _ATTRIBUTES if i not in manager.containers]:
-        del _ATTRIBUTES[gone]
+    """Drop what is kept of containers the manager no longer has."""
+    for kept in (_ATTRIBUTES, _CPU_SAMPLES):
+        for gone in [i for i in kept if i not in manager.containers]:
+            del kept[gone]
 
 
 @step("container_stats_to_grpc")
@@ -112,9 +127,12 @@ def container_stats_to_grpc(
             cpu, memory = item.cpu, item.memory
             cpu.timestamp = s.timestamp
             cpu.usage_core_nano_seconds.value = s.cpu_usage_ns
+            cpu.usage_nano_cores.value = usage_nano_cores(c.id, s.timestamp, s.cpu_usage_ns)
             memory.timestamp = s.timestamp
             memory.working_set_bytes.value = s.memory_working_set
             memory.usage_bytes.value = s.memory_usage
+            if s.memory_limit is not None:
+                memory.available_bytes.value = max(0, s.memory_limit - s.memory_working_set)
     return out
 
 
