@@ -90,7 +90,7 @@ from typing import Any
 import grpc
 
 from teaching_cri.api import admin_pb2, api_pb2
-from teaching_cri.image.build import BusyboxUnavailable, build_busybox_image
+from teaching_cri.image.hostimages import BusyboxUnavailable, build_busybox_image
 from teaching_cri.runtime import cgroups
 from teaching_cri.runtime.spec import SandboxContext, generate_spec
 from teaching_cri.trace.events import TraceEvent

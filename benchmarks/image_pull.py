@@ -70,16 +70,9 @@ from typing import Literal
 
 import httpx
 
-from teaching_cri.image.build import (
-    BuiltLayer,
-    BusyboxUnavailable,
-    Entry,
-    LayerSpec,
-    build_image,
-    build_layer,
-    busybox_layers,
-    file_entry,
-)
+from teaching_cri.image.hostimages import BusyboxUnavailable, busybox_layers
+from teaching_cri.image.layer import BuiltLayer, Entry, LayerSpec, build_layer, file_entry
+from teaching_cri.image.layout import build_image
 from teaching_cri.image.manager import ImageManager
 from teaching_cri.image.push import push_layout
 from teaching_cri.image.registry import Credentials, RegistryConfig

@@ -91,7 +91,7 @@ from typing import Any
 import grpc
 
 from teaching_cri.api import api_pb2
-from teaching_cri.image.build import build_infra_image
+from teaching_cri.image.hostimages import build_infra_image
 from teaching_cri.manager.network import DEFAULT_CNI_BIN_DIRS
 from teaching_cri.runtime import cgroups
 from teaching_cri.runtime.spec import SandboxContext, generate_spec

@@ -55,7 +55,7 @@ from pathlib import Path
 from typing import Any
 
 from teaching_cri.api import api_pb2
-from teaching_cri.image.build import BusyboxUnavailable, build_busybox_image
+from teaching_cri.image.hostimages import BusyboxUnavailable, build_busybox_image
 from teaching_cri.image.manager import ImageManager
 from teaching_cri.runtime import cgroups
 from teaching_cri.runtime.backend import CreateRequest

@@ -113,7 +113,7 @@ from websockets.typing import Subprotocol
 from websockets.version import version as websockets_version
 
 from teaching_cri.api import api_pb2
-from teaching_cri.image.build import BusyboxUnavailable
+from teaching_cri.image.hostimages import BusyboxUnavailable
 from teaching_cri.runtime import cgroups
 from teaching_cri.streaming import spdy
 

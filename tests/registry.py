@@ -2,7 +2,7 @@
 
 ``docker-registry`` is the reference registry (CNCF distribution 2.8). Tests
 start one per use, with storage in a temporary directory, push images built
-by ``teaching_cri.image.build`` into it, and point the runtime at it: real
+by ``teaching_cri.image.layout`` into it, and point the runtime at it: real
 HTTP, real manifests and blobs, and no network beyond 127.0.0.1.
 
 Its configuration is YAML; since JSON is a subset of YAML, it is written here
@@ -38,7 +38,8 @@ from pathlib import Path
 
 import httpx
 
-from teaching_cri.image.build import ImageInfo, build_busybox_image, build_index
+from teaching_cri.image.hostimages import build_busybox_image
+from teaching_cri.image.layout import ImageInfo, build_index
 from teaching_cri.image.oci import Platform
 from teaching_cri.image.push import push_layout
 

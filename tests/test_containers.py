@@ -171,6 +171,12 @@ def test_a_kubelet_like_sequence(any_node: tuple[Server, Client, Path], charts: 
     assert st.log_path == str(logs / "web" / "app.log")
     stats = rt.ContainerStats(api_pb2.ContainerStatsRequest(container_id=cid)).stats
     assert stats.memory.working_set_bytes.value > 0
+    assert stats.cpu.usage_nano_cores.value == 0, "a first sample has nothing to compare with"
+    if stats.memory.HasField("available_bytes"):  # a cgroup with the 64 MiB limit
+        working_set = stats.memory.working_set_bytes.value
+        assert stats.memory.available_bytes.value == (64 << 20) - working_set
+    later = rt.ContainerStats(api_pb2.ContainerStatsRequest(container_id=cid)).stats
+    assert later.cpu.HasField("usage_nano_cores") and later.cpu.timestamp > stats.cpu.timestamp
 
     other = container(client, sandbox, "side", "sleep", "1000")
 

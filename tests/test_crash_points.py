@@ -316,11 +316,16 @@ def test_a_kill_right_after_create_replied_leaves_no_ghost_and_no_leak(base: Pat
         srv.stop()
 
 
-@pytest.mark.parametrize(
-    ("point", "before", "call", "outcome"),
-    POINTS,
-    ids=[f"{p}-{c.__name__.removeprefix('call_')}" for p, _, c, _ in POINTS],
-)
+def at_each(points: list[tuple[str, Action, Action, str]]) -> pytest.MarkDecorator:
+    """The test once per crash point, named after the point and the call."""
+    return pytest.mark.parametrize(
+        ("point", "before", "call", "outcome"),
+        points,
+        ids=[f"{p}-{c.__name__.removeprefix('call_')}" for p, _, c, _ in points],
+    )
+
+
+@at_each(POINTS)
 def test_a_kill_at_the_point_loses_nothing_and_leaves_nothing(
     base: Path, point: str, before: Action, call: Action, outcome: str
 ) -> None:

@@ -23,6 +23,7 @@ import pytest
 from test_crash_points import (
     POINTS,
     Action,
+    at_each,
     kill_at_the_point_and_retry,
     pod_ids_on_disk,
 )
@@ -278,11 +279,7 @@ def check_nothing_left(srv: Server) -> None:
 
 
 @needs_busybox
-@pytest.mark.parametrize(
-    ("point", "before", "call", "outcome"),
-    FAKE_POINTS,
-    ids=[f"{p}-{c.__name__.removeprefix('call_')}" for p, _, c, _ in FAKE_POINTS],
-)
+@at_each(FAKE_POINTS)
 def test_a_kill_at_the_point_loses_nothing_and_leaves_nothing(
     short_tmp: Path, point: str, before: Action, call: Action, outcome: str
 ) -> None:

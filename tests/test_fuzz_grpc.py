@@ -425,12 +425,7 @@ def known(finding: str) -> bool:
     return any(pattern in finding for pattern in KNOWN)
 
 
-KNOWN = [
-    # Some image references in ListImages' filter (not yet narrowed to one:
-    # "a\x00b", "::", "A" and "" all conform) are refused at a node its chart
-    # draws no error edge from.
-    "the chart draws no error exit from 'filter_by_image'",
-]
+KNOWN: list[str] = []  # none open: each finding became an example below
 
 
 _started = time.monotonic()
@@ -581,3 +576,26 @@ def test_an_empty_sandbox_id_is_refused_along_its_chart(
     assert_conforms(events, charts)
     errors = [e.node for e in events if e.chart == method and e.kind is EventKind.ERROR]
     assert errors == ["sandbox_manager_get_sandbox"], errors
+
+
+@pytest.mark.parametrize("name", ["a\x00b", "::", "UPPER/case:x:y", "with space"])
+def test_a_list_images_filter_naming_no_valid_image_is_refused_along_its_chart(
+    world: World, charts: ChartSet, name: str
+) -> None:
+    """Found by issue 17's fuzzer: a filter that names no valid reference and no
+    id is INVALID_ARGUMENT naming what it got, and leaves ListImages by the
+    error edge its chart draws from filter by image."""
+    since = time.time_ns()
+    with pytest.raises(grpc.RpcError) as refused:
+        world.client.image.ListImages(
+            api_pb2.ListImagesRequest(
+                filter=api_pb2.ImageFilter(image=api_pb2.ImageSpec(image=name))
+            )
+        )
+    assert refused.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert refused.value.details()
+    time.sleep(0.2)
+    events = world.client.recent(since_unix_nano=since)
+    assert_conforms(events, charts)
+    errors = [e.node for e in events if e.chart == "ListImages" and e.kind is EventKind.ERROR]
+    assert errors == ["filter_by_image"], errors

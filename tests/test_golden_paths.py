@@ -46,7 +46,8 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from teaching_cri.api import admin_pb2, api_pb2
 from teaching_cri.client import Client
-from teaching_cri.image.build import build_image, file_entry
+from teaching_cri.image.layer import file_entry
+from teaching_cri.image.layout import build_image
 from teaching_cri.manager.cni import default_conflist
 from teaching_cri.runtime.backends import user_namespaces_allowed
 from teaching_cri.trace.charts import ChartSet

@@ -24,28 +24,27 @@ import pytest
 
 from teaching_cri.errors import InvalidArgument, NotFound
 from teaching_cri.image import oci
-from teaching_cri.image.build import (
+from teaching_cri.image.hostimages import (
     BUSYBOX_APPLETS,
     BusyboxUnavailable,
-    LayerSpec,
     build_busybox_image,
-    build_image,
-    build_index,
-    build_layer,
     check_busybox,
+    inspect_elf,
+)
+from teaching_cri.image.layer import (
+    LayerSpec,
+    build_layer,
     copy_entry,
     decompress,
     dir_entry,
     file_entry,
-    find_in_layout,
     hardlink_entry,
-    inspect_elf,
     make_tar,
     opaque_entry,
-    read_blob,
     symlink_entry,
     whiteout_entry,
 )
+from teaching_cri.image.layout import build_image, build_index, find_in_layout, read_blob
 from teaching_cri.image.oci import (
     MANIFEST_ACCEPT,
     MEDIA_TYPE_OCI_CONFIG,

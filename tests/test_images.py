@@ -18,7 +18,9 @@ import pytest
 from teaching_cri.api import api_pb2
 from teaching_cri.client import Client
 from teaching_cri.errors import FailedPrecondition
-from teaching_cri.image.build import BusyboxUnavailable, LayerSpec, build_image, file_entry
+from teaching_cri.image.hostimages import BusyboxUnavailable
+from teaching_cri.image.layer import LayerSpec, file_entry
+from teaching_cri.image.layout import build_image
 from teaching_cri.image.manager import ImageManager
 from teaching_cri.image.oci import host_platform
 from teaching_cri.image.push import push_layout

@@ -20,17 +20,14 @@ import pytest
 
 from teaching_cri.api import admin_pb2, api_pb2
 from teaching_cri.client import Client
-from teaching_cri.image.build import (
+from teaching_cri.image.hostimages import (
     BusyboxUnavailable,
     build_busybox_image,
     build_host_binaries_image,
-    build_image,
     check_busybox,
-    file_entry,
-    opaque_entry,
-    read_blob,
-    whiteout_entry,
 )
+from teaching_cri.image.layer import file_entry, opaque_entry, whiteout_entry
+from teaching_cri.image.layout import build_image, read_blob
 from teaching_cri.image.manager import ImageManager
 from teaching_cri.trace.charts import ChartSet
 from teaching_cri.trace.conformance import assert_conforms

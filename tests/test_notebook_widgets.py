@@ -25,6 +25,7 @@ import pytest
 pytest.importorskip("anywidget", reason="the notebooks extra is not installed")
 
 from teaching_cri.api import admin_pb2, api_pb2
+from teaching_cri.image.hostimages import BusyboxUnavailable
 from teaching_cri.notebook import (
     ChartView,
     Lab,
@@ -40,6 +41,8 @@ from teaching_cri.notebook import (
 from teaching_cri.notebook.chart import chart_set
 from teaching_cri.notebook.terminal import plain
 from teaching_cri.trace.events import EventKind, TraceEvent
+
+from registry import RegistryUnavailable, push_busybox, run_registry
 
 WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
 
@@ -163,6 +166,35 @@ def test_progress_has_a_bar_per_layer_of_a_local_build(lab: Lab) -> None:
     assert progress.outcome == "done"
     assert progress.layers and all(layer["bytes"] == layer["size"] for layer in progress.layers)
     assert bundle(progress)["text/plain"].count("layer ") == len(progress.layers)
+
+
+def test_progress_follows_a_real_pull_from_a_registry(lab: Lab, short_tmp: Path) -> None:
+    """Notebook 01's bars against what a learner pulls: docker-registry serves
+    busybox, PullImage fetches its layers; each bar is one layer of the
+    manifest, none from the cache, each full at the end, and the pull done."""
+    try:
+        with run_registry(short_tmp / "registry") as registry:
+            info = push_busybox(registry, "library/busybox", "1.0")
+            progress = PullProgress(lab.client, since_unix_nano=time.time_ns())
+            lab.client.image.PullImage(
+                api_pb2.PullImageRequest(
+                    image=api_pb2.ImageSpec(image=f"{registry.host}/library/busybox:1.0")
+                ),
+                timeout=120,
+            )
+            deadline = time.monotonic() + 10
+            while progress.outcome != "done" and time.monotonic() < deadline:
+                time.sleep(0.05)
+            progress.stop()
+    except (RegistryUnavailable, BusyboxUnavailable) as exc:
+        pytest.skip(str(exc))
+    assert progress.outcome == "done"
+    by_digest = {layer["digest"]: layer for layer in progress.layers}
+    assert sorted(by_digest) == sorted(info.layer_digests)
+    for layer in info.layers:
+        bar = by_digest[layer.digest]
+        assert bar["size"] == layer.size and bar["bytes"] == layer.size
+        assert not bar["cached"], "a first pull fetches every layer"
 
 
 # -- Terminal ------------------------------------------------------------------------

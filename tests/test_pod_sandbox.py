@@ -461,7 +461,7 @@ def test_the_infra_gets_the_pods_hostname_dns_sysctls_and_shm(
 def test_the_pause_image_is_pulled_when_missing(short_tmp: Path) -> None:
     """The infra image named by --pause-image comes from its registry (here a
     local one holding our infra image) and is used instead of the built-in one."""
-    from teaching_cri.image.build import build_infra_image
+    from teaching_cri.image.hostimages import build_infra_image
 
     from registry import RegistryUnavailable, _push, run_registry
 

@@ -39,7 +39,7 @@ import httpx
 import pytest
 
 from teaching_cri.errors import CRIError
-from teaching_cri.image.build import BusyboxUnavailable
+from teaching_cri.image.hostimages import BusyboxUnavailable
 from teaching_cri.image.manager import ImageManager
 from teaching_cri.image.oci import MANIFEST_ACCEPT
 from teaching_cri.image.registry import Credentials

@@ -32,7 +32,7 @@ from teaching_cri.errors import (
     InvalidArgument,
     NotFound,
 )
-from teaching_cri.image.build import BusyboxUnavailable, build_busybox_image
+from teaching_cri.image.hostimages import BusyboxUnavailable, build_busybox_image
 from teaching_cri.image.manager import ImageManager
 from teaching_cri.image.store import ImageRecord
 from teaching_cri.runtime import cgroups

@@ -15,7 +15,7 @@ import pytest
 
 from teaching_cri.api import api_pb2
 from teaching_cri.errors import InvalidArgument
-from teaching_cri.image.build import BusyboxUnavailable, build_busybox_image
+from teaching_cri.image.hostimages import BusyboxUnavailable, build_busybox_image
 from teaching_cri.image.manager import ImageManager
 from teaching_cri.runtime import seccomp
 from teaching_cri.runtime.spec import (

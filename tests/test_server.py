@@ -19,6 +19,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from teaching_cri.api import api_pb2, trace_pb2
 from teaching_cri.client import Client, connect
+from teaching_cri.runtime.spec import recursive_read_only_supported
 from teaching_cri.trace.charts import ChartSet
 from teaching_cri.trace.conformance import assert_conforms
 from teaching_cri.trace.render import VISITED, render_svg, render_text
@@ -101,6 +102,9 @@ def test_status_conditions_and_verbose_info(client: Client) -> None:
             assert any("not enforced" in c for c in info["backend"]["not_isolated"])
     assert info["trace"]["emitted"] > 0
     assert [h.name for h in verbose.runtime_handlers] == [""]
+    # The kubelet admits a pod asking recursiveReadOnly: Enabled only if the handler says so.
+    makes_rro = info["backend"]["available"] and recursive_read_only_supported()
+    assert verbose.runtime_handlers[0].features.recursive_read_only_mounts == makes_rro
 
 
 def test_runtime_config_sets_cgroupfs_explicitly(client: Client) -> None:

@@ -619,6 +619,43 @@ def test_a_layer_may_end_where_gos_tar_reader_lets_it(
     assert stats.entries == 3 and stats.bytes == 11
 
 
+@pytest.mark.parametrize("meta", ["pax", "gnu"])
+def test_a_meta_header_at_the_very_end_ends_the_archive(tmp_path: Path, meta: str) -> None:
+    """A PAX extended header or a GNU long-name header that no entry follows:
+    Go's reader.go reads the next header, meets EOF where "EOF is okay", and
+    the archive ends; the entries before it are the layer."""
+    buf = io.BytesIO()
+    form = tarfile.PAX_FORMAT if meta == "pax" else tarfile.GNU_FORMAT
+    with tarfile.open(fileobj=buf, mode="w", format=form) as tar:
+        first = tarfile.TarInfo("a")
+        first.size = 5
+        tar.addfile(first, io.BytesIO(b"alpha"))
+        second = tarfile.TarInfo("b" * 120 if meta == "gnu" else "b")
+        second.pax_headers = {"comment": "a meta header before it"} if meta == "pax" else {}
+        second.size = 2
+        tar.addfile(second, io.BytesIO(b"hi"))
+    raw = buf.getvalue()
+    with tarfile.open(fileobj=io.BytesIO(raw)) as tar:
+        meta_end = tar.getmembers()[1].offset_data - tarfile.BLOCKSIZE  # its own header
+    stats = apply(raw[:meta_end], tmp_path)
+    assert tree(tmp_path) == {"a": "file 644 b'alpha'"}
+    assert stats.entries == 1
+
+
+def test_a_meta_header_whose_data_is_cut_short_is_refused(rootfs: Path) -> None:
+    """Go: the PAX records are read in full or io.ErrUnexpectedEOF."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        entry = tarfile.TarInfo("b")
+        entry.pax_headers = {"comment": "x" * 300}
+        tar.addfile(entry, io.BytesIO(b""))
+    raw = buf.getvalue()
+    before = snapshot(rootfs)
+    with pytest.raises(LayerError, match="corrupt or truncated"):
+        apply(raw[: tarfile.BLOCKSIZE + 100], rootfs)
+    assert snapshot(rootfs) == before
+
+
 def test_an_unpadded_last_entry_is_applied_in_overlay_mode_too(tmp_path: Path) -> None:
     if not IS_ROOT:
         pytest.skip("overlay mode needs root")

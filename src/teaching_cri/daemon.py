@@ -290,6 +290,7 @@ class Daemon:
             CNI(self.config.cni_conf_dir),
             self.config.pause_image,
             privileged_network=found.name == "runc",
+            seccomp_profile_root=self.config.profile_root,
         )
         await self.runtime.sandboxes.load()
         self.runtime.containers = ContainerManager(

@@ -34,20 +34,17 @@ import pytest
 
 from teaching_cri.api import api_pb2
 from teaching_cri.client import Client
-from teaching_cri.image.build import (
+from teaching_cri.image.hostimages import BusyboxUnavailable, busybox_layers
+from teaching_cri.image.layer import (
     BuiltLayer,
-    BusyboxUnavailable,
     Entry,
-    ImageInfo,
     LayerInfo,
-    build_image,
-    build_index,
     build_layer,
-    busybox_layers,
     compress,
     file_entry,
     make_tar,
 )
+from teaching_cri.image.layout import ImageInfo, build_image, build_index
 from teaching_cri.image.oci import OCI_LAYER_MEDIA_TYPE, Compression, sha256_digest
 from teaching_cri.image.push import push_layout
 

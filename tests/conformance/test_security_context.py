@@ -17,7 +17,8 @@ import pytest
 
 from teaching_cri.api import admin_pb2, api_pb2
 from teaching_cri.client import Client
-from teaching_cri.image.build import build_image, copy_entry
+from teaching_cri.image.layer import copy_entry
+from teaching_cri.image.layout import build_image
 from teaching_cri.trace.charts import ChartSet
 from teaching_cri.trace.conformance import assert_conforms
 
@@ -279,6 +280,76 @@ def test_bad_seccomp_requests_are_invalid_and_create_nothing(
         events = node.client.recent(charts=["CreateContainer"], since_unix_nano=since)
         assert_conforms(events, charts)
         assert ("seccomp_profile", "invalid") in [(e.node, e.label) for e in events]
+
+
+def infra_seccomp_mode(node: Node, pod_id: str) -> str:
+    """The Seccomp line of the pod's infra process, found by runc's own state."""
+    out = subprocess.run(
+        ["runc", "--root", str(node.server.state / "runc"), "state", pod_id],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    status = Path(f"/proc/{json.loads(out)['pid']}/status").read_text()
+    return next(line.split()[1] for line in status.splitlines() if line.startswith("Seccomp:"))
+
+
+def test_the_pods_seccomp_profile_filters_its_infra(node: Node, tmp_path: Path) -> None:
+    """containerd filters the pause container with the profile the pod's security
+    context names: a filter (2) for RuntimeDefault and Localhost, none (0) for
+    Unconfined, for no profile at all, and for a privileged pod."""
+    local = profile_file(tmp_path / "profiles", "block-hostname.json", BLOCK_HOSTNAME)
+    cases = {
+        "runtime-default": (
+            SecurityProfile(profile_type=SecurityProfile.RuntimeDefault),
+            False,
+            "2",
+        ),
+        "localhost": (
+            SecurityProfile(profile_type=SecurityProfile.Localhost, localhost_ref=str(local)),
+            False,
+            "2",
+        ),
+        "unconfined": (SecurityProfile(profile_type=SecurityProfile.Unconfined), False, "0"),
+        "none": (None, False, "0"),
+        "privileged": (SecurityProfile(profile_type=SecurityProfile.RuntimeDefault), True, "0"),
+    }
+    for name, (profile, privileged, expected) in cases.items():
+        pod = pod_config(
+            f"pod-seccomp-{name}",
+            linux=api_pb2.LinuxPodSandboxConfig(
+                security_context=api_pb2.LinuxSandboxSecurityContext(
+                    seccomp=profile, privileged=privileged
+                )
+            ),
+        )
+        assert infra_seccomp_mode(node, run_pod(node.client, pod)) == expected, name
+
+
+def test_a_bad_pod_seccomp_profile_is_invalid_and_makes_nothing(
+    node: Node, charts: ChartSet
+) -> None:
+    since = time.time_ns()
+    pod = pod_config(
+        "pod-seccomp-bad",
+        linux=api_pb2.LinuxPodSandboxConfig(
+            security_context=api_pb2.LinuxSandboxSecurityContext(
+                seccomp=SecurityProfile(
+                    profile_type=SecurityProfile.Localhost, localhost_ref="/no/such.json"
+                )
+            )
+        ),
+    )
+    with pytest.raises(grpc.RpcError) as info:
+        run_pod(node.client, pod)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "seccomp.localhost_ref" in (info.value.details() or "")
+    assert "/no/such.json" in (info.value.details() or "")
+    assert not node.client.runtime.ListPodSandbox(api_pb2.ListPodSandboxRequest()).items
+    events = node.client.recent(charts=["RunPodSandbox"], since_unix_nano=since)
+    assert_conforms(events, charts)
+    errors = [e.node for e in events if e.kind.name == "ERROR" and not e.parent_span_id]
+    assert errors == ["prepare_sandbox_data"], errors
 
 
 def test_masked_and_readonly_paths_from_the_request(node: Node) -> None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ..api import Context, api_pb2
-from ..api.api_pb2 import UInt64Value
 from ..manager.container import RUNNING, Container, ContainerManager
 from ..runtime.cgroups import CgroupStats
 from ..trace.tracer import step
@@ -29,7 +28,7 @@ async def ContainerStats(
     manager = svc.containers()
     container = manager.get(request.container_id)
     stats = await m_cb_container_stats(manager, [container])
-    return api_pb2.ContainerStatsResponse(stats=container_stats_to_grpc(stats)[0])
+    return api_pb2.ContainerStatsResponse(stats=container_stats_to_grpc(stats).stats[0])
 
 
 @rpc("ListContainerStats")
@@ -39,7 +38,8 @@ async def ListContainerStats(
     manager = svc.containers()
     wanted = pack_container_stats_filter(manager, request.filter)
     stats = await m_cb_container_stats(manager, wanted)
-    return api_pb2.ListContainerStatsResponse(stats=container_stats_to_grpc(stats))
+    forget_removed(manager)
+    return container_stats_to_grpc(stats)
 
 
 @step("pack_container_stats_filter")
@@ -70,35 +70,69 @@ async def m_cb_container_stats(
     return out
 
 
+# A container's attributes never change (its config is fixed at create), so each
+# is built once and copied into every answer: ListContainerStats runs every few
+# seconds for every container of the node. Keyed by id, and valid while it is the
+# same config object (a record loaded again is a new one); ListContainerStats
+# drops those of containers removed since.
+_ATTRIBUTES: dict[str, tuple[api_pb2.ContainerConfig, api_pb2.ContainerAttributes]] = {}
+
+
+def attributes(c: Container) -> api_pb2.ContainerAttributes:
+    """id, metadata, labels and annotations, as ContainerStatus gives them."""
+    config = c.config
+    cached = _ATTRIBUTES.get(c.id)
+    if cached is not None and cached[0] is config:
+        return cached[1]
+    made = api_pb2.ContainerAttributes(
+        id=c.id,
+        metadata=config.metadata,
+        labels=dict(config.labels),
+        annotations=dict(config.annotations),
+    )
+    _ATTRIBUTES[c.id] = (config, made)
+    return made
+
+
+# The CPU sample each container's last stats were read with: usage_nano_cores is
+# the CPU time used since then over the time since then (as PodSandboxStats's
+# sandbox_update_cpu_metrics, iSulad's UpdateCPUMetrics); the first has none.
+_CPU_SAMPLES: dict[str, tuple[int, int]] = {}  # id → (timestamp ns, CPU time ns)
+
+
+def usage_nano_cores(container_id: str, timestamp: int, usage: int) -> int:
+    last = _CPU_SAMPLES.get(container_id)
+    _CPU_SAMPLES[container_id] = (timestamp, usage)
+    if last is None or timestamp <= last[0] or usage < last[1]:
+        return 0
+    return (usage - last[1]) * 1_000_000_000 // (timestamp - last[0])
+
+
+def forget_removed(manager: ContainerManager) -> None:
+    """Drop what is kept of containers the manager no longer has."""
+    for kept in (_ATTRIBUTES, _CPU_SAMPLES):
+        for gone in [i for i in kept if i not in manager.containers]:
+            del kept[gone]
+
+
 @step("container_stats_to_grpc")
 def container_stats_to_grpc(
     stats: list[tuple[Container, CgroupStats | None]],
-) -> list[api_pb2.ContainerStats]:
-    out = []
+) -> api_pb2.ListContainerStatsResponse:
+    out = api_pb2.ListContainerStatsResponse()
     for c, s in stats:
-        config = c.config
-        item = api_pb2.ContainerStats(
-            attributes=api_pb2.ContainerAttributes(
-                id=c.id,
-                metadata=config.metadata,
-                labels=dict(config.labels),
-                annotations=dict(config.annotations),
-            )
-        )
+        item = out.stats.add()
+        item.attributes.CopyFrom(attributes(c))
         if s is not None:
-            item.cpu.CopyFrom(
-                api_pb2.CpuUsage(
-                    timestamp=s.timestamp, usage_core_nano_seconds=UInt64Value(value=s.cpu_usage_ns)
-                )
-            )
-            item.memory.CopyFrom(
-                api_pb2.MemoryUsage(
-                    timestamp=s.timestamp,
-                    working_set_bytes=UInt64Value(value=s.memory_working_set),
-                    usage_bytes=UInt64Value(value=s.memory_usage),
-                )
-            )
-        out.append(item)
+            cpu, memory = item.cpu, item.memory
+            cpu.timestamp = s.timestamp
+            cpu.usage_core_nano_seconds.value = s.cpu_usage_ns
+            cpu.usage_nano_cores.value = usage_nano_cores(c.id, s.timestamp, s.cpu_usage_ns)
+            memory.timestamp = s.timestamp
+            memory.working_set_bytes.value = s.memory_working_set
+            memory.usage_bytes.value = s.memory_usage
+            if s.memory_limit is not None:
+                memory.available_bytes.value = max(0, s.memory_limit - s.memory_working_set)
     return out
 
 

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from ..api import Context, api_pb2
 from ..manager.network import NetworkStatus
 from ..runtime.backends import BackendProbe
+from ..runtime.spec import recursive_read_only_supported
 from ..trace.tracer import decide, step
 from ._rpc import rpc
 
@@ -46,10 +47,21 @@ async def Status(
         status=status,
         info=info,
         # One handler, the default (""): RuntimeClass handlers arrive with the runtime backends.
-        runtime_handlers=[
-            api_pb2.RuntimeHandler(name="", features=api_pb2.RuntimeHandlerFeatures())
-        ],
+        runtime_handlers=[api_pb2.RuntimeHandler(name="", features=handler_features(backend))],
         features=api_pb2.RuntimeFeatures(),
+    )
+
+
+def handler_features(backend: BackendProbe) -> api_pb2.RuntimeHandlerFeatures:
+    """What the kubelet may ask of the handler. A pod asking for
+    ``recursiveReadOnly: Enabled`` is refused by the kubelet unless this says
+    the runtime makes such mounts: runc's ``rro`` does, on Linux 5.12 and later
+    (``spec.recursive_read_only_supported``), in both runc tiers; the processes
+    tier makes no mounts at all. User namespaces for pods are not built."""
+    runc = backend.available and backend.details.get("tier") in ("runc", "rootless-runc")
+    return api_pb2.RuntimeHandlerFeatures(
+        recursive_read_only_mounts=runc and recursive_read_only_supported(),
+        user_namespaces=False,
     )
 
 

@@ -24,7 +24,7 @@ import tarfile
 from pathlib import Path
 
 from ..errors import InvalidArgument, NotFound
-from .build import add_to_layout_index, find_in_layout, init_layout, read_layout_index, write_blob
+from .layout import add_to_layout_index, find_in_layout, init_layout, read_layout_index, write_blob
 from .oci import (
     ANNOTATION_REF_NAME,
     MEDIA_TYPE_OCI_CONFIG,

@@ -30,7 +30,7 @@ import httpx
 from ..errors import FailedPrecondition, InvalidArgument
 from ..trace.tracer import annotate, current_span, decide, step
 from .archive import LayoutSource, cleanup, extract_archive, pick_image, recorded_name
-from .build import (
+from .hostimages import (
     BusyboxUnavailable,
     build_busybox_image,
     build_host_binaries_image,

@@ -12,7 +12,7 @@ sent. Two JSON documents that mean the same thing (other key order, other
 spacing) are *different* blobs with different digests; re-serialising a
 manifest you fetched gives a document that no longer matches its digest. So we
 never re-encode content we did not create. For content we *do* create (the
-configs and manifests in ``build.py``) we pick one encoding, ``canonical_json``,
+configs and manifests in ``layout.py``) we pick one encoding, ``canonical_json``,
 so that building the same image twice gives the same digests.
 
 How a pointer to a blob looks is fixed too: a *descriptor* (image-spec

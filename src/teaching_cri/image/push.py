@@ -44,7 +44,7 @@ import httpx
 
 from teaching_cri.errors import InvalidArgument
 
-from .build import blob_path, find_in_layout, read_manifest
+from .layout import blob_path, find_in_layout, read_manifest
 from .oci import Descriptor, is_image_manifest, is_index, validate_digest
 
 Auth = tuple[str, str]
@@ -316,7 +316,7 @@ def push_layout(
     ``auth`` is a (user name, password) pair, used for Basic challenges and
     when fetching Bearer tokens. Raises PushError (AuthError for 401/403),
     naming the URL and status; a layout that is missing or broken raises the
-    errors of ``build.py`` (NotFound, InvalidArgument, DigestMismatch).
+    errors of ``layout.py`` (NotFound, InvalidArgument, DigestMismatch).
     """
     layout_dir = Path(layout_dir)
     if not _NAME_RE.match(repository) or len(repository) > 255:

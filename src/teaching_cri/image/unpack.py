@@ -636,6 +636,7 @@ def _scan(archive: _Archive, media_type: str) -> list[_Entry]:
     """Pass 1a: read and check every header of the decompressed archive; nothing written."""
     end = archive.size()
     entries: list[_Entry] = []
+    tar: tarfile.TarFile | None = None
     try:
         with _open_tar(archive, end) as tar:
             for member in _members(tar):
@@ -644,11 +645,41 @@ def _scan(archive: _Archive, media_type: str) -> list[_Entry]:
     except LayerError:
         raise
     except (tarfile.TarError, OSError) as e:
-        _check_complete(entries, end, media_type)  # the clearer message, if it applies
-        raise LayerError(f"layer is corrupt or truncated ({media_type}): {e}") from e
+        # tarfile leaves its offset at the header it failed to finish.
+        resume = _after_meta_headers(archive, tar.offset if tar is not None else 0, end)
+        if resume is None:
+            _check_complete(entries, end, media_type)  # the clearer message, if it applies
+            raise LayerError(f"layer is corrupt or truncated ({media_type}): {e}") from e
+        after = resume
     _check_complete(entries, end, media_type)
     _check_end(archive, after, end, media_type, entries[-1].raw if entries else None)
     return entries
+
+
+_META_TYPES = (tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK)
+
+
+def _after_meta_headers(archive: _Archive, start: int, end: int) -> int | None:
+    """Where the next header would be, if only meta headers (PAX, GNU long name or
+    link), each with all its data, stand from ``start`` to the end of the archive or
+    to a zero block; else None. Go's reader.go reads the header such a meta header
+    is for and meets EOF ("EOF is okay here") or a zero block: the archive ends
+    there, the meta header for nothing. tarfile calls that a damaged archive."""
+    offset = start
+    while offset + tarfile.BLOCKSIZE <= end:
+        block = archive.read_at(offset, tarfile.BLOCKSIZE)
+        if not block.strip(b"\0"):
+            break
+        if block[156:157] not in _META_TYPES:
+            return None
+        try:
+            size = tarfile.nti(block[124:136])  # type: ignore[attr-defined]
+        except tarfile.HeaderError:
+            return None
+        if offset + tarfile.BLOCKSIZE + size > end:
+            return None  # its data cut short: io.ErrUnexpectedEOF in Go
+        offset += tarfile.BLOCKSIZE + _round_up(size)
+    return offset if offset > start else None
 
 
 def _truncated(media_type: str, what: str) -> LayerError:

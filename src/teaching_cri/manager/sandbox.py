@@ -41,7 +41,7 @@ from ..fsutil import MNT_DETACH, MS_NODEV, MS_NOEXEC, MS_NOSUID, crash_point, mo
 from ..image.manager import ImageManager
 from ..image.registry import Credentials, RegistryUnavailable
 from ..image.store import ImageRecord
-from ..runtime import cgroups
+from ..runtime import cgroups, seccomp
 from ..runtime.backend import Backend, CreateRequest
 from ..runtime.spec import ImageRunConfig, SandboxContext, generate_spec
 from ..store.container import Container
@@ -112,6 +112,19 @@ def check_hostname(hostname: str) -> None:
         )
 
 
+def infra_seccomp(
+    sc: api_pb2.LinuxSandboxSecurityContext,
+) -> api_pb2.LinuxContainerSecurityContext:
+    """The pod's seccomp request as the infra's own: containerd filters the
+    pause container with the profile the pod's security context names (none
+    asked for: unconfined), and never a privileged pod's."""
+    return api_pb2.LinuxContainerSecurityContext(
+        privileged=sc.privileged,
+        seccomp=sc.seccomp if sc.HasField("seccomp") else None,
+        seccomp_profile_path=sc.seccomp_profile_path,
+    )
+
+
 class SandboxManager:
     def __init__(
         self,
@@ -123,8 +136,10 @@ class SandboxManager:
         pause_image: str,
         *,
         privileged_network: bool,
+        seccomp_profile_root: Path | None = None,
     ) -> None:
         self.sandboxes = store
+        self.seccomp_profile_root = seccomp_profile_root
         self.files = state / "sandboxes"
         self.netns_dir = state / "netns"
         self.backend = backend
@@ -269,6 +284,7 @@ class SandboxManager:
             )
         if config.hostname:
             check_hostname(config.hostname)
+        seccomp.choose(infra_seccomp(config.linux.security_context), self.seccomp_profile_root)
         # The pods whose network is up hold their hostPorts (portmap's rules), and
         # so do those being made: a RunPodSandbox awaits between here and CNI ADD.
         held = (s.config for s in self.all() if s.network_ready)
@@ -513,6 +529,8 @@ class SandboxManager:
             linux=api_pb2.LinuxContainerConfig(
                 security_context=api_pb2.LinuxContainerSecurityContext(
                     privileged=sc.privileged,
+                    seccomp=sc.seccomp if sc.HasField("seccomp") else None,
+                    seccomp_profile_path=sc.seccomp_profile_path,
                     readonly_rootfs=True,
                     no_new_privs=True,
                     namespace_options=api_pb2.NamespaceOption(
@@ -543,6 +561,8 @@ class SandboxManager:
                     shm=context.shm,
                 ),
                 annotations={"io.kubernetes.cri.container-type": "sandbox"},
+                seccomp_profile_root=self.seccomp_profile_root,
+                seccomp_enforced=backend.name not in ("processes", "fake"),
             )
             if config.linux.sysctls:
                 spec["linux"]["sysctl"] = dict(config.linux.sysctls)

@@ -33,8 +33,7 @@ from ..client import Client
 from ..trace.charts import ChartSet
 from ..trace.events import EventKind, TraceEvent
 from ..trace.render import overlay, render_svg, render_text, to_dot
-from .base import LiveWidget
-from .feed import Coalescer, Follower
+from .base import FollowingWidget
 
 STATIC = Path(__file__).parent / "static"
 
@@ -55,7 +54,7 @@ def ms(ns: int) -> float:
     return round(ns / 1e6, 3)
 
 
-class ChartView(LiveWidget):
+class ChartView(FollowingWidget):
     """A live chart of one call (``trace_id``) or of a running filter."""
 
     _esm = STATIC / "chart.js"
@@ -81,30 +80,24 @@ class ChartView(LiveWidget):
         unknown = [c for c in self.charts if c not in chart_set()]
         if unknown:
             raise ValueError(f"no chart named {', '.join(unknown)} (see `teaching-cri charts`)")
-        self._lock = threading.Lock()
         self._spans: dict[str, list[TraceEvent]] = {}  # the current span's events
         self._current = ""
         self._hits: Counter[str] = Counter()
         self._spans_seen = 0
         self._done = threading.Event()
-        self._coalescer = Coalescer(self._apply, self._publish, interval)
-        self._follower: Follower | None = None
-        if client is not None:
-            self._follower = Follower(
-                client,
-                self._coalescer.feed,
-                charts=self.charts,
-                trace_id=trace_id,
-                container_id=container_id,
-                sandbox_id=sandbox_id,
-                since_unix_nano=since_unix_nano,
-            )
+        self._follow(
+            client,
+            self._apply,
+            self._publish,
+            interval,
+            charts=self.charts,
+            trace_id=trace_id,
+            container_id=container_id,
+            sandbox_id=sandbox_id,
+            since_unix_nano=since_unix_nano,
+        )
 
     # -- in: events ------------------------------------------------------------
-
-    def feed(self, events: Iterable[TraceEvent]) -> None:
-        """Events as they arrive (the follower's thread, or a test's)."""
-        self._coalescer.feed(events)
 
     def _apply(self, events: list[TraceEvent]) -> None:
         with self._lock:
@@ -166,11 +159,6 @@ class ChartView(LiveWidget):
             self.state = state
 
     @property
-    def updates(self) -> int:
-        """How many updates were sent to the page (at most ~10 a second)."""
-        return self._coalescer.updates
-
-    @property
     def events(self) -> list[TraceEvent]:
         with self._lock:
             return self._events()
@@ -180,12 +168,6 @@ class ChartView(LiveWidget):
         done = self._done.wait(timeout)
         self._coalescer.flush()
         return done
-
-    def stop(self) -> None:
-        """Stop following; the view keeps what it has drawn."""
-        if self._follower is not None:
-            self._follower.stop()
-        self._coalescer.close()
 
     def text(self) -> str:
         events = self.events

@@ -8,8 +8,6 @@ store). Those visits are the bars; BuildLocalImage walks the same step.
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +15,7 @@ import traitlets
 
 from ..client import Client
 from ..trace.events import EventKind, TraceEvent
-from .base import LiveWidget
-from .feed import Coalescer, Follower
+from .base import FollowingWidget
 
 STATIC = Path(__file__).parent / "static"
 
@@ -33,7 +30,7 @@ def bar(layer: dict[str, Any], width: int = 30) -> str:
     )
 
 
-class PullProgress(LiveWidget):
+class PullProgress(FollowingWidget):
     """The layers of the pulls (or local builds) of one trace, or of a filter."""
 
     _esm = STATIC / "progress.js"
@@ -49,24 +46,17 @@ class PullProgress(LiveWidget):
         interval: float = 0.1,
     ) -> None:
         super().__init__()
-        self._lock = threading.Lock()
         self._layers: dict[str, dict[str, Any]] = {}
         self._outcome = ""
-        self._coalescer = Coalescer(self._apply, self._publish, interval)
-        self._follower = (
-            Follower(
-                client,
-                self._coalescer.feed,
-                trace_id=trace_id,
-                charts=() if trace_id else ("PullImage", "BuildLocalImage"),
-                since_unix_nano=since_unix_nano,
-            )
-            if client is not None
-            else None
+        self._follow(
+            client,
+            self._apply,
+            self._publish,
+            interval,
+            trace_id=trace_id,
+            charts=() if trace_id else ("PullImage", "BuildLocalImage"),
+            since_unix_nano=since_unix_nano,
         )
-
-    def feed(self, events: Iterable[TraceEvent]) -> None:
-        self._coalescer.feed(events)
 
     def _apply(self, events: list[TraceEvent]) -> None:
         with self._lock:
@@ -94,14 +84,6 @@ class PullProgress(LiveWidget):
             outcome = self._outcome
         with self.hold_sync():
             self.layers, self.outcome = layers, outcome
-
-    def flush(self) -> None:
-        self._coalescer.flush()
-
-    def stop(self) -> None:
-        if self._follower is not None:
-            self._follower.stop()
-        self._coalescer.close()
 
     def text(self) -> str:
         with self._lock:

@@ -13,7 +13,6 @@ widget (sent at most ten times a second) and for the static fallback.
 from __future__ import annotations
 
 import html
-import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,8 +21,7 @@ import traitlets
 
 from ..client import Client
 from ..trace.events import EventKind, TraceEvent
-from .base import LiveWidget
-from .feed import Coalescer, Follower
+from .base import FollowingWidget
 
 STATIC = Path(__file__).parent / "static"
 MAX_SPANS = 2000  # the oldest go first: a loop left running stays drawable
@@ -95,7 +93,7 @@ def draw(spans: dict[str, Span], width: int = 900, now_ns: int = 0) -> str:
     return "".join(out)
 
 
-class Timeline(LiveWidget):
+class Timeline(FollowingWidget):
     """The spans of one trace (``trace_id``) or of a running filter, live."""
 
     _esm = STATIC / "timeline.js"
@@ -113,24 +111,17 @@ class Timeline(LiveWidget):
         interval: float = 0.1,
     ) -> None:
         super().__init__()
-        self._lock = threading.Lock()
         self.spans: dict[str, Span] = {}
-        self._coalescer = Coalescer(self._apply, self._publish, interval)
-        self._follower = (
-            Follower(
-                client,
-                self._coalescer.feed,
-                trace_id=trace_id,
-                charts=charts,
-                container_id=container_id,
-                since_unix_nano=since_unix_nano,
-            )
-            if client is not None
-            else None
+        self._follow(
+            client,
+            self._apply,
+            self._publish,
+            interval,
+            trace_id=trace_id,
+            charts=tuple(charts),
+            container_id=container_id,
+            since_unix_nano=since_unix_nano,
         )
-
-    def feed(self, events: Iterable[TraceEvent]) -> None:
-        self._coalescer.feed(events)
 
     def _apply(self, events: list[TraceEvent]) -> None:
         with self._lock:
@@ -150,18 +141,6 @@ class Timeline(LiveWidget):
             svg, summary = draw(self.spans), self.text()
         with self.hold_sync():
             self.svg, self.summary = svg, summary
-
-    def flush(self) -> None:
-        self._coalescer.flush()
-
-    @property
-    def updates(self) -> int:
-        return self._coalescer.updates
-
-    def stop(self) -> None:
-        if self._follower is not None:
-            self._follower.stop()
-        self._coalescer.close()
 
     def text(self) -> str:
         by_chart: dict[str, list[Span]] = {}
