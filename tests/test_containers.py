@@ -239,6 +239,50 @@ def test_sleep_as_pid_1_is_killed_after_the_grace_period(
     assert_conforms(client.recent(since_unix_nano=since), charts)
 
 
+def test_a_failed_runc_create_fails_the_start_as_in_containerd(
+    any_node: tuple[Server, Client, Path], charts: ChartSet
+) -> None:
+    """containerd's CreateContainer runs no runc; a task that fails to be
+    created fails StartContainer, and the container is EXITED with exit code
+    128, reason StartError and the error as its message. Ours replies to the
+    create before the shim's runc create is done: the same to a client."""
+    _srv, client, logs = any_node
+    since = time.time_ns()
+    sandbox = pod(client, logs, "broken")
+    cid = container(client, sandbox, "broken", "/no/such/program")
+    with pytest.raises(grpc.RpcError) as err:
+        client.runtime.StartContainer(api_pb2.StartContainerRequest(container_id=cid))
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "/no/such/program" in str(err.value.details())
+    st = state_of(client, cid)
+    assert st.state == api_pb2.CONTAINER_EXITED
+    assert (st.exit_code, st.reason) == (128, "StartError")
+    assert "/no/such/program" in st.message
+    client.runtime.StopContainer(api_pb2.StopContainerRequest(container_id=cid, timeout=5))
+    client.runtime.RemoveContainer(api_pb2.RemoveContainerRequest(container_id=cid))
+    listed = client.runtime.ListContainers(api_pb2.ListContainersRequest()).containers
+    assert [c.id for c in listed] == []
+    assert_conforms(client.recent(since_unix_nano=since), charts)
+
+
+def test_a_just_created_container_stops_and_is_removed_without_a_start(
+    any_node: tuple[Server, Client, Path], charts: ChartSet
+) -> None:
+    """Stop and Remove may come while the shim's runc create still runs: they
+    wait for it; the container is EXITED, then gone."""
+    _srv, client, logs = any_node
+    since = time.time_ns()
+    sandbox = pod(client, logs, "unstarted")
+    first = container(client, sandbox, "stopped", "sleep", "1000")
+    client.runtime.StopContainer(api_pb2.StopContainerRequest(container_id=first, timeout=5))
+    assert state_of(client, first).state == api_pb2.CONTAINER_EXITED
+    second = container(client, sandbox, "removed", "sleep", "1000")
+    for cid in (first, second):
+        client.runtime.RemoveContainer(api_pb2.RemoveContainerRequest(container_id=cid))
+    assert not client.runtime.ListContainers(api_pb2.ListContainersRequest()).containers
+    assert_conforms(client.recent(since_unix_nano=since), charts)
+
+
 def test_errors_name_what_was_wrong(
     any_node: tuple[Server, Client, Path], charts: ChartSet
 ) -> None:

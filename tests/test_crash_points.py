@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -173,7 +175,12 @@ def check_consistent(
     containers = list(client.runtime.ListContainers(api_pb2.ListContainersRequest()).containers)
     names = [c.metadata.name for c in containers] + [p.metadata.name for p in pods]
     assert len(names) == len(set(names)), f"duplicate names: {names}"
-    runc = backend_states(srv)
+    created = {c.id for c in containers if c.state == api_pb2.CONTAINER_CREATED}
+    for _ in range(50):  # CreateContainer replies before the shim's runc create is done
+        runc = backend_states(srv)
+        if created <= set(runc):
+            break
+        time.sleep(0.1)
     listed = {c.id for c in containers} | {p.id for p in pods}
     assert set(runc) <= listed, f"ghosts the backend runs that nobody lists: {set(runc) - listed}"
     for c in containers:
@@ -279,6 +286,34 @@ def kill_at_the_point_and_retry(
         srv.stop()
         raise
     return srv, pods_seen | {p.id for p in pods}
+
+
+def test_a_kill_right_after_create_replied_leaves_no_ghost_and_no_leak(base: Path) -> None:
+    """CreateContainer replies before the shim's runc create is done: a server
+    SIGKILLed right then finds, restarted, a container runc knows as created,
+    that starts; and once its pod is removed nothing of it is left."""
+    scene = Scene(pod_config("crash-after-create-replied"))
+    srv = serve(base)
+    srv.client().admin.BuildLocalImage(admin_pb2.BuildLocalImageRequest(name=BUSYBOX))
+    make_pod(srv, scene)
+    call_create(srv, scene)
+    srv.stop(signal.SIGKILL)
+    srv = serve(base)
+    try:
+        _pods, containers = check_consistent(srv)
+        assert [c.state for c in containers] == [api_pb2.CONTAINER_CREATED]
+        call_start(srv, scene)
+        _pods, containers = check_consistent(srv)
+        assert [c.state for c in containers] == [api_pb2.CONTAINER_RUNNING]
+        client = srv.client()
+        client.runtime.StopPodSandbox(api_pb2.StopPodSandboxRequest(pod_sandbox_id=scene.pod_id))
+        client.runtime.RemovePodSandbox(
+            api_pb2.RemovePodSandboxRequest(pod_sandbox_id=scene.pod_id)
+        )
+        check_nothing_left(srv)
+        assert not [d for d in cgroups.directories(cgroups.pod_parent(scene.pod_id)) if d.exists()]
+    finally:
+        srv.stop()
 
 
 def at_each(points: list[tuple[str, Action, Action, str]]) -> pytest.MarkDecorator:

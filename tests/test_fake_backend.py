@@ -150,14 +150,23 @@ def test_a_container_that_ends_by_itself_is_exited_with_its_code(fake: Server) -
 
 
 @needs_busybox
-def test_a_program_missing_from_the_image_fails_the_create(fake: Server) -> None:
+def test_a_program_missing_from_the_image_fails_the_start(fake: Server) -> None:
+    """As with runc (whose create the runc backend does not wait for) and as
+    containerd: the create succeeds, the start fails with runc's words, the
+    container is EXITED (128, StartError), and its remove leaves nothing."""
     client = fake.client()
     pod = pod_config("missing")
     pod_id = run_pod(client, pod)
+    cid = create_container(client, pod_id, pod, "nope", "no-such-program")
     with pytest.raises(grpc.RpcError) as err:
-        create_container(client, pod_id, pod, "nope", "no-such-program")
+        client.runtime.StartContainer(api_pb2.StartContainerRequest(container_id=cid))
     assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert "no-such-program" in str(err.value.details())
+    status = client.runtime.ContainerStatus(api_pb2.ContainerStatusRequest(container_id=cid))
+    assert status.status.state == api_pb2.CONTAINER_EXITED
+    assert (status.status.exit_code, status.status.reason) == (128, "StartError")
+    assert "no-such-program" in status.status.message
+    client.runtime.RemoveContainer(api_pb2.RemoveContainerRequest(container_id=cid))
     assert list(client.runtime.ListContainers(api_pb2.ListContainersRequest()).containers) == []
 
 

@@ -39,7 +39,7 @@ from teaching_cri.runtime import cgroups
 from teaching_cri.runtime.backend import CreateRequest
 from teaching_cri.runtime.backends import user_namespaces_allowed
 from teaching_cri.runtime.runc import RuncBackend
-from teaching_cri.runtime.shim_client import ProcessStream
+from teaching_cri.runtime.shim_client import ProcessStream, request
 from teaching_cri.runtime.spec import ImageRunConfig, SandboxContext, generate_spec
 
 from conftest import IS_ROOT
@@ -330,6 +330,7 @@ async def test_the_pods_cgroup_is_ours_to_create_and_remove(env: Env) -> None:
 
 async def test_recovery_deletes_what_only_runc_knows(env: Env) -> None:
     await env.create("known", "sleep", "1000")
+    await env.backend.created("known")  # the shim's runc create, done
     shutil.rmtree(env.backend.dir("known"))  # as if the server died mid-create
     env.made.remove("known")
     env.manager.snapshots.remove_view("known")
@@ -480,11 +481,89 @@ async def test_bad_requests_get_clear_errors_and_leave_nothing(env: Env) -> None
         await env.backend.exec_sync("twice", ["/no/such/program"], 5)
 
 
-async def test_a_failing_runc_create_says_why_and_leaves_no_state(env: Env) -> None:
-    with pytest.raises(FailedPrecondition, match="runtime create failed"):
-        await env.create("broken", "/no/such/program")
+async def test_runc_forgets_an_exited_container_we_still_report(env: Env) -> None:
+    """As containerd deletes a task when it exits: runc's state goes with the
+    exit, ours stays (status, exit code, log) until RemoveContainer."""
+    await env.run("done", "sh", "-c", "echo bye; exit 3")
+    status = await env.backend.wait("done")
+    assert "done" not in await env.backend.runtime_list()
+    state = await env.backend.state("done")
+    assert (state.status, state.exit) == ("exited", status)
+    assert (await env.backend.stats("done")).pids == 0
+    assert [r[2] for r in env.records("done")] == [b"bye"]
+    await env.backend.delete("done")
+    assert "done" not in env.backend.list_ids()
+
+
+async def test_an_exit_no_server_watched_keeps_runcs_state_until_the_remove(env: Env) -> None:
+    """The server gone when the container exits: nobody deleted runc's state,
+    and the restarted server's remove does; it was never taken for an orphan."""
+    await env.run("unwatched", "sh", "-c", "read line; exit 4", stdin=True)
+    await env.backend.close()  # the server is gone; the shim and container live on
+    shim_dir = env.backend.dir("unwatched")
+    await request(shim_dir, "close_stdin")  # the read ends: it exits
+    for _ in range(100):
+        if (shim_dir / "exit.json").exists():
+            break
+        await asyncio.sleep(0.05)
+    fresh = RuncBackend(env.backend.containers_dir.parent, tier=TIER)
+    env.backend = fresh
+    states = {s.id: s for s in await fresh.recover()}
+    assert states["unwatched"].exit is not None and states["unwatched"].exit.exit_code == 4
+    assert "unwatched" in await fresh.runtime_list()
+    await fresh.delete("unwatched")
+    assert "unwatched" not in await fresh.runtime_list()
+    assert not shim_dir.exists()
+
+
+async def test_a_failing_runc_create_fails_the_start_and_the_remove_leaves_nothing(
+    env: Env,
+) -> None:
+    """As containerd, whose CreateContainer runs no runc: the create returns,
+    the start fails with runc's words, the container is EXITED (128,
+    StartError, the same words), and the remove cleans up everything."""
+    await env.create("broken", "/no/such/program")
+    with pytest.raises(FailedPrecondition, match=r"runtime create failed.*no/such/program"):
+        await env.backend.start("broken")
+    state = await env.backend.state("broken")
+    assert state.status == "exited" and state.exit is not None
+    assert (state.exit.exit_code, state.exit.reason) == (128, "StartError")
+    assert "no/such/program" in state.exit.message
+    await env.backend.stop("broken", 0)  # a stop has nothing to do
+    await env.backend.delete("broken")
     assert "broken" not in env.backend.list_ids()
     assert not env.backend.dir("broken").exists()
+    assert "broken" not in await env.backend.runtime_list()
+
+
+async def test_create_then_remove_without_a_start_leaves_nothing(env: Env) -> None:
+    """The remove may come while the shim's runc create still runs: it waits
+    for it, kills the waiting init, and nothing is left, in runc or on disk."""
+    await env.create("never", "sleep", "1000")
+    await env.backend.stop("never", 0)
+    await env.backend.delete("never")
+    assert "never" not in await env.backend.runtime_list()
+    assert not env.backend.dir("never").exists()
+    await env.create("never2", "sleep", "1000")
+    await env.backend.delete("never2")  # no stop first: the remove kills it
+    assert "never2" not in await env.backend.runtime_list()
+    assert not env.backend.dir("never2").exists()
+
+
+async def test_a_start_after_a_restart_finds_the_pid_the_shim_left(env: Env) -> None:
+    """The server gone between the create and the start: no report pipe is
+    held any more; the start reads what the shim left (init.pid)."""
+    await env.create("later", "sleep", "1000")
+    await env.backend.close()  # waits for the create under way, as a server's stop does
+    fresh = RuncBackend(env.backend.containers_dir.parent, tier=TIER)
+    env.backend = fresh
+    record = json.loads((fresh.dir("later") / "container.json").read_text())
+    del record["pid"]  # as if it had died before the shim's report
+    (fresh.dir("later") / "container.json").write_text(json.dumps(record))
+    await fresh.recover()
+    state = await fresh.start("later")
+    assert state.status == "running" and state.pid > 0
+    assert fresh.pid_of("later") == state.pid
 
 
 # -- stats and resources ---------------------------------------------------------------

@@ -485,8 +485,9 @@ class ContainerManager:
     async def start(self, given: str) -> None:
         container = self.get(given)
         if not decide("container_created", container.state == CREATED):
+            why = f" ({container.reason}: {container.message})" if container.message else ""
             raise FailedPrecondition(
-                f"container {container.id[:12]} is {state_name(container.state)}, "
+                f"container {container.id[:12]} is {state_name(container.state)}{why}, "
                 "only a created container can start"
             )
         await self.m_cb_container_start(container)

@@ -58,10 +58,13 @@ class ExitStatus:
     signal: int = 0
     oom_killed: bool = False
     message: str = ""
+    start_error: bool = False  # never ran: runc create failed (exit code 128, containerd's)
 
     @property
     def reason(self) -> str:
         """ContainerStatus.reason as the kubelet knows it."""
+        if self.start_error:
+            return "StartError"
         if self.oom_killed:
             return "OOMKilled"
         return "Completed" if self.exit_code == 0 else "Error"

@@ -348,8 +348,11 @@ class FakeBackend(Backend):
     # -- create, start ---------------------------------------------------------------------
 
     async def create(self, request: CreateRequest) -> ContainerState:
-        """The record, and a check that the command is there: runc would fail
-        the create for a program missing from the rootfs."""
+        """The record, and a check that the command is there. runc fails its
+        create for a program missing from the rootfs, after the runc backend's
+        create has returned: so here too the create succeeds, the failure is
+        recorded as the exit (128, StartError, runc's words) and the start
+        fails with it."""
         if not ID_PATTERN.match(request.id):
             raise InvalidArgument(f"container id {request.id!r}: letters, digits, '_.-' only")
         if self.path(request.id).exists():
@@ -357,7 +360,7 @@ class FakeBackend(Backend):
         args = list(request.spec.get("process", {}).get("args", []))
         if not args:
             raise InvalidArgument("the container has no command: neither the image nor the config")
-        self.check_program(request.spec, args[0])
+        failure = self.create_failure(request.spec, args[0])
         record = {
             "id": request.id,
             "pod_id": request.pod_id,
@@ -378,13 +381,30 @@ class FakeBackend(Backend):
         }
         if request.log_path:
             Path(request.log_path).parent.mkdir(parents=True, exist_ok=True)
+        if failure:
+            record["exit"] = {
+                "exit_code": 128,
+                "finished_at": time.time_ns(),
+                "signal": 0,
+                "reason": "StartError",
+                "message": failure,
+            }
         self._save(record)
+        status = self._exit_of(record)
+        if status is not None:  # told as the runc backend's exit watcher tells it: later
+            self._watchers[request.id] = asyncio.get_running_loop().create_task(
+                self._create_failed(request.id, status)
+            )
         return self._state(record)
 
+    async def _create_failed(self, container_id: str, status: ExitStatus) -> None:
+        self._watchers.pop(container_id, None)
+        await self._tell(container_id, status)
+
     @staticmethod
-    def check_program(spec: dict[str, Any], program: str) -> None:
+    def create_failure(spec: dict[str, Any], program: str) -> str:
         """The program must be in the rootfs (on the spec's PATH, if it has no
-        slash), or the create fails with runc's words."""
+        slash), or runc's create fails: its words ("" if it would not)."""
         root = Path(spec.get("root", {}).get("path", "/"))
         if "/" in program:
             candidates = [program]
@@ -392,17 +412,19 @@ class FakeBackend(Backend):
             env = dict(e.split("=", 1) for e in spec.get("process", {}).get("env", []) if "=" in e)
             path = env.get("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
             candidates = [f"{d}/{program}" for d in path.split(":") if d]
-        if not any(os.path.lexists(root / c.lstrip("/")) for c in candidates):
-            raise FailedPrecondition(
-                f'runtime create failed: exec: "{program}": executable file not found in $PATH'
-            )
+        if any(os.path.lexists(root / c.lstrip("/")) for c in candidates):
+            return ""
+        return f'runtime create failed: exec: "{program}": executable file not found in $PATH'
 
     async def start(self, container_id: str) -> ContainerState:
         """The runc backend's order: ``started_at`` written before the process
         starts, so that a kill in between is settled on restart (the same
         crash points, at the same moments)."""
         record = self.record(container_id)
-        if record["exit"] is not None:
+        status = self.exit_status(container_id)
+        if status is not None and status.start_error:  # runc's get_container_process_pid
+            raise FailedPrecondition(status.message)
+        if status is not None:
             raise FailedPrecondition(f"container {container_id!r} has exited; it cannot start")
         if record["started_at"]:
             raise FailedPrecondition(f"container {container_id!r} was started already")
@@ -456,6 +478,9 @@ class FakeBackend(Backend):
         status = ExitStatus(code, time.time_ns(), signum)
         record["exit"] = {"exit_code": code, "finished_at": status.finished_at, "signal": signum}
         self._save(record)
+        await self._tell(container_id, status)
+
+    async def _tell(self, container_id: str, status: ExitStatus) -> None:
         future = self._exits.setdefault(container_id, asyncio.get_running_loop().create_future())
         if not future.done():
             future.set_result(status)
@@ -477,10 +502,20 @@ class FakeBackend(Backend):
             await self._exited(record, 128 + signum, signum)
 
     def exit_status(self, container_id: str) -> ExitStatus | None:
-        found = self.record(container_id)["exit"]
+        return self._exit_of(self.record(container_id))
+
+    @staticmethod
+    def _exit_of(record: dict[str, Any]) -> ExitStatus | None:
+        found = record["exit"]
         if found is None:
             return None
-        return ExitStatus(int(found["exit_code"]), int(found["finished_at"]), int(found["signal"]))
+        return ExitStatus(
+            int(found["exit_code"]),
+            int(found["finished_at"]),
+            int(found["signal"]),
+            message=str(found.get("message", "")),
+            start_error=found.get("reason") == "StartError",
+        )
 
     def stop_signal(self, container_id: str) -> signal.Signals:
         return signal.Signals[self.record(container_id)["stop_signal"]]

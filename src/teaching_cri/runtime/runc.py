@@ -4,10 +4,16 @@ Who does what (iSulad's ``rt_isula_*`` and containerd's runc shim split it
 the same way):
 
 * the **shim** runs ``runc create`` and stays: it owns the container's stdio,
-  writes its log, reaps its init and records the exit (:mod:`.shim`);
+  writes its log, reaps its init and records the exit (:mod:`.shim`). The
+  server's create returns as soon as the shim is there, before its
+  ``runc create`` has finished (iSulad's ``shim_create(fg=false)``); whatever
+  needs the container itself (a start, a kill, an update) first awaits the
+  shim's report of it (:meth:`RuncBackend.created`);
 * the **server** runs the short runc commands itself: ``start``, ``kill``,
   ``update``, ``state``, ``delete``; they change the container, not who
-  watches it.
+  watches it. ``runc delete`` runs as soon as the exit is recorded (the exit
+  watcher's, as containerd deletes a task when it exits), so RemoveContainer
+  has only our own files left to remove.
 
 Everything a restarted server needs is on disk, in the container's state dir
 (``<state>/containers/<id>/``): ``config.json`` (the bundle's spec),
@@ -38,6 +44,7 @@ from ..errors import (
     AlreadyExists,
     DeadlineExceeded,
     FailedPrecondition,
+    Internal,
     InvalidArgument,
     NotFound,
 )
@@ -58,9 +65,11 @@ from .backend import (
 )
 from .rootless import make_rootless
 from .shim_client import (
+    SPAWN_TIMEOUT,
     Channel,
     ProcessStream,
     ShimLauncher,
+    ShimReport,
     Spawned,
     package_root,
     request,
@@ -70,6 +79,7 @@ log = logging.getLogger(__name__)
 RECORD = "container.json"
 UNREADABLE = "unreadable"  # the key of the placeholder for a record that cannot be read
 STARTING = "starting"  # set from just before runc start until it has returned
+RUNC_DELETED = "runc_deleted"  # set once the exit watcher has deleted runc's state
 ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 TIERS = ("runc", "rootless-runc", "processes")
 
@@ -103,6 +113,7 @@ class RuncBackend(Backend):
         self.runc_root.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._exits: dict[str, asyncio.Future[ExitStatus]] = {}
         self._watchers: dict[str, asyncio.Task[None]] = {}
+        self._creates: dict[str, asyncio.Task[int]] = {}  # runc create under way: the init's pid
         self._images: dict[str, str] = {}  # container id → image id
         self.on_exit: list[ExitCallback] = []
         self.launcher = ShimLauncher()
@@ -168,6 +179,7 @@ class RuncBackend(Backend):
             int(data.get("signal", 0)),
             bool(data.get("oom_killed", False)),
             str(data.get("message", "")),
+            data.get("reason") == "StartError",
         )
 
     # -- create ------------------------------------------------------------------
@@ -224,10 +236,13 @@ class RuncBackend(Backend):
         self._save(request.id, record)
         self._images[request.id] = request.image_id
         spawned = await self.spawn(d, request, cgroups_path)
-        record["pid"] = spawned.pid
+        record["shim_pid"] = spawned.shim_pid
         self._save(request.id, record)
+        self._creates[request.id] = asyncio.get_running_loop().create_task(
+            self._runc_created(request.id, spawned.report)
+        )
         self.watch_for_the_exit(request.id)
-        return ContainerState(request.id, "created", spawned.pid, record["created_at"], notes=notes)
+        return ContainerState(request.id, "created", 0, record["created_at"], notes=notes)
 
     @step("adapt_spec_to_the_tier")
     def adapt_spec_to_the_tier(
@@ -255,6 +270,8 @@ class RuncBackend(Backend):
 
     @step("spawn_shim")
     async def spawn(self, d: Path, request: CreateRequest, cgroups_path: str) -> Spawned:
+        """The shim, started; returns once it is there (its pid known), while
+        its ``runc create`` runs on: iSulad's ``shim_create(fg=false)``."""
         spawned = await self.launcher.launch(
             d,
             {
@@ -268,15 +285,36 @@ class RuncBackend(Backend):
                 "memory_events": cgroups.memory_events(cgroups_path) if cgroups_path else "",
             },
         )
-        annotate(pid=str(spawned.pid), shim_pid=str(spawned.shim_pid))
+        annotate(shim_pid=str(spawned.shim_pid))
         return spawned
+
+    async def _runc_created(self, container_id: str, report: ShimReport) -> int:
+        """The shim's second line, read by a task of its own: the init's pid,
+        saved in the record, or runc create's error (raised to whoever awaits
+        it; the shim has recorded it as the exit, a StartError)."""
+        try:
+            pid = await report.init_pid()
+            record = self.record(container_id)
+            record["pid"] = pid
+            self._save(container_id, record)
+            return pid
+        finally:
+            self._creates.pop(container_id, None)
+
+    async def created(self, container_id: str) -> int:
+        """The init's pid once ``runc create`` is done (0 if the container
+        never got one: its create failed, or its shim died). What a kill, an
+        update or a delete awaits first: runc knows no container before."""
+        with contextlib.suppress(FailedPrecondition, Internal):
+            return await self._runc_create_done(container_id)
+        return 0
 
     # -- watching for the exit -------------------------------------------------------
 
     @step("watch_for_the_exit")
     def watch_for_the_exit(self, container_id: str) -> None:
         """A ``wait`` connection to the shim, held by a task of its own: the
-        exit is recorded whoever asks, or nobody."""
+        exit is recorded whoever asks, or nobody, and runc's state deleted then."""
         self._watch(container_id)
 
     def _watch(self, container_id: str) -> None:
@@ -289,6 +327,10 @@ class RuncBackend(Backend):
         """Hold a ``wait`` connection until the shim says the init has exited (or
         is gone); then ``exit.json`` is on disk, written before the shim spoke."""
         d = self.dir(container_id)
+        pending = self._creates.get(container_id)
+        if pending is not None:  # the shim serves once its runc create is done
+            with contextlib.suppress(Exception):
+                await asyncio.shield(pending)
         try:
             channel, answer = await Channel.open(d, {"op": "wait"})
         except (FailedPrecondition, NotFound):
@@ -303,6 +345,7 @@ class RuncBackend(Backend):
         status = self.read_exit(container_id)
         if status is None:
             status = await self._shim_lost(container_id)
+        await self.forget_runc_state(container_id)
         self._watchers.pop(container_id, None)
         future = self._exits.setdefault(container_id, asyncio.get_running_loop().create_future())
         if not future.done():
@@ -311,6 +354,33 @@ class RuncBackend(Backend):
             result = callback(container_id, status)
             if asyncio.iscoroutine(result):
                 await result
+
+    async def forget_runc_state(self, container_id: str) -> None:
+        """The exit is on disk: runc's state (and with it the container's
+        cgroup) has nothing more to tell, so it goes now, as containerd
+        deletes a task when it exits, and RemoveContainer does not wait for
+        it. ``--force``: a lost shim's container may still be dying of our
+        SIGKILL. Our state dir stays (record, ``exit.json``, log), so
+        ContainerStatus reports the exit until the container is removed.
+
+        The record then says so, and :meth:`delete` skips runc. The mark is
+        written after runc's state is gone, so a server killed in between
+        finds no mark and ``delete`` runs ``runc delete`` once more, which
+        finds nothing: the one order in which losing the mark costs nothing."""
+        try:
+            record = self.record(container_id)
+        except (NotFound, RecordUnreadable):
+            return  # being removed, or unreadable: delete() runs runc itself
+        try:
+            await self._runc("delete", "--force", container_id)
+        except NotFound:
+            pass  # deleted already (a remove that overtook us)
+        except FailedPrecondition as exc:
+            log.warning("runc delete of exited %s: %s; RemoveContainer retries", container_id, exc)
+            return
+        record[RUNC_DELETED] = True
+        with contextlib.suppress(OSError):  # removed under us: nothing to mark
+            self._save(container_id, record)
 
     async def _shim_lost(self, container_id: str) -> ExitStatus:
         """The shim is gone and left no exit record (killed, or the machine
@@ -332,17 +402,21 @@ class RuncBackend(Backend):
         return status
 
     async def wait(self, container_id: str) -> ExitStatus:
+        """The exit, once recorded and (while a watcher runs) runc's state deleted."""
         self._known(container_id)
-        status = self.read_exit(container_id)
-        if status is not None:
-            return status
-        self._watch(container_id)
+        if container_id not in self._watchers:
+            status = self.read_exit(container_id)
+            if status is not None:
+                return status
+            self._watch(container_id)
         return await asyncio.shield(self._exits[container_id])
 
     # -- start, kill (Backend.stop, the one stop sequence, is built on these) -------
 
     @child_span("RuntimeStart")
     async def start(self, container_id: str) -> ContainerState:
+        self._known(container_id)
+        await self.get_container_process_pid(container_id)
         record = self.record(container_id)
         if decide("exited_already", self.read_exit(container_id) is not None):
             raise FailedPrecondition(f"container {container_id!r} has exited; it cannot start")
@@ -365,6 +439,51 @@ class RuncBackend(Backend):
         self._save(container_id, record)
         return await self.state(container_id)
 
+    @step("get_container_process_pid")
+    async def get_container_process_pid(self, container_id: str) -> int:
+        """Wait for the shim's ``runc create``, as iSulad's ``rt_isula_start``
+        does first: the report on the shim's pipe while this server holds it;
+        after a restart, what the shim leaves in the state dir (iSulad polls
+        its shim's pid file the same way, every 100 ms while the shim lives).
+        A create that failed fails the start with runc's words (the shim has
+        recorded the exit: 128, StartError, as containerd does)."""
+        return await self._runc_create_done(container_id)
+
+    async def _runc_create_done(self, container_id: str) -> int:
+        pending = self._creates.get(container_id)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        record = self.record(container_id)
+        if record.get("pid"):
+            return int(record["pid"])
+        pid = await self.pid_left_by_the_shim(container_id)
+        if pid:
+            record["pid"] = pid
+            self._save(container_id, record)
+        return pid
+
+    async def pid_left_by_the_shim(self, container_id: str) -> int:
+        """No report to read (the server restarted meanwhile): ``init.pid``
+        once runc create has written it; an exit recorded instead (a create
+        that failed, a lost shim) or a shim dead without either says why not."""
+        d = self.dir(container_id)
+        deadline = time.monotonic() + SPAWN_TIMEOUT
+        while True:
+            with contextlib.suppress(OSError, ValueError):
+                return int((d / shim.INIT_PID).read_text())
+            status = self.read_exit(container_id)
+            if status is not None:
+                if status.start_error:
+                    raise FailedPrecondition(status.message)
+                return 0  # exited otherwise: the caller's own checks say so
+            if not self.shim_alive(container_id):
+                raise FailedPrecondition(
+                    f"container {container_id!r}: failed read pid from dead shim"
+                )
+            if time.monotonic() > deadline:
+                raise Internal(f"the shim did not report within {SPAWN_TIMEOUT:.0f} s")
+            await asyncio.sleep(0.1)
+
     @step("runc_start")
     async def runc_start(self, container_id: str) -> None:
         """The shim's ``runc create`` left the init waiting on its exec fifo; this releases it."""
@@ -373,6 +492,7 @@ class RuncBackend(Backend):
     @child_span("RuntimeKill")
     async def kill(self, container_id: str, signum: int) -> None:
         self._known(container_id)
+        await self.created(container_id)
         if decide("exited_already", self.read_exit(container_id) is not None):
             return
         await self.runc_kill(container_id, signum)
@@ -397,8 +517,12 @@ class RuncBackend(Backend):
     async def delete(self, container_id: str) -> None:
         """Remove a container that is not running: runc's state, the cgroup, our dir.
         A container created but never started is killed first (nothing to lose).
-        One whose record cannot be read is killed and deleted as runc knows it:
-        removing it is what the user asked for."""
+        runc's state is usually gone already (the exit watcher deleted it);
+        ``runc delete`` runs here only when the record does not say so: the
+        server died between the exit and now, or the record cannot be read
+        (then the container is killed and deleted as runc knows it: removing
+        it is what the user asked for)."""
+        await self.created(container_id)
         try:
             record = self.record(container_id)
         except RecordUnreadable:
@@ -412,16 +536,30 @@ class RuncBackend(Backend):
                     f"container {container_id!r} is running; stop it before removing it"
                 )
             await self.stop(container_id, 0)
-        with contextlib.suppress(NotFound):
-            await self._runc("delete", "--force", container_id)
+        record = await self.watcher_done(container_id, record)
+        if not record.get(RUNC_DELETED):
+            with contextlib.suppress(NotFound):
+                await self._runc("delete", "--force", container_id)
         if record.get("cgroups_path"):
-            cgroups.remove(record["cgroups_path"])
+            cgroups.remove(record["cgroups_path"])  # runc's delete removed it, but for a leftover
         self._forget(container_id)
 
+    async def watcher_done(self, container_id: str, record: dict[str, Any]) -> dict[str, Any]:
+        """The exit is on disk (the shim writes it before it tells the watcher):
+        let the watcher finish deleting runc's state rather than race it. The
+        record as it is then."""
+        if container_id in self._watchers:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.wait(container_id), KILL_WAIT)
+            with contextlib.suppress(NotFound, RecordUnreadable):
+                return self.record(container_id)
+        return record
+
     def _forget(self, container_id: str) -> None:
-        task = self._watchers.pop(container_id, None)
-        if task is not None:
-            task.cancel()
+        for tasks in (self._watchers, self._creates):
+            task = tasks.pop(container_id, None)
+            if task is not None:
+                task.cancel()
         self._exits.pop(container_id, None)
         self._images.pop(container_id, None)
         shutil.rmtree(self.dir(container_id), ignore_errors=True)
@@ -592,6 +730,7 @@ class RuncBackend(Backend):
     async def update(self, container_id: str, resources: dict[str, Any]) -> dict[str, str]:
         """``runc update`` with runtime-spec LinuxResources; recorded either way so
         the status can show it. Rootless: recorded, not enforced (no cgroups)."""
+        await self.created(container_id)
         record = self.record(container_id)
         if self.read_exit(container_id) is not None:
             raise FailedPrecondition(f"container {container_id!r} has exited")
@@ -613,10 +752,16 @@ class RuncBackend(Backend):
         return cgroups.read_resources(path) if path and cgroups.exists(path) else {}
 
     async def stats(self, container_id: str) -> cgroups.CgroupStats:
+        """The cgroup's counters, or the init's own without one. An exited
+        container's cgroup went with runc's state, and its pid may be another
+        process's by now: it uses nothing."""
+        await self.created(container_id)
         record = self.record(container_id)
         path = record.get("cgroups_path") or ""
         if path and cgroups.exists(path):
             return cgroups.read_stats(path)
+        if self.read_exit(container_id) is not None:
+            return cgroups.CgroupStats(time.time_ns(), 0, 0, 0, None, 0, 0)
         return proc_stats(int(record.get("pid", 0)))
 
     # -- after a restart -------------------------------------------------------------
@@ -719,7 +864,10 @@ class RuncBackend(Backend):
             await self._runc("delete", "--force", container_id)
 
     async def close(self) -> None:
-        """Stop watching (the shims and containers go on)."""
+        """Stop watching (the shims and containers go on). A create under way is
+        awaited first, so that its pid is in the record, not only in the shim."""
+        if self._creates:
+            await asyncio.wait(list(self._creates.values()), timeout=SPAWN_TIMEOUT)
         for task in list(self._watchers.values()):
             task.cancel()
         for task in list(self._watchers.values()):

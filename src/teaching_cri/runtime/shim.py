@@ -18,9 +18,12 @@ Its life (the numbers are the steps of ``main``):
 
 1. the server spawns it with the running interpreter; it forks, the first
    process exits, so the shim is nobody's child but init's (double fork);
-2. it runs ``runc create`` with pipes (or, for a tty, a console socket over
-   which runc hands it the terminal's master end) as the container's stdio,
-   and tells the server the init's pid on its stdout;
+2. it tells the server its own pid (the server's create returns then, as
+   iSulad's ``shim_create(fg=false)`` does), runs ``runc create`` with pipes
+   (or, for a tty, a console socket over which runc hands it the terminal's
+   master end) as the container's stdio, and tells the server the init's pid,
+   or runc's error (recorded in ``exit.json`` too, as a StartError), on the
+   same pipe; the server's start waits for that line;
 3. it serves ``shim.sock`` (:mod:`.frames`): attach, exec, wait, reopen_log,
    resize, close_stdin; and writes every line the container prints in the
    kubelet's CRI log format (:mod:`.crilog`);
@@ -713,6 +716,20 @@ class Shim:
             elif client.process.status is None:
                 self.finish_client(client, frames.EXIT, {"exit_code": 137, "signal": 9})
 
+    def record_create_failure(self, message: str) -> None:
+        """``runc create`` failed: the container will never run. Recorded as
+        containerd records a task that failed to start (exit code 128, reason
+        StartError, runc's words as the message), so that whoever looks next
+        (StartContainer, ContainerStatus, a restarted server) learns why."""
+        result = {
+            "exit_code": 128,
+            "finished_at": time.time_ns(),
+            "reason": "StartError",
+            "message": f"runtime create failed: {message}",
+        }
+        with contextlib.suppress(OSError):
+            atomic_write_json(Path(self.path(EXIT)), result, mode=0o644)
+
     def expire_exec_drains(self, timeout: float | None) -> float | None:
         """An exec reaped but whose output a background child still holds open
         is over after DRAIN_SECONDS (containerd's exec waits the same way)."""
@@ -781,6 +798,13 @@ class Shim:
             self.accept()
 
 
+def report(fd: int, line: dict[str, Any]) -> None:
+    """One JSON line to the server. A server gone meanwhile (killed, restarted)
+    reads the same facts from the state dir: ``init.pid``, ``exit.json``."""
+    with contextlib.suppress(OSError):
+        os.write(fd, (json.dumps(line) + "\n").encode())
+
+
 def detach() -> None:
     """The double fork: the process the server spawned exits at once, so the
     shim is re-parented to init (or the nearest subreaper) and no signal sent
@@ -796,8 +820,9 @@ def main(argv: list[str]) -> None:
 
 
 def run(state_dir: str, report_fd: int) -> None:
-    """The shim proper, already detached: create the container, say so on
-    ``report_fd`` (one JSON line), serve until the init exits. Never returns."""
+    """The shim proper, already detached: say it is there, create the
+    container, say how that went (a JSON line each on ``report_fd``), serve
+    until the init exits. Never returns."""
     with open(os.path.join(state_dir, CONFIG), encoding="utf-8") as f:
         config = json.load(f)
     config["state_dir"] = state_dir
@@ -817,12 +842,17 @@ def run(state_dir: str, report_fd: int) -> None:
             f.write(str(os.getpid()))
         shim.open_log()
         shim.listen()
+    except (OSError, ValueError, KeyError) as exc:
+        report(report_fd, {"error": str(exc)})
+        os._exit(1)
+    report(report_fd, {"shim_pid": os.getpid()})  # the server's create returns here
+    try:
         shim.init = shim.create()
     except (OSError, RuntimeError, ValueError, KeyError) as exc:
-        os.write(report_fd, (json.dumps({"error": str(exc)}) + "\n").encode())
+        shim.record_create_failure(str(exc))
+        report(report_fd, {"error": str(exc)})
         os._exit(1)
-    report = {"pid": shim.init.pid, "shim_pid": os.getpid()}
-    os.write(report_fd, (json.dumps(report) + "\n").encode())
+    report(report_fd, {"pid": shim.init.pid})
     null = os.open(os.devnull, os.O_RDWR)
     for fd in (0, 1, 2):
         os.dup2(null, fd)

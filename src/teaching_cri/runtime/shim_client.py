@@ -4,8 +4,12 @@
 server (``sys.executable``, never a PATH lookup: the shim must be the code
 this server was installed with), isolated (``-I -S``: no site-packages scan,
 no environment, it imports only the standard library and two of our modules),
-and waits for the one line it prints: the container's init pid, or why
-``runc create`` failed.
+and waits for the first line it prints: its own pid, the shim is there.
+``runc create`` runs after that line, on the shim's own: its second line (the
+container's init pid, or why ``runc create`` failed) is read later, by
+whoever needs the init (:class:`ShimReport`), as iSulad's ``shim_create``
+(``fg=false``) returns before the shim's ``runc create`` and its
+``rt_isula_start`` waits for the shim's pid file.
 
 :class:`ProcessStream` is a connection to a process's stdio, the init's
 (attach) or an exec's, in terms that do not depend on how the bytes reach the
@@ -42,22 +46,68 @@ def package_root() -> str:
     return str(Path(__file__).resolve().parents[2])
 
 
+class ShimReport:
+    """The pipe a shim reports on: a line when it is there (its pid), a line
+    when ``runc create`` is done (the init's pid, or runc's error)."""
+
+    def __init__(
+        self,
+        reader: asyncio.StreamReader,
+        closing: asyncio.BaseTransport | None = None,
+        proc: asyncio.subprocess.Process | None = None,
+    ) -> None:
+        self.reader = reader
+        self.closing = closing
+        self.proc = proc  # a spawned shim's first process, gone once it has forked
+
+    async def line(self) -> dict[str, Any]:
+        """The next report; a shim that closed the pipe without one died."""
+        raw = await self.reader.readline()
+        if not raw:
+            raise Internal(f"the shim died before reporting: {await self.last_words()}")
+        report: dict[str, Any] = json.loads(raw)
+        if "error" in report:
+            raise FailedPrecondition(f"runtime create failed: {report['error']}")
+        return report
+
+    async def last_words(self) -> str:
+        if self.proc is None or self.proc.stderr is None:
+            return "no output"
+        with contextlib.suppress(TimeoutError):
+            err = await asyncio.wait_for(self.proc.stderr.read(), 1)
+            lines = err.decode(errors="replace").strip().splitlines()
+            return lines[-1] if lines else "no output"
+        return "no output"
+
+    async def shim_pid(self) -> int:
+        """The first line: the shim is there."""
+        report = await asyncio.wait_for(self.line(), SPAWN_TIMEOUT)
+        if self.proc is not None:
+            await self.proc.wait()  # it exits once it has forked the shim
+        return int(report["shim_pid"])
+
+    async def init_pid(self) -> int:
+        """The second line: ``runc create`` is done. Read once, then the pipe is closed."""
+        try:
+            return int((await asyncio.wait_for(self.line(), SPAWN_TIMEOUT))["pid"])
+        except TimeoutError:
+            raise Internal(f"the shim did not report within {SPAWN_TIMEOUT:.0f} s") from None
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        if self.closing is not None:
+            self.closing.close()
+        if self.proc is not None:
+            for pipe in (self.proc.stdout, self.proc.stderr):
+                if pipe is not None:
+                    pipe.feed_eof()
+
+
 @dataclass(frozen=True)
 class Spawned:
-    pid: int  # the container's init
     shim_pid: int
-
-
-def _parse_report(out: bytes, err: bytes) -> Spawned:
-    """The shim's one line: the init's pid, or why ``runc create`` failed."""
-    line = out.decode(errors="replace").strip().splitlines()
-    if not line:
-        detail = err.decode(errors="replace").strip().splitlines()
-        raise Internal(f"the shim died before reporting: {detail[-1] if detail else 'no output'}")
-    report = json.loads(line[-1])
-    if "error" in report:
-        raise FailedPrecondition(f"runtime create failed: {report['error']}")
-    return Spawned(int(report["pid"]), int(report["shim_pid"]))
+    report: ShimReport  # its second line still to come: the init's pid
 
 
 async def spawn_shim(state_dir: Path, config: dict[str, Any]) -> Spawned:
@@ -77,11 +127,19 @@ async def spawn_shim(state_dir: Path, config: dict[str, Any]) -> Spawned:
         stderr=asyncio.subprocess.PIPE,
         start_new_session=True,  # its own session: the server's signals do not reach it
     )
+    assert proc.stdout is not None
+    return await _first_report(ShimReport(proc.stdout, proc=proc))
+
+
+async def _first_report(report: ShimReport) -> Spawned:
     try:
-        out, err = await asyncio.wait_for(proc.communicate(), SPAWN_TIMEOUT)
+        return Spawned(await report.shim_pid(), report)
     except TimeoutError:
+        report.close()
         raise Internal(f"the shim did not report within {SPAWN_TIMEOUT:.0f} s") from None
-    return _parse_report(out, err)
+    except BaseException:
+        report.close()
+        raise
 
 
 class ShimLauncher:
@@ -131,11 +189,7 @@ class ShimLauncher:
                 continue
             finally:
                 os.close(write_end)
-            try:
-                out = await asyncio.wait_for(_read_all(read_end), SPAWN_TIMEOUT)
-            except TimeoutError:
-                raise Internal(f"the shim did not report within {SPAWN_TIMEOUT:.0f} s") from None
-            return _parse_report(out, b"")
+            return await _first_report(await _report_pipe(read_end))
         return await spawn_shim(state_dir, config)
 
     async def close(self) -> None:
@@ -150,17 +204,14 @@ class ShimLauncher:
             self._proc = None
 
 
-async def _read_all(fd: int) -> bytes:
-    """Everything written to a pipe until its last writer closes it."""
+async def _report_pipe(fd: int) -> ShimReport:
+    """The read end of a zygote-made shim's report pipe, as lines."""
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader()
     transport, _ = await loop.connect_read_pipe(
         lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(fd, "rb", 0)
     )
-    try:
-        return await reader.read()
-    finally:
-        transport.close()
+    return ShimReport(reader, transport)
 
 
 class Channel:

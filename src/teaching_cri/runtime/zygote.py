@@ -9,8 +9,9 @@ parented by init like any detached shim, runs :func:`.shim.run`. Android's
 zygote starts apps the same way, for the same reason.
 
 The request is one SOCK_SEQPACKET message: the container's state dir, with
-the write end of a pipe attached (SCM_RIGHTS) on which the shim reports the
-init's pid, exactly the line a spawned shim prints on its stdout. When the
+the write end of a pipe attached (SCM_RIGHTS) on which the shim reports
+its own pid, then the init's (or runc create's error), exactly the lines a
+spawned shim prints on its stdout; the server waits for the first only. When the
 server goes away (even by SIGKILL) the socket reads EOF and this process
 exits; the shims it made are not its children any more and live on.
 """
