@@ -247,6 +247,9 @@ class SandboxManager:
             undo.append(lambda: self._remove_infra(sandbox))
             await self.sandbox_create(sandbox, config, context)
             crash_point("run_pod_sandbox:infra_created")
+            if decide("network_while_creating", self._network_while_creating(sandbox)):
+                await self._network(sandbox, config, undo)
+                branch("infra_started", "created")
             await self.sandbox_start(sandbox)
             if sandbox.host_network:
                 branch("network_ready", "host")
@@ -266,6 +269,12 @@ class SandboxManager:
             raise FailedPrecondition(str(exc) or type(exc).__name__) from exc
         self.mailbox_publish(sandbox.id, "started")
         return sandbox.id
+
+    def _network_while_creating(self, sandbox: Sandbox) -> bool:
+        """CNI ADD while the infra's shim runs ``runc create``: the plugins need
+        only the pinned namespace (root), not the infra; unprivileged, loopback
+        is set up in the namespace the started infra made."""
+        return self.privileged_network and bool(sandbox.netns) and not sandbox.network_ready
 
     def _user_namespace_host_network(self, config: api_pb2.PodSandboxConfig) -> bool:
         host_network = config.linux.security_context.namespace_options.network == api_pb2.NODE
