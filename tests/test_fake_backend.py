@@ -338,3 +338,34 @@ def test_status_says_the_fake_runs_nothing(short_tmp: Path) -> None:
     backend = json.loads(status.info["backend"])
     assert (backend["requested"], backend["name"]) == ("fake", "fake")
     assert "runs no program" in backend["not_isolated"][0]
+
+
+@needs_busybox
+def test_a_record_damaged_while_the_server_runs_changes_nothing_until_a_restart(
+    short_tmp: Path,
+) -> None:
+    """As the runc backend's: the server reports the records it wrote, whatever
+    happens to the files meanwhile; a restart reads them again, and a container
+    whose record cannot be read is UNKNOWN (RecordUnreadable) and removable."""
+    srv = serve(short_tmp)
+    try:
+        client = srv.client()
+        client.admin.BuildLocalImage(admin_pb2.BuildLocalImageRequest(name=BUSYBOX))
+        pod = pod_config("damaged")
+        pod_id = run_pod(client, pod)
+        cid = create_container(client, pod_id, pod, "web", "sleep", "1000")
+        client.runtime.StartContainer(api_pb2.StartContainerRequest(container_id=cid))
+        before = status_of(client, cid)
+        (srv.state / "fake" / f"{cid}.json").write_text("{")
+        after = status_of(client, cid)
+        assert (after.state, after.started_at) == (api_pb2.CONTAINER_RUNNING, before.started_at)
+        srv.stop()
+        srv = serve(short_tmp)
+        client = srv.client()
+        damaged = status_of(client, cid)
+        assert (damaged.state, damaged.reason) == (api_pb2.CONTAINER_UNKNOWN, "RecordUnreadable")
+        client.runtime.RemoveContainer(api_pb2.RemoveContainerRequest(container_id=cid))
+        assert not (srv.state / "fake" / f"{cid}.json").exists()
+        remove_every_pod(client)
+    finally:
+        srv.stop()

@@ -36,7 +36,7 @@ from teaching_cri.image.hostimages import BusyboxUnavailable, build_busybox_imag
 from teaching_cri.image.manager import ImageManager
 from teaching_cri.image.store import ImageRecord
 from teaching_cri.runtime import cgroups
-from teaching_cri.runtime.backend import CreateRequest
+from teaching_cri.runtime.backend import CreateRequest, RecordUnreadable
 from teaching_cri.runtime.backends import user_namespaces_allowed
 from teaching_cri.runtime.runc import RuncBackend
 from teaching_cri.runtime.shim_client import ProcessStream, request
@@ -564,6 +564,67 @@ async def test_a_start_after_a_restart_finds_the_pid_the_shim_left(env: Env) -> 
     state = await fresh.start("later")
     assert state.status == "running" and state.pid > 0
     assert fresh.pid_of("later") == state.pid
+
+
+def alive(pid: int) -> bool:
+    """Running, not a zombie waiting for its reaper."""
+    try:
+        return "State:\tZ" not in Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+
+
+async def test_a_record_damaged_under_a_running_server_changes_nothing_until_a_restart(
+    env: Env,
+) -> None:
+    """Only the server writes ``container.json``, and it reports what it wrote:
+    a file damaged under it (a full disk, a stray editor) changes nothing while
+    it runs. The next start finds the damage and applies the load policy of the
+    README's "Crash safety": the file moved aside, the container left running
+    and reported unreadable (UNKNOWN), RemoveContainer cleaning up."""
+    await env.run("damaged", "sleep", "1000")
+    before = await env.backend.state("damaged")
+    assert before.status == "running" and alive(before.pid)
+    path = env.backend.dir("damaged") / "container.json"
+    path.write_bytes(path.read_bytes()[:40])  # truncated
+    assert await env.backend.state("damaged") == before
+    assert env.backend.pod_of("damaged") == "pod" and env.backend.pid_of("damaged") == before.pid
+    assert (await env.backend.stats("damaged")).pids >= 1
+    with pytest.raises(TypeError):  # a caller cannot change the record by accident
+        env.backend.record("damaged")["started_at"] = 0  # type: ignore[index]
+    await env.backend.update("damaged", {"pids": {"limit": 100}})  # a write: the whole record
+    assert json.loads(path.read_text())["resources"]["pids"] == {"limit": 100}
+    path.write_text("not json")
+
+    await env.backend.close()  # the server stops; a new one starts
+    fresh = RuncBackend(env.backend.containers_dir.parent, tier=TIER)
+    env.backend = fresh
+    assert "damaged" not in [s.id for s in await fresh.recover()]
+    with pytest.raises(RecordUnreadable, match="cannot be read"):
+        await fresh.state("damaged")
+    assert [p.name.split("-")[0] for p in path.parent.glob("container.json.*")] == [
+        "container.json.unreadable"
+    ], "the bad file is kept aside"
+    assert alive(before.pid), "the container is left alone"
+    await fresh.recover()  # a second restart changes nothing
+    with pytest.raises(RecordUnreadable):
+        await fresh.state("damaged")
+    await fresh.delete("damaged")
+    assert "damaged" not in fresh.list_ids() and not fresh.dir("damaged").exists()
+    assert "damaged" not in await fresh.runtime_list()
+
+
+async def test_an_exit_once_read_is_kept(env: Env) -> None:
+    """``exit.json`` is looked for until it is there (the shim writes it before
+    it tells the exit watcher), then kept: an exit never changes."""
+    await env.run("quick", "sh", "-c", "exit 3")
+    status = await asyncio.wait_for(env.backend.wait("quick"), 30)
+    assert status.exit_code == 3
+    (env.backend.dir("quick") / "exit.json").write_text("{")
+    state = await env.backend.state("quick")
+    assert state.status == "exited" and state.exit == status
+    await env.backend.delete("quick")
+    assert env.backend.exit_status("quick") is None, "forgotten with the container"
 
 
 # -- stats and resources ---------------------------------------------------------------

@@ -45,13 +45,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import math
 import os
 import shlex
 import signal
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -63,7 +62,7 @@ from ..errors import (
     InvalidArgument,
     NotFound,
 )
-from ..fsutil import atomic_write_json, crash_point
+from ..fsutil import crash_point
 from .backend import (
     MAX_EXEC_OUTPUT,
     Backend,
@@ -77,7 +76,8 @@ from .backend import (
 )
 from .cgroups import CgroupStats
 from .crilog import CRILogEncoder
-from .runc import ID_PATTERN, merge_resources
+from .records import ID_PATTERN, Record, RecordCache
+from .runc import merge_resources
 from .shim_client import ProcessStream
 
 PID_MAX_LIMIT = 1 << 22  # the kernel's largest pid on 64-bit: ours start above it
@@ -314,26 +314,20 @@ class FakeBackend(Backend):
         self._exits: dict[str, asyncio.Future[ExitStatus]] = {}
         self._logs: dict[str, dict[str, CRILogEncoder]] = {}
         self._next_pid = PID_MAX_LIMIT + 1
+        self._records = RecordCache(self.path, "a record of the fake backend")
 
     # -- records -------------------------------------------------------------------------
 
     def path(self, container_id: str) -> Path:
         return self.directory / f"{container_id}.json"
 
-    def record(self, container_id: str) -> dict[str, Any]:
-        path = self.path(container_id)
-        if not ID_PATTERN.match(container_id) or not path.exists():
-            raise NotFound(f"container {container_id!r} not found")
-        try:
-            data: dict[str, Any] = json.loads(path.read_text())
-        except (OSError, ValueError) as exc:
-            raise RecordUnreadable(f"{path} cannot be read: {exc}") from None
-        if not isinstance(data, dict) or "id" not in data:
-            raise RecordUnreadable(f"{path} is not a record of the fake backend")
-        return data
+    def record(self, container_id: str) -> Record:
+        """Read-only, from memory, as the runc backend's (:class:`.records.RecordCache`)."""
+        return self._records.get(container_id)
 
-    def _save(self, record: dict[str, Any]) -> None:
-        atomic_write_json(self.path(record["id"]), record, durable=False)
+    def _update(self, container_id: str, changes: Mapping[str, Any]) -> Record:
+        """Some fields changed: to the file, then to memory."""
+        return self._records.update(container_id, changes)
 
     def _pid(self) -> int:
         self._next_pid += 1
@@ -355,7 +349,7 @@ class FakeBackend(Backend):
         fails with it."""
         if not ID_PATTERN.match(request.id):
             raise InvalidArgument(f"container id {request.id!r}: letters, digits, '_.-' only")
-        if self.path(request.id).exists():
+        if self._records.known(request.id):
             raise AlreadyExists(f"container {request.id!r} exists already")
         args = list(request.spec.get("process", {}).get("args", []))
         if not args:
@@ -389,7 +383,7 @@ class FakeBackend(Backend):
                 "reason": "StartError",
                 "message": failure,
             }
-        self._save(record)
+        self._records.save(request.id, record)
         status = self._exit_of(record)
         if status is not None:  # told as the runc backend's exit watcher tells it: later
             self._watchers[request.id] = asyncio.get_running_loop().create_task(
@@ -428,18 +422,15 @@ class FakeBackend(Backend):
             raise FailedPrecondition(f"container {container_id!r} has exited; it cannot start")
         if record["started_at"]:
             raise FailedPrecondition(f"container {container_id!r} was started already")
-        record["started_at"], record["starting"] = time.time_ns(), True
-        self._save(record)
+        record = self._update(container_id, {"started_at": time.time_ns(), "starting": True})
         crash_point("runtime_start:intent_written")
         self.run(record)
-        record["launched"] = True  # what runc's own state says once runc start has run
-        self._save(record)
+        # what runc's own state says once runc start has run
+        self._update(container_id, {"launched": True})
         crash_point("runtime_start:runc_started")
-        record["starting"] = False
-        self._save(record)
-        return self._state(record)
+        return self._state(self._update(container_id, {"starting": False}))
 
-    def run(self, record: dict[str, Any], skip: float = 0.0) -> None:
+    def run(self, record: Record, skip: float = 0.0) -> None:
         """The init's model under way, and a task that records its exit."""
         container_id, log_path = record["id"], str(record.get("log_path", ""))
         self._processes[container_id] = FakeProcess(
@@ -470,14 +461,13 @@ class FakeBackend(Backend):
         self._processes.pop(container_id, None)
         self._watchers.pop(container_id, None)
         with contextlib.suppress(NotFound, RecordUnreadable):
-            await self._exited(self.record(container_id), code, signum)
+            await self._exited(container_id, code, signum)
 
-    async def _exited(self, record: dict[str, Any], code: int, signum: int) -> None:
+    async def _exited(self, container_id: str, code: int, signum: int) -> None:
         """The exit recorded, waiters woken, the manager told (once)."""
-        container_id = record["id"]
         status = ExitStatus(code, time.time_ns(), signum)
-        record["exit"] = {"exit_code": code, "finished_at": status.finished_at, "signal": signum}
-        self._save(record)
+        recorded = {"exit_code": code, "finished_at": status.finished_at, "signal": signum}
+        self._update(container_id, {"exit": recorded})
         await self._tell(container_id, status)
 
     async def _tell(self, container_id: str, status: ExitStatus) -> None:
@@ -499,13 +489,13 @@ class FakeBackend(Backend):
         if process is not None:
             process.signal(signum)
         elif signum == signal.SIGKILL:  # created, never started: it dies where it waits
-            await self._exited(record, 128 + signum, signum)
+            await self._exited(container_id, 128 + signum, signum)
 
     def exit_status(self, container_id: str) -> ExitStatus | None:
         return self._exit_of(self.record(container_id))
 
     @staticmethod
-    def _exit_of(record: dict[str, Any]) -> ExitStatus | None:
+    def _exit_of(record: Record) -> ExitStatus | None:
         found = record["exit"]
         if found is None:
             return None
@@ -556,9 +546,10 @@ class FakeBackend(Backend):
         self._logs.pop(container_id, None)
         for stream in self._attached.pop(container_id, []):
             stream.queue.put_nowait(None)
+        self._records.forget(container_id)
         self.path(container_id).unlink(missing_ok=True)
 
-    def _state(self, record: dict[str, Any]) -> ContainerState:
+    def _state(self, record: Record) -> ContainerState:
         status = self.exit_status(record["id"])
         phase = "exited" if status else ("running" if record["started_at"] else "created")
         return ContainerState(
@@ -678,10 +669,14 @@ class FakeBackend(Backend):
         record = self.record(container_id)
         if record["exit"] is not None:
             raise FailedPrecondition(f"container {container_id!r} has exited")
-        record["resources"] = merge_resources(record.get("resources", {}), resources)
         notes = {"resources": "recorded, not enforced (fake: no cgroups)"}
-        record["notes"] = {**record.get("notes", {}), **notes}
-        self._save(record)
+        self._update(
+            container_id,
+            {
+                "resources": merge_resources(record.get("resources", {}), resources),
+                "notes": {**record.get("notes", {}), **notes},
+            },
+        )
         return notes
 
     def current_resources(self, container_id: str) -> dict[str, Any]:
@@ -708,9 +703,8 @@ class FakeBackend(Backend):
                 continue  # the manager reports it UNKNOWN; delete() removes it
             self._next_pid = max(self._next_pid, int(record["pid"]) + 1)
             if record.get("starting"):  # as runc settles it: started if launched
-                record["started_at"] = record["started_at"] if record.get("launched") else 0
-                record["starting"] = False
-                self._save(record)
+                started_at = record["started_at"] if record.get("launched") else 0
+                record = self._update(container_id, {"started_at": started_at, "starting": False})
             if record["started_at"] and record["exit"] is None:
                 self.run(record, skip=(time.time_ns() - record["started_at"]) / 1e9)
             states.append(self._state(record))

@@ -19,7 +19,10 @@ Everything a restarted server needs is on disk, in the container's state dir
 (``<state>/containers/<id>/``): ``config.json`` (the bundle's spec),
 ``container.json`` (our record), and the shim's ``shim.pid``, ``init.pid``
 and ``exit.json``; :meth:`RuncBackend.recover` reads them back and
-reattaches to the shims still running.
+reattaches to the shims still running. While the server runs, the record and
+a recorded exit are also kept in memory (:mod:`.records`): only this process
+writes the record, and an exit never changes once written, so a status call
+reads neither file again.
 
 As root runc puts each container in ``/teaching-cri/<pod>/<id>`` (cgroupfs);
 without root it runs rootless (:mod:`.rootless`), with no cgroups.
@@ -32,11 +35,11 @@ import contextlib
 import json
 import logging
 import os
-import re
 import shutil
 import signal
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +66,7 @@ from .backend import (
     RecordUnreadable,
     parse_signal,
 )
+from .records import ID_PATTERN, UNREADABLE, Record, RecordCache
 from .rootless import make_rootless
 from .shim_client import (
     SPAWN_TIMEOUT,
@@ -77,10 +81,8 @@ from .shim_client import (
 
 log = logging.getLogger(__name__)
 RECORD = "container.json"
-UNREADABLE = "unreadable"  # the key of the placeholder for a record that cannot be read
 STARTING = "starting"  # set from just before runc start until it has returned
 RUNC_DELETED = "runc_deleted"  # set once the exit watcher has deleted runc's state
-ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 TIERS = ("runc", "rootless-runc", "processes")
 
 
@@ -115,6 +117,8 @@ class RuncBackend(Backend):
         self._watchers: dict[str, asyncio.Task[None]] = {}
         self._creates: dict[str, asyncio.Task[int]] = {}  # runc create under way: the init's pid
         self._images: dict[str, str] = {}  # container id → image id
+        self._records = RecordCache(lambda container_id: self.dir(container_id) / RECORD)
+        self._exited: dict[str, ExitStatus] = {}  # exits read: exit.json never changes
         self.on_exit: list[ExitCallback] = []
         self.launcher = ShimLauncher()
 
@@ -124,25 +128,23 @@ class RuncBackend(Backend):
         return self.containers_dir / container_id
 
     def _known(self, container_id: str) -> Path:
-        d = self.dir(container_id)
-        if not ID_PATTERN.match(container_id) or not (d / RECORD).exists():
+        if not self._records.known(container_id):
             raise NotFound(f"container {container_id!r} not found")
-        return d
+        return self.dir(container_id)
 
-    def record(self, container_id: str) -> dict[str, Any]:
-        path = self._known(container_id) / RECORD
-        try:
-            data: dict[str, Any] = json.loads(path.read_text())
-        except (OSError, ValueError) as exc:
-            raise RecordUnreadable(f"{path} cannot be read: {exc}") from None
-        if not isinstance(data, dict):
-            raise RecordUnreadable(f"{path} is not a JSON object")
-        if UNREADABLE in data:  # the placeholder recover() left for a bad file
-            raise RecordUnreadable(str(data[UNREADABLE]))
-        return data
+    def record(self, container_id: str) -> Record:
+        """Our record of the container, read-only, from memory (the file is
+        read once: :class:`.records.RecordCache`); a change goes through
+        :meth:`_update`."""
+        return self._records.get(container_id)
 
-    def _save(self, container_id: str, record: dict[str, Any]) -> None:
-        atomic_write_json(self.dir(container_id) / RECORD, record, durable=False)
+    def _save(self, container_id: str, record: Mapping[str, Any]) -> None:
+        """A whole record, to the file and then to memory."""
+        self._records.save(container_id, record)
+
+    def _update(self, container_id: str, changes: Mapping[str, Any]) -> Record:
+        """Some fields changed, merged into the record as it is now."""
+        return self._records.update(container_id, changes)
 
     async def _runc(self, *args: str, stdin: bytes | None = None) -> str:
         proc = await asyncio.create_subprocess_exec(
@@ -169,11 +171,21 @@ class RuncBackend(Backend):
         return out.decode(errors="replace")
 
     def read_exit(self, container_id: str) -> ExitStatus | None:
+        """The exit, once the shim (or :meth:`_shim_lost`) has recorded it.
+        Until then ``exit.json`` is looked for on every call: the shim writes
+        it before it tells the exit watcher, and whoever asks in between
+        sees the exit already. Once read it is kept: an exit never changes."""
+        known = self._exited.get(container_id)
+        if known is not None:
+            return known
+        path = f"{self.containers_dir}/{container_id}/{shim.EXIT}"
+        if not os.path.exists(path):  # a running container: one stat, no exception raised
+            return None
         try:
-            data = json.loads((self.dir(container_id) / shim.EXIT).read_text())
+            data = json.loads(Path(path).read_text())
         except (OSError, ValueError):
             return None
-        return ExitStatus(
+        status = ExitStatus(
             int(data["exit_code"]),
             int(data["finished_at"]),
             int(data.get("signal", 0)),
@@ -181,6 +193,8 @@ class RuncBackend(Backend):
             str(data.get("message", "")),
             data.get("reason") == "StartError",
         )
+        self._exited[container_id] = status
+        return status
 
     # -- create ------------------------------------------------------------------
 
@@ -209,6 +223,8 @@ class RuncBackend(Backend):
         with contextlib.suppress(Exception):
             await self._runc("delete", "--force", container_id)
         shutil.rmtree(d, ignore_errors=True)
+        self._records.forget(container_id)
+        self._exited.pop(container_id, None)
         self._images.pop(container_id, None)
 
     async def _create(self, request: CreateRequest, d: Path) -> ContainerState:
@@ -236,8 +252,7 @@ class RuncBackend(Backend):
         self._save(request.id, record)
         self._images[request.id] = request.image_id
         spawned = await self.spawn(d, request, cgroups_path)
-        record["shim_pid"] = spawned.shim_pid
-        self._save(request.id, record)
+        self._update(request.id, {"shim_pid": spawned.shim_pid})
         self._creates[request.id] = asyncio.get_running_loop().create_task(
             self._runc_created(request.id, spawned.report)
         )
@@ -294,9 +309,7 @@ class RuncBackend(Backend):
         it; the shim has recorded it as the exit, a StartError)."""
         try:
             pid = await report.init_pid()
-            record = self.record(container_id)
-            record["pid"] = pid
-            self._save(container_id, record)
+            self._update(container_id, {"pid": pid})
             return pid
         finally:
             self._creates.pop(container_id, None)
@@ -368,7 +381,7 @@ class RuncBackend(Backend):
         finds no mark and ``delete`` runs ``runc delete`` once more, which
         finds nothing: the one order in which losing the mark costs nothing."""
         try:
-            record = self.record(container_id)
+            self.record(container_id)
         except (NotFound, RecordUnreadable):
             return  # being removed, or unreadable: delete() runs runc itself
         try:
@@ -378,9 +391,8 @@ class RuncBackend(Backend):
         except FailedPrecondition as exc:
             log.warning("runc delete of exited %s: %s; RemoveContainer retries", container_id, exc)
             return
-        record[RUNC_DELETED] = True
-        with contextlib.suppress(OSError):  # removed under us: nothing to mark
-            self._save(container_id, record)
+        with contextlib.suppress(OSError, NotFound, RecordUnreadable):  # removed meanwhile
+            self._update(container_id, {RUNC_DELETED: True})
 
     async def _shim_lost(self, container_id: str) -> ExitStatus:
         """The shim is gone and left no exit record (killed, or the machine
@@ -399,6 +411,7 @@ class RuncBackend(Backend):
                 "message": status.message,
             },
         )
+        self._exited[container_id] = status
         return status
 
     async def wait(self, container_id: str) -> ExitStatus:
@@ -425,18 +438,16 @@ class RuncBackend(Backend):
         # Written before runc start (a quick init may exit before runc returns,
         # and a server killed in between must not find it "created" while it
         # runs); "starting" tells recover() to ask runc which it was.
-        record["started_at"], record[STARTING] = time.time_ns(), True
-        self._save(container_id, record)
+        self._update(container_id, {"started_at": time.time_ns(), STARTING: True})
         crash_point("runtime_start:intent_written")
         try:
             await self.runc_start(container_id)
         except BaseException:
-            record["started_at"], record[STARTING] = 0, False
-            self._save(container_id, record)
+            with contextlib.suppress(NotFound):  # removed meanwhile: the error stays the reason
+                self._update(container_id, {"started_at": 0, STARTING: False})
             raise
         crash_point("runtime_start:runc_started")
-        record[STARTING] = False
-        self._save(container_id, record)
+        self._update(container_id, {STARTING: False})
         return await self.state(container_id)
 
     @step("get_container_process_pid")
@@ -458,8 +469,7 @@ class RuncBackend(Backend):
             return int(record["pid"])
         pid = await self.pid_left_by_the_shim(container_id)
         if pid:
-            record["pid"] = pid
-            self._save(container_id, record)
+            self._update(container_id, {"pid": pid})
         return pid
 
     async def pid_left_by_the_shim(self, container_id: str) -> int:
@@ -544,7 +554,7 @@ class RuncBackend(Backend):
             cgroups.remove(record["cgroups_path"])  # runc's delete removed it, but for a leftover
         self._forget(container_id)
 
-    async def watcher_done(self, container_id: str, record: dict[str, Any]) -> dict[str, Any]:
+    async def watcher_done(self, container_id: str, record: Record) -> Record:
         """The exit is on disk (the shim writes it before it tells the watcher):
         let the watcher finish deleting runc's state rather than race it. The
         record as it is then."""
@@ -561,6 +571,8 @@ class RuncBackend(Backend):
             if task is not None:
                 task.cancel()
         self._exits.pop(container_id, None)
+        self._exited.pop(container_id, None)
+        self._records.forget(container_id)
         self._images.pop(container_id, None)
         shutil.rmtree(self.dir(container_id), ignore_errors=True)
 
@@ -731,10 +743,9 @@ class RuncBackend(Backend):
         """``runc update`` with runtime-spec LinuxResources; recorded either way so
         the status can show it. Rootless: recorded, not enforced (no cgroups)."""
         await self.created(container_id)
-        record = self.record(container_id)
+        self.record(container_id)  # NotFound, RecordUnreadable
         if self.read_exit(container_id) is not None:
             raise FailedPrecondition(f"container {container_id!r} has exited")
-        record["resources"] = merge_resources(record.get("resources", {}), resources)
         notes: dict[str, str] = {}
         if self.rootless:
             notes["resources"] = f"recorded, not enforced ({self.name}: no cgroups)"
@@ -742,8 +753,14 @@ class RuncBackend(Backend):
             await self._runc(
                 "update", "--resources", "-", container_id, stdin=json.dumps(resources).encode()
             )
-        record["notes"] = {**record.get("notes", {}), **notes}
-        self._save(container_id, record)
+        record = self.record(container_id)  # as it is after the await
+        self._update(
+            container_id,
+            {
+                "resources": merge_resources(record.get("resources", {}), resources),
+                "notes": {**record.get("notes", {}), **notes},
+            },
+        )
         return notes
 
     def current_resources(self, container_id: str) -> dict[str, Any]:
@@ -784,7 +801,7 @@ class RuncBackend(Backend):
                 continue
             self._images[container_id] = str(record.get("image_id", ""))
             if record.get(STARTING):
-                await self.settle_start(container_id, record)
+                await self.settle_start(container_id)
             if self.read_exit(container_id) is None:
                 if self.shim_alive(container_id):
                     self._watch(container_id)
@@ -819,17 +836,17 @@ class RuncBackend(Backend):
         log.error("%s; the container is left alone and reported UNKNOWN", why)
         self._save(container_id, {UNREADABLE: why})
 
-    async def settle_start(self, container_id: str, record: dict[str, Any]) -> None:
+    async def settle_start(self, container_id: str) -> None:
         """A start cut short by the server's death: runc knows whether it
         happened. Still "created": not started, a StartContainer may try again."""
         try:
             status = json.loads(await self._runc("state", container_id)).get("status")
         except (NotFound, FailedPrecondition, ValueError):
             status = "stopped"
+        changes: dict[str, Any] = {STARTING: False}
         if status == "created":
-            record["started_at"] = 0
-        record[STARTING] = False
-        self._save(container_id, record)
+            changes["started_at"] = 0
+        self._update(container_id, changes)
 
     def shim_alive(self, container_id: str) -> bool:
         """Is the shim that ``shim.pid`` names still running (and still ours, not a
