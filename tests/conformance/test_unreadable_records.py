@@ -165,3 +165,30 @@ def test_a_runtime_record_damaged_while_the_server_runs_changes_nothing_it_repor
     assert not alive(pid)
     assert not runc_knows(node, pod_id) and not runc_knows(node, cid)
     assert not (node.server.state / "containers" / cid).exists()
+
+
+def test_an_unreadable_infra_record_leaves_the_pod_notready_and_removable(node: Node) -> None:
+    """The infra's runtime record cannot be read at the start: the pod is listed
+    NOTREADY (its state unknown), its processes left running; Stop stops them
+    and Remove cleans everything, as for any unreadable record."""
+    pod_id, cid, pid = running_pod_and_container(node, "bad-infra-record")
+    infra_record = node.server.state / "containers" / pod_id / "container.json"
+    node.server.stop()
+    infra_record.write_text("{")
+    node.restart()
+    assert alive(pid), "the pod's container was not touched"
+    assert runc_knows(node, pod_id), "its infra was not touched"
+    pods = node.client.runtime.ListPodSandbox(api_pb2.ListPodSandboxRequest()).items
+    assert [(p.id, p.state) for p in pods] == [(pod_id, api_pb2.SANDBOX_NOTREADY)]
+    pod = node.client.runtime.PodSandboxStatus(
+        api_pb2.PodSandboxStatusRequest(pod_sandbox_id=pod_id)
+    ).status
+    assert pod.state == api_pb2.SANDBOX_NOTREADY
+    assert list(infra_record.parent.glob("container.json.unreadable-*")), "kept aside"
+    node.client.runtime.StopPodSandbox(api_pb2.StopPodSandboxRequest(pod_sandbox_id=pod_id))
+    assert not alive(pid), "Stop stops the pod's containers"
+    node.client.runtime.RemovePodSandbox(api_pb2.RemovePodSandboxRequest(pod_sandbox_id=pod_id))
+    assert not runc_knows(node, pod_id) and not runc_knows(node, cid)
+    left = [x for x in leftovers(node.server, pod_id) if not x.startswith("state dir")]
+    assert left == []
+    assert not (node.server.state / "containers" / pod_id).exists()

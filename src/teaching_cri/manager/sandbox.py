@@ -42,7 +42,7 @@ from ..image.manager import ImageManager
 from ..image.registry import Credentials, RegistryUnavailable
 from ..image.store import ImageRecord
 from ..runtime import cgroups, seccomp
-from ..runtime.backend import Backend, CreateRequest
+from ..runtime.backend import Backend, CreateRequest, RecordUnreadable
 from ..runtime.spec import ImageRunConfig, SandboxContext, generate_spec
 from ..store.container import Container
 from ..store.sandbox import NOTREADY as NOTREADY
@@ -834,11 +834,13 @@ class SandboxManager:
         return await self.current_state(sandbox)
 
     async def current_state(self, sandbox: Sandbox) -> State:
-        """READY while the infra runs; an infra that died makes the pod NOTREADY."""
+        """READY while the infra runs; an infra that died, or whose runtime
+        record cannot be read (its state unknown: the load policy), makes the
+        pod NOTREADY."""
         if sandbox.state == READY:
             try:
                 state = await self.backend.state(sandbox.id)
-            except NotFound:
+            except (NotFound, RecordUnreadable):
                 state = None
             if state is None or state.status != "running":
                 sandbox.state = NOTREADY

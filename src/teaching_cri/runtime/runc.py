@@ -520,7 +520,12 @@ class RuncBackend(Backend):
         return self.read_exit(container_id)
 
     def stop_signal(self, container_id: str) -> signal.Signals:
-        return signal.Signals[self.record(container_id)["stop_signal"]]
+        """The image's stop signal; SIGKILL for a container whose record cannot
+        be read (its stop signal is in it): a stop asked for still stops it."""
+        try:
+            return signal.Signals[self.record(container_id)["stop_signal"]]
+        except RecordUnreadable:
+            return signal.SIGKILL
 
     # -- delete ----------------------------------------------------------------------
 
