@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 from teaching_cri.api import api_pb2
@@ -79,15 +80,29 @@ def test_a_truncated_container_record_leaves_the_container_running_and_unknown(
     assert not alive(pid)
 
 
-def test_a_truncated_pod_record_keeps_the_pod_and_remove_cleans_it(node: Node) -> None:
-    pod_id, cid, pid = running_pod_and_container(node, "truncated-pod")
-    record = node.server.root / "sandboxes" / pod_id / "sandbox.json"
+def a_pod_with_a_damaged_record(
+    node: Node, name: str, record_of: Callable[[str], Path]
+) -> tuple[str, str, int, Path]:
+    """A pod and a running container, the server stopped, the pod's record
+    ``record_of(pod_id)`` cut to "{", the server started again: the pod is
+    listed NOTREADY and its container still runs."""
+    pod_id, cid, pid = running_pod_and_container(node, name)
+    record = record_of(pod_id)
     node.server.stop()
     record.write_text("{")
     node.restart()
     assert alive(pid), "the pod's container was not touched"
     pods = node.client.runtime.ListPodSandbox(api_pb2.ListPodSandboxRequest()).items
     assert [(p.id, p.state) for p in pods] == [(pod_id, api_pb2.SANDBOX_NOTREADY)]
+    return pod_id, cid, pid, record
+
+
+def test_a_truncated_pod_record_keeps_the_pod_and_remove_cleans_it(node: Node) -> None:
+    pod_id, cid, pid, record = a_pod_with_a_damaged_record(
+        node,
+        "truncated-pod",
+        lambda pod_id: node.server.root / "sandboxes" / pod_id / "sandbox.json",
+    )
     info = json.loads(
         node.client.runtime.PodSandboxStatus(
             api_pb2.PodSandboxStatusRequest(pod_sandbox_id=pod_id, verbose=True)
@@ -171,15 +186,12 @@ def test_an_unreadable_infra_record_leaves_the_pod_notready_and_removable(node: 
     """The infra's runtime record cannot be read at the start: the pod is listed
     NOTREADY (its state unknown), its processes left running; Stop stops them
     and Remove cleans everything, as for any unreadable record."""
-    pod_id, cid, pid = running_pod_and_container(node, "bad-infra-record")
-    infra_record = node.server.state / "containers" / pod_id / "container.json"
-    node.server.stop()
-    infra_record.write_text("{")
-    node.restart()
-    assert alive(pid), "the pod's container was not touched"
+    pod_id, cid, pid, infra_record = a_pod_with_a_damaged_record(
+        node,
+        "bad-infra-record",
+        lambda pod_id: node.server.state / "containers" / pod_id / "container.json",
+    )
     assert runc_knows(node, pod_id), "its infra was not touched"
-    pods = node.client.runtime.ListPodSandbox(api_pb2.ListPodSandboxRequest()).items
-    assert [(p.id, p.state) for p in pods] == [(pod_id, api_pb2.SANDBOX_NOTREADY)]
     pod = node.client.runtime.PodSandboxStatus(
         api_pb2.PodSandboxStatusRequest(pod_sandbox_id=pod_id)
     ).status
