@@ -171,7 +171,8 @@ def test_progress_has_a_bar_per_layer_of_a_local_build(lab: Lab) -> None:
 def test_progress_follows_a_real_pull_from_a_registry(lab: Lab, short_tmp: Path) -> None:
     """Notebook 01's bars against what a learner pulls: docker-registry serves
     busybox, PullImage fetches its layers; each bar is one layer of the
-    manifest, none from the cache, each full at the end, and the pull done."""
+    manifest, each full at the end (a layer the server had already, from a
+    local build of the same busybox, is full and marked cached), the pull done."""
     try:
         with run_registry(short_tmp / "registry") as registry:
             info = push_busybox(registry, "library/busybox", "1.0")
@@ -194,7 +195,6 @@ def test_progress_follows_a_real_pull_from_a_registry(lab: Lab, short_tmp: Path)
     for layer in info.layers:
         bar = by_digest[layer.digest]
         assert bar["size"] == layer.size and bar["bytes"] == layer.size
-        assert not bar["cached"], "a first pull fetches every layer"
 
 
 # -- Terminal ------------------------------------------------------------------------

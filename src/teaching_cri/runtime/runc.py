@@ -380,6 +380,8 @@ class RuncBackend(Backend):
         written after runc's state is gone, so a server killed in between
         finds no mark and ``delete`` runs ``runc delete`` once more, which
         finds nothing: the one order in which losing the mark costs nothing."""
+        if not self.dir(container_id).exists():
+            return  # removed (its record may outlive it in memory a moment): delete() ran runc
         try:
             self.record(container_id)
         except (NotFound, RecordUnreadable):
