@@ -14,10 +14,13 @@ iSulad runs ``isulad-shim``, CRI-O ``conmon`` and containerd
   exits, the container's init is re-parented to the shim, not to PID 1, and
   so are the processes ``runc exec -d`` leaves behind.
 
-Its life (the numbers are the steps of ``main``):
+Its life (the numbers are the steps of ``main`` and ``run``):
 
-1. the server spawns it with the running interpreter; it forks, the first
-   process exits, so the shim is nobody's child but init's (double fork);
+1. it is detached: the zygote (:mod:`.zygote`) forks it ahead of need, or
+   the server spawns it with the running interpreter; either way it forks,
+   the first process exits, so the shim is nobody's child but init's (double
+   fork); then it becomes a subreaper and sets its signals (:func:`prepare`),
+   which the zygote's spare does before it has a container to serve;
 2. it tells the server its own pid (the server's create returns then, as
    iSulad's ``shim_create(fg=false)`` does), runs ``runc create`` with pipes
    (or, for a tty, a console socket over which runc hands it the terminal's
@@ -819,14 +822,10 @@ def main(argv: list[str]) -> None:
     run(argv[0], report_fd=1)
 
 
-def run(state_dir: str, report_fd: int) -> None:
-    """The shim proper, already detached: say it is there, create the
-    container, say how that went (a JSON line each on ``report_fd``), serve
-    until the init exits. Never returns."""
-    with open(os.path.join(state_dir, CONFIG), encoding="utf-8") as f:
-        config = json.load(f)
-    config["state_dir"] = state_dir
-    # 1. a subreaper, deaf to the terminal's signals; SIGCHLD wakes the loop
+def prepare() -> int:
+    """1. What makes a detached process a shim before it has a container: a
+    subreaper, deaf to the terminal's signals, woken by SIGCHLD (through the
+    pipe whose read end is returned). The zygote's spare does it while it waits."""
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
     for sig in (signal.SIGHUP, signal.SIGINT, signal.SIGPIPE, signal.SIGTTOU, signal.SIGTTIN):
@@ -836,10 +835,26 @@ def run(state_dir: str, report_fd: int) -> None:
     os.set_blocking(wake_w, False)
     signal.signal(signal.SIGCHLD, lambda _s, _f: None)
     signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
+    return wake_r
+
+
+def run(state_dir: str, report_fd: int, wake_r: int | None = None) -> None:
+    """The shim proper, already detached (and :func:`prepare`-d if ``wake_r``
+    is given): say it is there, create the container, say how that went (a
+    JSON line each on ``report_fd``), serve until the init exits. Never returns."""
+    with open(os.path.join(state_dir, CONFIG), "rb") as f:
+        config = json.load(f)
+    config["state_dir"] = state_dir
+    if wake_r is None:
+        wake_r = prepare()
     shim = Shim(config)
     try:
-        with open(os.path.join(state_dir, SHIM_PID), "w", encoding="ascii") as f:
-            f.write(str(os.getpid()))
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+        pid_fd = os.open(os.path.join(state_dir, SHIM_PID), flags, 0o644)
+        try:
+            os.write(pid_fd, str(os.getpid()).encode())
+        finally:
+            os.close(pid_fd)
         shim.open_log()
         shim.listen()
     except (OSError, ValueError, KeyError) as exc:

@@ -143,8 +143,9 @@ async def _first_report(report: ShimReport) -> Spawned:
 
 
 class ShimLauncher:
-    """Starts shims through one pre-forked :mod:`.zygote` (a fork each, not an
-    interpreter's start-up), restarting it if it died, spawning if it cannot."""
+    """Starts shims through one pre-forked :mod:`.zygote` (its spare shim, forked
+    ahead, not an interpreter's start-up), restarting it if it died, spawning
+    if it cannot."""
 
     def __init__(self) -> None:
         self._sock: socket.socket | None = None

@@ -1,50 +1,135 @@
-"""The pre-forked shim server: a shim per container at the cost of a fork.
+"""The pre-forked shim server: a shim per container, forked before it is asked for.
 
 A shim started with ``python -c`` spends most of its first 100 ms importing
 modules, more than our whole budget for our share of a container's create
 (runc's cycle + 40 ms, ``benchmarks/containers.py``). So the backend starts this process once, with
-the shim's modules already imported, and asks it for each shim: it forks,
-the child becomes a session leader and forks again, and the grandchild,
-parented by init like any detached shim, runs :func:`.shim.run`. Android's
+the shim's modules already imported, and asks it for each shim. Android's
 zygote starts apps the same way, for the same reason.
+
+Forking a shim still costs two forks (the double fork that detaches it) and
+the child's first touches of the pages it now shares, some 2.5 ms of a
+CreateContainer that the kubelet waits for. So the zygote forks one **spare**
+ahead of need: detached, a subreaper, its signals set (:func:`.shim.prepare`),
+waiting on a socket pair for its container. A request is handed to the spare,
+which starts at once, and the zygote forks the next spare while the server
+goes on; requests that come faster than that wait their turn in the socket.
 
 The request is one SOCK_SEQPACKET message: the container's state dir, with
 the write end of a pipe attached (SCM_RIGHTS) on which the shim reports
 its own pid, then the init's (or runc create's error), exactly the lines a
 spawned shim prints on its stdout; the server waits for the first only. When the
 server goes away (even by SIGKILL) the socket reads EOF and this process
-exits; the shims it made are not its children any more and live on.
+exits, and so does the spare (its socket reads EOF too); the shims it made are
+not its children and live on.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import select
 import socket
 import sys
 
 from . import shim
 
+SPARE_EXIT_WAIT = 2.0  # how long the zygote, leaving, waits for its spare to go
 
-def serve(sock: socket.socket) -> None:
-    while True:
-        try:
-            message, fds, _flags, _addr = socket.recv_fds(sock, 4096, 1)
-        except OSError:
-            return
-        if not message:
-            return  # the server is gone
-        if not fds:
-            continue
-        report_fd = fds[0]
+
+class Spare:
+    """A detached shim still without a container, and the zygote's end of its socket."""
+
+    def __init__(self, server: socket.socket) -> None:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         pid = os.fork()
         if pid == 0:
-            sock.close()
+            server.close()
+            ours.close()
             os.setsid()  # its own session: the server's signals do not reach it
             if os.fork() > 0:
                 os._exit(0)  # the double fork: the shim is nobody's child but init's
-            shim.run(os.fsdecode(message), report_fd)
-        os.close(report_fd)
+            _wait_for_a_container(theirs)
+        theirs.close()
         os.waitpid(pid, 0)
+        self.sock = ours
+        self.handed = False
+        said = ours.recv(32)  # it is ready when it says who it is
+        if not said:
+            ours.close()
+            raise OSError("the spare shim died before it was ready")
+        self.pid = int(said)
+
+    def hand(self, message: bytes, report_fd: int) -> bool:
+        """The request, passed on; False if the spare is gone (killed meanwhile)."""
+        try:
+            socket.send_fds(self.sock, [message], [report_fd])
+        except OSError:
+            return False
+        finally:
+            self.sock.close()
+        self.handed = True
+        return True
+
+    def dismiss(self) -> None:
+        """Its socket closed, it reads EOF and exits; waited for, so that a
+        server stopping leaves no process behind once its zygote is gone."""
+        self.sock.close()
+        if self.handed:
+            return
+        with contextlib.suppress(OSError):
+            pidfd = os.pidfd_open(self.pid)
+            try:
+                select.select([pidfd], [], [], SPARE_EXIT_WAIT)
+            finally:
+                os.close(pidfd)
+
+
+def _wait_for_a_container(sock: socket.socket) -> None:
+    """The spare's life before its container: prepared, then one request, then
+    :func:`.shim.run`. EOF (the zygote gone) ends it. Never returns."""
+    wake_r = shim.prepare()
+    try:
+        sock.send(str(os.getpid()).encode())
+        message, fds, _flags, _addr = socket.recv_fds(sock, 4096, 1)
+    except OSError:
+        os._exit(0)
+    sock.close()
+    if not message or not fds:
+        os._exit(0)
+    shim.run(os.fsdecode(message), fds[0], wake_r)
+
+
+def next_spare(server: socket.socket) -> Spare:
+    """A new spare; one killed while it was being made is made again. An
+    OSError after three tries (no more processes?) ends the zygote: the
+    server's launcher starts another, or spawns its shims instead."""
+    for _attempt in range(2):
+        with contextlib.suppress(OSError):
+            return Spare(server)
+    return Spare(server)
+
+
+def serve(sock: socket.socket) -> None:
+    spare = next_spare(sock)
+    try:
+        while True:
+            try:
+                message, fds, _flags, _addr = socket.recv_fds(sock, 4096, 1)
+            except OSError:
+                return
+            if not message:
+                return  # the server is gone
+            if not fds:
+                continue
+            report_fd = fds[0]
+            try:
+                while not spare.hand(message, report_fd):
+                    spare = next_spare(sock)  # the one we had died: its successor takes it
+            finally:
+                os.close(report_fd)
+            spare = next_spare(sock)
+    finally:
+        spare.dismiss()
 
 
 def main(argv: list[str]) -> None:
