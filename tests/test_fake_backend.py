@@ -30,8 +30,9 @@ from test_crash_points import (
 
 from teaching_cri.api import admin_pb2, api_pb2
 from teaching_cri.client import Client
+from teaching_cri.errors import FailedPrecondition
 from teaching_cri.fsutil import CRASH_AT
-from teaching_cri.runtime.fake import PID_MAX_LIMIT, program_of
+from teaching_cri.runtime.fake import PID_MAX_LIMIT, FakeBackend, program_of
 
 from conftest import Server, start_server
 from cri_node import BUSYBOX, create_container, pod_config, run_pod, wait_exit
@@ -364,8 +365,31 @@ def test_a_record_damaged_while_the_server_runs_changes_nothing_until_a_restart(
         client = srv.client()
         damaged = status_of(client, cid)
         assert (damaged.state, damaged.reason) == (api_pb2.CONTAINER_UNKNOWN, "RecordUnreadable")
+        # its stop signal was in the record: a stop asked for still stops it (SIGKILL)
+        client.runtime.StopContainer(api_pb2.StopContainerRequest(container_id=cid, timeout=30))
         client.runtime.RemoveContainer(api_pb2.RemoveContainerRequest(container_id=cid))
         assert not (srv.state / "fake" / f"{cid}.json").exists()
         remove_every_pod(client)
     finally:
         srv.stop()
+
+
+def test_what_every_backend_reads_from_a_record_survives_an_unreadable_one(
+    tmp_path: Path,
+) -> None:
+    """``Backend``'s shared readings, on the fake backend's files: the pod and
+    the stop signal of a readable record; of an unreadable one, no pod and
+    SIGKILL (the signal asked for was in it: a stop must still stop it); and
+    a pod is released only once none of its containers is left."""
+    backend = FakeBackend(tmp_path)
+    good = {"id": "good", "pod_id": "p1", "stop_signal": "SIGINT"}
+    backend.path("good").write_text(json.dumps(good))
+    backend.path("bad").write_text("{")
+    assert backend.pod_of("good") == "p1"
+    assert backend.stop_signal("good") == signal.SIGINT
+    assert backend.pod_of("bad") == ""
+    assert backend.stop_signal("bad") == signal.SIGKILL
+    assert backend.pod_of("missing") == ""
+    with pytest.raises(FailedPrecondition, match="still has containers: good"):
+        asyncio.run(backend.release_pod("p1"))
+    asyncio.run(backend.release_pod("p2"))

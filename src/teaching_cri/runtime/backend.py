@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import FailedPrecondition, InvalidArgument
+from ..errors import FailedPrecondition, InvalidArgument, NotFound
 from ..fsutil import crash_point
 from ..trace.tracer import annotate, child_span, decide, step
 from .cgroups import CgroupStats
@@ -134,8 +134,19 @@ class Backend(abc.ABC):
         """The exit, if the container has exited (``None`` while it lives)."""
 
     @abc.abstractmethod
+    def record(self, container_id: str) -> Mapping[str, Any]:
+        """The backend's own record of the container, read-only (every
+        backend keeps ``pod_id`` and ``stop_signal`` in it); ``NotFound``
+        without one, ``RecordUnreadable`` for one that cannot be read."""
+
     def stop_signal(self, container_id: str) -> signal.Signals:
-        """The signal that asks this container to stop (its image's StopSignal)."""
+        """The signal that asks this container to stop (its image's
+        StopSignal); SIGKILL for a container whose record cannot be read
+        (its stop signal is in it): a stop asked for still stops it."""
+        try:
+            return signal.Signals[self.record(container_id)["stop_signal"]]
+        except RecordUnreadable:
+            return signal.SIGKILL
 
     @child_span("RuntimeStop")
     async def stop(self, container_id: str, timeout: float) -> ExitStatus:
@@ -232,14 +243,29 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def uses_image(self, image_id: str) -> bool: ...
 
-    @abc.abstractmethod
-    def pod_of(self, container_id: str) -> str: ...
+    def pod_of(self, container_id: str) -> str:
+        """The pod a container belongs to ("" for none, if it is gone, or if
+        its record cannot be read)."""
+        try:
+            return str(self.record(container_id).get("pod_id", ""))
+        except (NotFound, RecordUnreadable):
+            return ""
 
     @abc.abstractmethod
     def pid_of(self, container_id: str) -> int: ...
 
+    async def release_pod(self, pod_id: str) -> None:
+        """RemovePodSandbox's last call: refused while a container of the pod
+        is left; then what the backend keeps for the pod itself goes."""
+        users = [c for c in self.list_ids() if self.pod_of(c) == pod_id]
+        if users:
+            raise FailedPrecondition(f"pod {pod_id!r} still has containers: {', '.join(users[:5])}")
+        self.drop_pod_level(pod_id)
+
     @abc.abstractmethod
-    async def release_pod(self, pod_id: str) -> None: ...
+    def drop_pod_level(self, pod_id: str) -> None:
+        """What the backend keeps for a pod beyond its containers (the runc
+        backend's pod cgroup), removed."""
 
     @abc.abstractmethod
     async def close(self) -> None: ...

@@ -507,9 +507,6 @@ class FakeBackend(Backend):
             start_error=found.get("reason") == "StartError",
         )
 
-    def stop_signal(self, container_id: str) -> signal.Signals:
-        return signal.Signals[self.record(container_id)["stop_signal"]]
-
     async def wait(self, container_id: str) -> ExitStatus:
         status = self.exit_status(container_id)
         if status is not None:
@@ -570,12 +567,6 @@ class FakeBackend(Backend):
 
     def uses_image(self, image_id: str) -> bool:
         return any(self.record(c).get("image_id") == image_id for c in self._readable_ids())
-
-    def pod_of(self, container_id: str) -> str:
-        try:
-            return str(self.record(container_id).get("pod_id", ""))
-        except (NotFound, RecordUnreadable):
-            return ""
 
     def pid_of(self, container_id: str) -> int:
         try:
@@ -710,10 +701,8 @@ class FakeBackend(Backend):
             states.append(self._state(record))
         return states
 
-    async def release_pod(self, pod_id: str) -> None:
-        users = [c for c in self.list_ids() if self.pod_of(c) == pod_id]
-        if users:
-            raise FailedPrecondition(f"pod {pod_id!r} still has containers: {', '.join(users[:5])}")
+    def drop_pod_level(self, pod_id: str) -> None:
+        """Nothing: the models need no cgroup, and a pod has no state here."""
 
     async def close(self) -> None:
         """Stop the models: a server that stops takes its fake processes with

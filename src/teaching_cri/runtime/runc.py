@@ -521,14 +521,6 @@ class RuncBackend(Backend):
     def exit_status(self, container_id: str) -> ExitStatus | None:
         return self.read_exit(container_id)
 
-    def stop_signal(self, container_id: str) -> signal.Signals:
-        """The image's stop signal; SIGKILL for a container whose record cannot
-        be read (its stop signal is in it): a stop asked for still stops it."""
-        try:
-            return signal.Signals[self.record(container_id)["stop_signal"]]
-        except RecordUnreadable:
-            return signal.SIGKILL
-
     # -- delete ----------------------------------------------------------------------
 
     async def delete(self, container_id: str) -> None:
@@ -603,13 +595,6 @@ class RuncBackend(Backend):
 
     def list_ids(self) -> list[str]:
         return sorted(p.parent.name for p in self.containers_dir.glob(f"*/{RECORD}"))
-
-    def pod_of(self, container_id: str) -> str:
-        """The pod a container belongs to ("" for none, or if it is gone)."""
-        try:
-            return str(self.record(container_id).get("pod_id", ""))
-        except (NotFound, RecordUnreadable):
-            return ""
 
     def pid_of(self, container_id: str) -> int:
         """The container's init pid (0 if it is gone)."""
@@ -865,12 +850,8 @@ class RuncBackend(Backend):
             return False
         return b"teaching_cri" in cmdline
 
-    async def release_pod(self, pod_id: str) -> None:
-        """Remove the pod's cgroup level once none of its containers is left
-        (RemovePodSandbox calls this last)."""
-        users = [c for c in self.list_ids() if self.pod_of(c) == pod_id]
-        if users:
-            raise FailedPrecondition(f"pod {pod_id!r} still has containers: {', '.join(users[:5])}")
+    def drop_pod_level(self, pod_id: str) -> None:
+        """The pod's cgroup level, its containers' all gone."""
         if not self.rootless:
             cgroups.remove(cgroups.pod_parent(pod_id))
 
