@@ -29,6 +29,7 @@ IS_ROOT = os.geteuid() == 0
 # A line each script prints in its table (or the last of its tables).
 TABLES = {
     "containers": "== ListContainers",
+    "grpc_floor": "== One unary gRPC call, no work in the server",
     "image_pull": "== Unpack: apply_layer against tar -x of the same blob ==",
     "pod_sandbox": "by phase, median (ms):",
     "runtime_cycle": "== Exec: true in a running container ==",
@@ -185,4 +186,29 @@ def test_vs_containerd_says_which_server_did_not_start(work_dir: Path) -> None:
     assert sockets_held_under(runs) == []
     assert containers_rooted_under(runs) == []
     assert mounts_under(runs) == []
+    assert list(runs.iterdir()) == []
+
+
+def test_grpc_floor_names_a_server_that_did_not_start(work_dir: Path) -> None:
+    """Bad input: a ``--dir`` so deep that the run's socket paths are at the limit
+    of a unix socket's (107 bytes and a NUL) or past it. The run works in
+    ``--dir/tcri-bench-XXXXXXXX/``: its Go server's ``go.sock`` is 107 bytes, which
+    grpc-go binds; ``aio.sock``, one longer, no server can. The Go server starts,
+    ``_floor.py``'s does not: the script names it, exits 1 and stops the Go one."""
+    runs = work_dir / ("d" * (79 - len(str(work_dir)) - 1))  # 79 + 20 + "/go.sock" = 107
+    runs.mkdir()
+    proc = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "grpc_floor.py"), "--smoke", "--dir", str(runs)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    first = proc.stderr.strip().splitlines()[0]
+    assert first.startswith('failed: the "grpc.aio (_floor.py)" server did not start: '), first
+    assert "/aio.sock" in first
+    assert "Traceback" not in proc.stderr
+    assert processes_naming(str(runs)) == []
+    assert sockets_held_under(runs) == []
     assert list(runs.iterdir()) == []
