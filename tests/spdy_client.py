@@ -408,6 +408,9 @@ class _Connection:
         if parts.scheme != "http":
             raise ValueError(f"only http:// here, not {url}")
         self.sock = socket.create_connection((parts.hostname, parts.port or 80), timeout=10)
+        # as Go's net.Dial leaves every TCP connection of client-go: small frames
+        # go at once, not after the peer's delayed ACK (some 40 ms)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.file = self.sock.makefile("rb")
         path = parts.path + (f"?{parts.query}" if parts.query else "")
         request = [f"{method} {path} HTTP/1.1", f"Host: {parts.netloc}", *headers]
