@@ -789,11 +789,15 @@ CONTAINER_LIFECYCLE = (
     "RemoveContainer",
 )
 
-# Each row of ours, and the charts whose spans make it (for --steps).
-STEP_CHARTS = {row: row for row in ROWS if " " not in row} | {
-    "ExecSync true": "ExecSync",
-    "Exec true, SPDY": "Exec",
-}
+# The charts whose spans make our rows (for --steps): each RPC's own, and the
+# streaming server's sessions the two Exec rows go on to.
+STEP_CHARTS = (
+    *(row for row in ROWS if " " not in row),
+    "ExecSync",
+    "Exec",
+    "SpdyStream",
+    "WebsocketStream",
+)
 
 
 Samples = dict[str, dict[str, list[float]]]  # runtime → row → seconds per run
@@ -1050,16 +1054,18 @@ def print_steps(events: Sequence[TraceEvent], since_ns: int) -> None:
     """For each of our rows: the median of each node of the call's chart (and of
     the spans it opened, indented) beside the median of the whole call."""
     all_spans = spans(events)
-    ids = {s[0].span_id for s in all_spans}
+    chart_of = {s[0].span_id: s[0].chart for s in all_spans}
     children: dict[str, list[list[TraceEvent]]] = {}
     for s in all_spans:
         children.setdefault(s[0].parent_span_id, []).append(s)
     print("\n== Where our time goes: the median per node of each call's trace (ms) ==")
-    for chart in dict.fromkeys(STEP_CHARTS.values()):
-        roots = [
+    for chart in STEP_CHARTS:
+        roots = [  # a session's stream is a span of a callback's: a root of its own chart
             s
             for s in all_spans
-            if s[0].chart == chart and s[0].parent_span_id not in ids and s[0].unix_nano >= since_ns
+            if s[0].chart == chart
+            and chart_of.get(s[0].parent_span_id) != chart
+            and s[0].unix_nano >= since_ns
         ]
         if not roots:
             continue
