@@ -253,9 +253,9 @@ def report(samples: dict[str, list[int]], go_missing: str, args: argparse.Namesp
         print(f"{label:<28} {median / 1e6:8.3f} {p95 / 1e6:8.3f} {over:>8}".rstrip())
     print(
         "The Go row is about what our client and the socket cost: grpc-go answering fixed\n"
-        "bytes adds little. The rest of a row (over Go) is its server's own: in grpcio a call\n"
-        "goes from the C core to Python and back, and the handler waits for the GIL. That is\n"
-        "paid per call whatever the handler does: no Python gRPC server reaches Go's total."
+        "bytes adds little. The rest of a row (over Go) is its server's own: grpcio hands each\n"
+        "call from its C core to Python objects and back. That is paid per call whatever the\n"
+        "handler does: no Python gRPC server reaches Go's total."
     )
 
 
