@@ -57,6 +57,7 @@ import sys
 import tempfile
 import termios
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -838,10 +839,17 @@ def prepare() -> int:
     return wake_r
 
 
-def run(state_dir: str, report_fd: int, wake_r: int | None = None) -> None:
+def run(
+    state_dir: str,
+    report_fd: int,
+    wake_r: int | None = None,
+    reported: Callable[[], None] | None = None,
+) -> None:
     """The shim proper, already detached (and :func:`prepare`-d if ``wake_r``
     is given): say it is there, create the container, say how that went (a
-    JSON line each on ``report_fd``), serve until the init exits. Never returns."""
+    JSON line each on ``report_fd``), serve until the init exits. Never returns.
+    ``reported`` is called once the server knows the shim's pid (the zygote
+    waits for that to fork its next spare)."""
     with open(os.path.join(state_dir, CONFIG), "rb") as f:
         config = json.load(f)
     config["state_dir"] = state_dir
@@ -861,6 +869,8 @@ def run(state_dir: str, report_fd: int, wake_r: int | None = None) -> None:
         report(report_fd, {"error": str(exc)})
         os._exit(1)
     report(report_fd, {"shim_pid": os.getpid()})  # the server's create returns here
+    if reported is not None:
+        reported()
     try:
         shim.init = shim.create()
     except (OSError, RuntimeError, ValueError, KeyError) as exc:

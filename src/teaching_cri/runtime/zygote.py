@@ -11,8 +11,9 @@ the child's first touches of the pages it now shares, some 2.5 ms of a
 CreateContainer that the kubelet waits for. So the zygote forks one **spare**
 ahead of need: detached, a subreaper, its signals set (:func:`.shim.prepare`),
 waiting on a socket pair for its container. A request is handed to the spare,
-which starts at once, and the zygote forks the next spare while the server
-goes on; requests that come faster than that wait their turn in the socket.
+which starts at once, and once it has told the server its pid the zygote
+forks the next spare, while the shim's ``runc create`` goes on; requests that
+come faster than that wait their turn in the socket.
 
 The request is one SOCK_SEQPACKET message: the container's state dir, with
 the write end of a pipe attached (SCM_RIGHTS) on which the shim reports
@@ -34,10 +35,13 @@ import sys
 from . import shim
 
 SPARE_EXIT_WAIT = 2.0  # how long the zygote, leaving, waits for its spare to go
+REPORT_WAIT = 1.0  # how long the next spare waits for the last one to report
 
 
 class Spare:
-    """A detached shim still without a container, and the zygote's end of its socket."""
+    """A detached shim still without a container, and the zygote's end of its
+    socket: the request goes down it; once handed one, the shim closes its end
+    when it has reported to the server (:meth:`reported`)."""
 
     def __init__(self, server: socket.socket) -> None:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -64,15 +68,15 @@ class Spare:
         try:
             socket.send_fds(self.sock, [message], [report_fd])
         except OSError:
-            return False
-        finally:
             self.sock.close()
+            return False
         self.handed = True
         return True
 
     def dismiss(self) -> None:
         """Its socket closed, it reads EOF and exits; waited for, so that a
-        server stopping leaves no process behind once its zygote is gone."""
+        server stopping leaves no process behind once its zygote is gone. (A
+        spare handed its container is a shim: it lives on.)"""
         self.sock.close()
         if self.handed:
             return
@@ -86,17 +90,17 @@ class Spare:
 
 def _wait_for_a_container(sock: socket.socket) -> None:
     """The spare's life before its container: prepared, then one request, then
-    :func:`.shim.run`. EOF (the zygote gone) ends it. Never returns."""
+    :func:`.shim.run`, which closes ``sock`` once it has reported its pid. EOF
+    (the zygote gone) ends it. Never returns."""
     wake_r = shim.prepare()
     try:
         sock.send(str(os.getpid()).encode())
         message, fds, _flags, _addr = socket.recv_fds(sock, 4096, 1)
     except OSError:
         os._exit(0)
-    sock.close()
     if not message or not fds:
         os._exit(0)
-    shim.run(os.fsdecode(message), fds[0], wake_r)
+    shim.run(os.fsdecode(message), fds[0], wake_r, reported=sock.close)
 
 
 def next_spare(server: socket.socket) -> Spare:
@@ -110,9 +114,21 @@ def next_spare(server: socket.socket) -> Spare:
 
 
 def serve(sock: socket.socket) -> None:
-    spare = next_spare(sock)
+    """Requests, each handed to the spare. The next spare is forked once the
+    last has reported to the server (or a request comes first): a fork and
+    the shim's own start would compete for a CPU while a CreateContainer waits."""
+    spare: Spare | None = next_spare(sock)
+    last: Spare | None = None  # handed its container, its report still to come
     try:
         while True:
+            if spare is None and last is not None:
+                ready, _, _ = select.select([sock, last.sock], [], [], REPORT_WAIT)
+                if sock not in ready:
+                    last.dismiss()
+                    last, spare = None, next_spare(sock)
+                    continue
+            elif spare is None:
+                spare = next_spare(sock)
             try:
                 message, fds, _flags, _addr = socket.recv_fds(sock, 4096, 1)
             except OSError:
@@ -123,13 +139,19 @@ def serve(sock: socket.socket) -> None:
                 continue
             report_fd = fds[0]
             try:
+                if spare is None:  # a request before the last one's report
+                    spare = next_spare(sock)
                 while not spare.hand(message, report_fd):
                     spare = next_spare(sock)  # the one we had died: its successor takes it
             finally:
                 os.close(report_fd)
-            spare = next_spare(sock)
+            if last is not None:
+                last.dismiss()
+            last, spare = spare, None
     finally:
-        spare.dismiss()
+        for left in (last, spare):
+            if left is not None:
+                left.dismiss()
 
 
 def main(argv: list[str]) -> None:
