@@ -144,6 +144,42 @@ def state_of(client: Client, container_id: str) -> api_pb2.ContainerStatus:
 TRAPS_TERM = "trap 'echo bye; exit 0' TERM; echo hello; while true; do sleep 0.2; done"
 
 
+def test_the_writable_layer_is_what_the_container_wrote(
+    any_node: tuple[Server, Client, Path],
+) -> None:
+    """ContainerStats' writable_layer (crictl stats' DISK; the kubelet's
+    ephemeral storage): the bytes and inodes the container wrote, on the file
+    system ImageFsInfo names for containers. With runc, the overlay's upper
+    directory only, not the image under it; the fake backend's copy holds
+    the image's files too (copy mode, as containerd's native snapshotter)."""
+    srv, client, logs = any_node
+    rt = client.runtime
+    sandbox = pod(client, logs, "disk")
+    cid = container(client, sandbox, "writer", "sleep", "1000")
+    rt.StartContainer(api_pb2.StartContainerRequest(container_id=cid))
+    size = 3 << 20
+    fake = (srv.state / "fake").is_dir()  # the fake backend's records are there
+    if fake:  # a model runs no program: the file is put there from outside
+        rootfs = srv.root / "images" / "snapshots" / "active" / cid / "rootfs"
+        (rootfs / "written").write_bytes(os.urandom(size))
+    else:
+        cmd = ["sh", "-c", f"head -c {size} /dev/urandom > /written"]
+        done = rt.ExecSync(api_pb2.ExecSyncRequest(container_id=cid, cmd=cmd, timeout=30))
+        assert done.exit_code == 0, done.stderr
+    layer = rt.ContainerStats(api_pb2.ContainerStatsRequest(container_id=cid)).stats.writable_layer
+    assert layer.used_bytes.value >= size and layer.inodes_used.value >= 2
+    if not fake:
+        assert layer.used_bytes.value < size + (512 << 10), "the image's files are not counted"
+    assert 0 < time.time_ns() - layer.timestamp < 60e9
+    filesystems = client.image.ImageFsInfo(api_pb2.ImageFsInfoRequest()).container_filesystems
+    assert layer.fs_id.mountpoint == filesystems[0].fs_id.mountpoint
+    assert filesystems[0].used_bytes.value >= layer.used_bytes.value
+    listed = rt.ListContainerStats(
+        api_pb2.ListContainerStatsRequest(filter=api_pb2.ContainerStatsFilter(id=cid))
+    ).stats
+    assert [s.writable_layer.used_bytes.value for s in listed] == [layer.used_bytes.value]
+
+
 def test_a_kubelet_like_sequence(any_node: tuple[Server, Client, Path], charts: ChartSet) -> None:
     _srv, client, logs = any_node
     rt = client.runtime

@@ -325,6 +325,8 @@ class Daemon:
         if self.server is not None:
             await self.server.stop(grace)
             self.server = None
+        if self.runtime.containers is not None:
+            await self.runtime.containers.writable_layers.close()  # a walk under way
         if self.backend is not None:
             await self.backend.close()  # stop watching; the containers run on
             self.backend = None

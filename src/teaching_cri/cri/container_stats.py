@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from ..api import Context, api_pb2
 from ..manager.container import RUNNING, Container, ContainerManager
+from ..manager.writable_layers import LayerSample
 from ..runtime.cgroups import CgroupStats
 from ..trace.tracer import step
 from ._rpc import rpc
@@ -28,7 +29,8 @@ async def ContainerStats(
     manager = svc.containers()
     container = manager.get(request.container_id)
     stats = await m_cb_container_stats(manager, [container])
-    return api_pb2.ContainerStatsResponse(stats=container_stats_to_grpc(stats).stats[0])
+    mountpoint = manager.writable_layers.mountpoint
+    return api_pb2.ContainerStatsResponse(stats=container_stats_to_grpc(stats, mountpoint).stats[0])
 
 
 @rpc("ListContainerStats")
@@ -39,7 +41,7 @@ async def ListContainerStats(
     wanted = pack_container_stats_filter(manager, request.filter)
     stats = await m_cb_container_stats(manager, wanted)
     forget_removed(manager)
-    return container_stats_to_grpc(stats)
+    return container_stats_to_grpc(stats, manager.writable_layers.mountpoint)
 
 
 @step("pack_container_stats_filter")
@@ -57,16 +59,22 @@ def pack_container_stats_filter(
     ]
 
 
+Figures = tuple[Container, CgroupStats | None, LayerSample | None]
+
+
 @step("m_cb_container_stats")
 async def m_cb_container_stats(
     manager: ContainerManager, containers: list[Container]
-) -> list[tuple[Container, CgroupStats | None]]:
-    out: list[tuple[Container, CgroupStats | None]] = []
+) -> list[Figures]:
+    """Each container's cgroup, read now, and its writable layer's last sample
+    (:mod:`..manager.writable_layers`)."""
+    layers = await manager.writable_layers.samples(c.id for c in containers)
+    out: list[Figures] = []
     for c in containers:
         try:
-            out.append((c, await manager.stats(c)))
+            out.append((c, await manager.stats(c), layers.get(c.id)))
         except Exception:
-            out.append((c, None))
+            out.append((c, None, layers.get(c.id)))
     return out
 
 
@@ -113,16 +121,23 @@ def forget_removed(manager: ContainerManager) -> None:
     for kept in (_ATTRIBUTES, _CPU_SAMPLES):
         for gone in [i for i in kept if i not in manager.containers]:
             del kept[gone]
+    manager.writable_layers.forget(c.id for c in manager.containers.list())
 
 
 @step("container_stats_to_grpc")
 def container_stats_to_grpc(
-    stats: list[tuple[Container, CgroupStats | None]],
+    stats: list[Figures], mountpoint: str
 ) -> api_pb2.ListContainerStatsResponse:
     out = api_pb2.ListContainerStatsResponse()
-    for c, s in stats:
+    for c, s, layer in stats:
         item = out.stats.add()
         item.attributes.CopyFrom(attributes(c))
+        if layer is not None:
+            fs = item.writable_layer
+            fs.timestamp = layer.timestamp
+            fs.fs_id.mountpoint = mountpoint
+            fs.used_bytes.value = layer.used_bytes
+            fs.inodes_used.value = layer.inodes_used
         if s is not None:
             cpu, memory = item.cpu, item.memory
             cpu.timestamp = s.timestamp

@@ -27,6 +27,7 @@ from pathlib import Path
 
 from ..errors import FailedPrecondition
 from ..fsutil import mount, umount
+from .store import disk_usage
 from .unpack import apply_layer, in_user_namespace
 
 
@@ -133,6 +134,13 @@ class SnapshotStore:
             shutil.rmtree(base, ignore_errors=True)
             raise FailedPrecondition(f"overlay mount for {key!r} failed: {exc.strerror}") from None
         return merged
+
+    def writable_usage(self, key: str) -> tuple[int, int]:
+        """(bytes, inodes) of what ``key``'s container has written: its overlay
+        upper directory; in copy mode its whole copy (as containerd's native
+        snapshotter counts an active snapshot), the image's files included."""
+        base = self.active / key
+        return disk_usage(base / ("rootfs" if self.mode == "copy" else "upper"))
 
     def remove_view(self, key: str) -> None:
         base = self.active / key

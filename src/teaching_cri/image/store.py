@@ -244,19 +244,38 @@ def chain_ids(diff_ids: list[str]) -> list[str]:
 
 
 def disk_usage(path: Path) -> tuple[int, int]:
-    """(bytes, inodes) used under ``path``, hard links counted once."""
-    seen: set[tuple[int, int]] = set()
-    used = inodes = 0
+    """(bytes, inodes) used by ``path`` and all under it, as ``du -x`` counts
+    them: blocks allocated, hard links once, and nothing on another file system (a
+    container's overlay mount under the snapshots would count its image's
+    layers again, which are counted where they are)."""
+    try:
+        top = os.lstat(path)
+    except FileNotFoundError:
+        return 0, 0
+    device = top.st_dev
+    seen = {top.st_ino}
+    used, inodes = top.st_blocks * 512, 1
     for dirpath, dirnames, filenames in os.walk(path):
-        for name in (*dirnames, *filenames):
+        for name in list(dirnames):
+            try:
+                st = os.lstat(os.path.join(dirpath, name))
+            except FileNotFoundError:
+                dirnames.remove(name)
+                continue
+            if st.st_dev != device:
+                dirnames.remove(name)  # a mount point: not walked, not counted
+                continue
+            if st.st_ino not in seen:
+                seen.add(st.st_ino)
+                inodes += 1
+                used += st.st_blocks * 512
+        for name in filenames:
             try:
                 st = os.lstat(os.path.join(dirpath, name))
             except FileNotFoundError:
                 continue
-            key = (st.st_dev, st.st_ino)
-            if key in seen:
-                continue
-            seen.add(key)
-            inodes += 1
-            used += st.st_blocks * 512
+            if st.st_ino not in seen:
+                seen.add(st.st_ino)
+                inodes += 1
+                used += st.st_blocks * 512
     return used, inodes

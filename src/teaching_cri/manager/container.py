@@ -71,6 +71,7 @@ from ..trace.tracer import annotate, branch, decide, step
 from . import validate
 from .events import Mailbox
 from .sandbox import Sandbox, SandboxManager
+from .writable_layers import WritableLayers
 
 TYPE_LABEL = "cri.isulad.type"  # iSulad: CRIHelpers::Constants::CONTAINER_TYPE_LABEL_KEY
 TYPE_CONTAINER = "container"
@@ -129,6 +130,7 @@ class ContainerManager:
         self.sandboxes = sandboxes
         self.on_event: list[Callable[[str, Container], None]] = []
         self.mailbox = Mailbox()  # GetContainerEvents' subscribers
+        self.writable_layers = WritableLayers(images.snapshots)  # ContainerStats' disk figures
         backend.on_exit.append(self._exited)
         sandboxes.pod_containers = self
 
