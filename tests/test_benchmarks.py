@@ -107,6 +107,17 @@ def mounts_under(top: Path) -> list[str]:
     return [f.split()[4] for f in lines if f.split()[4].startswith(prefix)]
 
 
+def assert_nothing_left_under(top: Path) -> None:
+    """No process names ``top``, holds a socket there or runs on a root made
+    from it; no mount under it; ``top`` itself empty (the script's temporary
+    directory removed)."""
+    assert processes_naming(str(top)) == []
+    assert sockets_held_under(top) == []
+    assert containers_rooted_under(top) == []
+    assert mounts_under(top) == []
+    assert list(top.iterdir()) == [], "the script's temporary directory is removed"
+
+
 @pytest.fixture
 def work_dir() -> Iterator[Path]:
     """The ``--dir`` a script works under: short (unix socket paths are limited)."""
@@ -137,11 +148,7 @@ def test_a_benchmark_runs_in_smoke_mode_and_leaves_nothing(name: str, work_dir: 
     assert TABLES[name] in proc.stdout, proc.stdout[-3000:]
     if name in CHECKS_LEFTOVERS:
         assert "left behind after the runs: nothing" in proc.stdout, proc.stdout[-2000:]
-    assert processes_naming(str(work_dir)) == []
-    assert sockets_held_under(work_dir) == []
-    assert containers_rooted_under(work_dir) == []
-    assert mounts_under(work_dir) == []
-    assert list(work_dir.iterdir()) == [], "the script's temporary directory is removed"
+    assert_nothing_left_under(work_dir)
 
 
 def test_vs_containerd_says_which_server_did_not_start(work_dir: Path) -> None:
@@ -182,11 +189,7 @@ def test_vs_containerd_says_which_server_did_not_start(work_dir: Path) -> None:
     first = proc.stderr.strip().splitlines()[0]
     assert first.startswith("failed: containerd: ") or first.startswith("failed: teaching-cri: ")
     assert "Traceback" not in proc.stderr
-    assert processes_naming(str(runs)) == []
-    assert sockets_held_under(runs) == []
-    assert containers_rooted_under(runs) == []
-    assert mounts_under(runs) == []
-    assert list(runs.iterdir()) == []
+    assert_nothing_left_under(runs)
 
 
 def test_grpc_floor_names_a_server_that_did_not_start(work_dir: Path) -> None:
@@ -209,6 +212,4 @@ def test_grpc_floor_names_a_server_that_did_not_start(work_dir: Path) -> None:
     assert first.startswith('failed: the "grpc.aio (_floor.py)" server did not start: '), first
     assert "/aio.sock" in first
     assert "Traceback" not in proc.stderr
-    assert processes_naming(str(runs)) == []
-    assert sockets_held_under(runs) == []
-    assert list(runs.iterdir()) == []
+    assert_nothing_left_under(runs)
