@@ -107,6 +107,21 @@ def mounts_under(top: Path) -> list[str]:
     return [f.split()[4] for f in lines if f.split()[4].startswith(prefix)]
 
 
+def failure_of(argv: list[str]) -> str:
+    """Run a benchmark (``argv[0]`` under ``benchmarks/``) that must fail: exit
+    1, no traceback; the first line it wrote on stderr."""
+    proc = subprocess.run(
+        [sys.executable, str(BENCHMARKS / argv[0]), *argv[1:]],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr
+    return proc.stderr.strip().splitlines()[0]
+
+
 def assert_nothing_left_under(top: Path) -> None:
     """No process names ``top``, holds a socket there or runs on a root made
     from it; no mount under it; ``top`` itself empty (the script's temporary
@@ -170,25 +185,8 @@ def test_vs_containerd_says_which_server_did_not_start(work_dir: Path) -> None:
     fake.chmod(0o755)
     runs = work_dir / "runs"
     runs.mkdir()
-    proc = subprocess.run(
-        [
-            sys.executable,
-            str(BENCHMARKS / "vs_containerd.py"),
-            "--smoke",
-            "--dir",
-            str(runs),
-            "--runc",
-            str(fake),
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == 1, proc.stdout + proc.stderr
-    first = proc.stderr.strip().splitlines()[0]
+    first = failure_of(["vs_containerd.py", "--smoke", "--dir", str(runs), "--runc", str(fake)])
     assert first.startswith("failed: containerd: ") or first.startswith("failed: teaching-cri: ")
-    assert "Traceback" not in proc.stderr
     assert_nothing_left_under(runs)
 
 
@@ -200,16 +198,7 @@ def test_grpc_floor_names_a_server_that_did_not_start(work_dir: Path) -> None:
     ``_floor.py``'s does not: the script names it, exits 1 and stops the Go one."""
     runs = work_dir / ("d" * (79 - len(str(work_dir)) - 1))  # 79 + 20 + "/go.sock" = 107
     runs.mkdir()
-    proc = subprocess.run(
-        [sys.executable, str(BENCHMARKS / "grpc_floor.py"), "--smoke", "--dir", str(runs)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 1, proc.stdout + proc.stderr
-    first = proc.stderr.strip().splitlines()[0]
+    first = failure_of(["grpc_floor.py", "--smoke", "--dir", str(runs)])
     assert first.startswith('failed: the "grpc.aio (_floor.py)" server did not start: '), first
     assert "/aio.sock" in first
-    assert "Traceback" not in proc.stderr
     assert_nothing_left_under(runs)
