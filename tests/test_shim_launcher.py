@@ -15,6 +15,7 @@ import asyncio
 import os
 import signal
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,6 +24,8 @@ import pytest
 from teaching_cri.errors import FailedPrecondition
 from teaching_cri.runtime import shim
 from teaching_cri.runtime.shim_client import ShimLauncher
+
+MARK = "TEACHING_CRI_TEST_SHIM_LAUNCHER"
 
 # What the shim runs as its "runc": ``create`` starts a sleeping init and
 # writes its pid where asked; anything else fails, as runc does, in its log.
@@ -72,19 +75,28 @@ def children_of(pid: int) -> list[int]:
 
 
 def processes_of_the_zygote(exclude: set[int]) -> list[int]:
-    """Live processes running the zygote's command line (the zygote, its
-    spare, the shims it forked), but those in ``exclude``."""
+    """Live processes of this test's zygote (it, its spare, the shims it
+    forked: they carry the test's environment marker, which other servers'
+    do not), but those in ``exclude``."""
+    mark = f"{MARK}={os.environ[MARK]}".encode()
     found = []
     for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) in exclude:
+        if not entry.isdigit() or int(entry) in exclude or int(entry) == os.getpid():
             continue
         try:
             cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
+            environ = Path(f"/proc/{entry}/environ").read_bytes().split(b"\0")
         except OSError:
             continue
-        if b"teaching_cri.runtime.zygote" in cmdline and alive(int(entry)):
+        if b"teaching_cri.runtime.zygote" in cmdline and mark in environ and alive(int(entry)):
             found.append(int(entry))
     return found
+
+
+def kinds_of_fds(pid: int) -> dict[int, str]:
+    """Each open fd of ``pid`` and what it is: "pipe", "socket", a path."""
+    fd_dir = Path(f"/proc/{pid}/fd")
+    return {int(fd): os.readlink(fd_dir / fd).split(":")[0] for fd in os.listdir(fd_dir)}
 
 
 def wait_until(condition: object, seconds: float = 10.0) -> bool:
@@ -104,10 +116,12 @@ def runc(tmp_path: Path) -> Path:
     return script
 
 
-@pytest.fixture
-def before() -> Iterator[set[int]]:
-    """The zygote-named processes that were there before the test (another
-    test's server may be running): they are not this test's."""
+@pytest.fixture(autouse=True)
+def before(monkeypatch: pytest.MonkeyPatch) -> Iterator[set[int]]:
+    """A marker in the environment the zygote and all it forks inherit, so
+    that other servers' processes (tests run side by side) are not this
+    test's; and this test's processes before it began (none)."""
+    monkeypatch.setenv(MARK, uuid.uuid4().hex)
     yield set(processes_of_the_zygote(set()))
 
 
@@ -260,3 +274,80 @@ def test_a_failed_create_is_the_second_report(tmp_path: Path, runc: Path, before
     shim_pid = asyncio.run(scenario())
     assert wait_until(lambda: not alive(shim_pid))
     assert (tmp_path / "bad" / shim.EXIT).exists()
+
+
+def test_a_shim_that_cannot_start_says_why_and_the_zygote_serves_on(
+    tmp_path: Path, runc: Path, before: set[int]
+) -> None:
+    """A config the shim cannot use (no container id): the server reads why on
+    the report pipe, not "died before reporting"; no process of the zygote's
+    goes on as a second zygote, and the next launch is served."""
+
+    async def scenario() -> tuple[int, int]:
+        launcher = ShimLauncher()
+        bad, good = tmp_path / "bad", tmp_path / "good"
+        bad.mkdir()
+        good.mkdir()
+        try:
+            with pytest.raises(FailedPrecondition, match="runtime create failed: 'id'"):
+                await launcher.launch(bad, {"bundle": "/nonexistent", "runtime": [str(runc)]})
+            spawned = await launcher.launch(good, config("good", runc))
+            await spawned.report.init_pid()
+            assert launcher._proc is not None
+            return launcher._proc.pid, spawned.shim_pid
+        finally:
+            await launcher.close()
+
+    try:
+        zygote, served = asyncio.run(scenario())
+        assert wait_until(lambda: processes_of_the_zygote(before) == [served]), (
+            f"only the shim it served is left: {processes_of_the_zygote(before)}"
+        )
+        assert not alive(zygote)
+    finally:
+        for state in tmp_path.iterdir():
+            kill_shim_and_init(state)
+
+
+def test_a_spare_holds_nothing_of_the_zygote_but_its_stdio(
+    tmp_path: Path, runc: Path, before: set[int]
+) -> None:
+    """A spare forked while the zygote held the server's socket, the last
+    spare's socket and a request's report pipe keeps none of them (a report
+    pipe kept open elsewhere would hide a shim's death from the server): the
+    shims of a burst hold one socket, their listener; the spare waiting at
+    the end, its stdio, its own socket and its wake-up pipe."""
+
+    async def scenario() -> list[str]:
+        launcher = ShimLauncher()
+        states = [tmp_path / f"s{i}" for i in range(4)]
+        try:
+            for state in states:
+                state.mkdir()
+            burst = await asyncio.gather(
+                *(launcher.launch(s, config(s.name, runc)) for s in states)
+            )
+            for spawned in burst:
+                await spawned.report.init_pid()
+            assert launcher._proc is not None
+            zygote = launcher._proc.pid
+            ours = {zygote, *(s.shim_pid for s in burst)}
+
+            def the_spare() -> list[int]:
+                return [p for p in processes_of_the_zygote(before | ours) if ppid_of(p) != zygote]
+
+            for spawned in burst:  # spares forked while a request was being handed on
+                sockets = [k for k in kinds_of_fds(spawned.shim_pid).values() if k == "socket"]
+                assert len(sockets) == 1, "its shim.sock listener, and no other socket"
+            assert wait_until(lambda: len(the_spare()) == 1)
+            return kinds_of_fds(the_spare()[0])
+        finally:
+            await launcher.close()
+
+    try:
+        fds = asyncio.run(scenario())
+        above_stdio = sorted(kind for fd, kind in fds.items() if fd > 2)
+        assert above_stdio == ["pipe", "pipe", "socket"], fds
+    finally:
+        for state in tmp_path.iterdir():
+            kill_shim_and_init(state)

@@ -850,13 +850,13 @@ def run(
     JSON line each on ``report_fd``), serve until the init exits. Never returns.
     ``reported`` is called once the server knows the shim's pid (the zygote
     waits for that to fork its next spare)."""
-    with open(os.path.join(state_dir, CONFIG), "rb") as f:
-        config = json.load(f)
-    config["state_dir"] = state_dir
     if wake_r is None:
         wake_r = prepare()
-    shim = Shim(config)
     try:
+        with open(os.path.join(state_dir, CONFIG), "rb") as f:
+            config = json.load(f)
+        config["state_dir"] = state_dir
+        shim = Shim(config)
         flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
         pid_fd = os.open(os.path.join(state_dir, SHIM_PID), flags, 0o644)
         try:
@@ -865,7 +865,7 @@ def run(
             os.close(pid_fd)
         shim.open_log()
         shim.listen()
-    except (OSError, ValueError, KeyError) as exc:
+    except (OSError, ValueError, KeyError, TypeError) as exc:
         report(report_fd, {"error": str(exc)})
         os._exit(1)
     report(report_fd, {"shim_pid": os.getpid()})  # the server's create returns here

@@ -174,6 +174,7 @@ class ShimLauncher:
                 )
             finally:
                 theirs.close()
+            ours.setblocking(False)  # a zygote that stops reading is replaced, never waited on
             self._sock = ours
             return ours
 
@@ -184,7 +185,7 @@ class ShimLauncher:
             read_end, write_end = os.pipe()
             try:
                 socket.send_fds(sock, [os.fsencode(state_dir)], [write_end])
-            except OSError:  # the zygote died: start another
+            except OSError:  # the zygote died (or stopped reading): start another
                 os.close(read_end)
                 await self.close()
                 continue

@@ -12,8 +12,8 @@ CreateContainer that the kubelet waits for. So the zygote forks one **spare**
 ahead of need: detached, a subreaper, its signals set (:func:`.shim.prepare`),
 waiting on a socket pair for its container. A request is handed to the spare,
 which starts at once, and once it has told the server its pid the zygote
-forks the next spare, while the shim's ``runc create`` goes on; requests that
-come faster than that wait their turn in the socket.
+forks the next spare, while the shim's ``runc create`` goes on; a request
+that comes before that gets a spare forked for it there and then.
 
 The request is one SOCK_SEQPACKET message: the container's state dir, with
 the write end of a pipe attached (SCM_RIGHTS) on which the shim reports
@@ -31,37 +31,55 @@ import os
 import select
 import socket
 import sys
+import traceback
+from collections.abc import Callable
+from typing import NoReturn
 
 from . import shim
 
+MAX_FD = os.sysconf("SC_OPEN_MAX")
+
 SPARE_EXIT_WAIT = 2.0  # how long the zygote, leaving, waits for its spare to go
+SPARE_READY_WAIT = 10.0  # how long a new spare may take to say it is ready
 REPORT_WAIT = 1.0  # how long the next spare waits for the last one to report
+
+
+def _in_child(body: Callable[[], object]) -> NoReturn:
+    """A forked child's code, which must never return into the zygote's own
+    stack (an exception there would have the child serve requests as a second
+    zygote): whatever it raises is printed, and the child exits."""
+    try:
+        body()
+    except BaseException:
+        traceback.print_exc()
+        os._exit(1)
+    os._exit(0)
 
 
 class Spare:
     """A detached shim still without a container, and the zygote's end of its
     socket: the request goes down it; once handed one, the shim closes its end
-    when it has reported to the server (:meth:`reported`)."""
+    when it has told the server its pid (``shim.run``'s ``reported``)."""
 
     def __init__(self, server: socket.socket) -> None:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         pid = os.fork()
         if pid == 0:
-            server.close()
-            ours.close()
-            os.setsid()  # its own session: the server's signals do not reach it
-            if os.fork() > 0:
-                os._exit(0)  # the double fork: the shim is nobody's child but init's
-            _wait_for_a_container(theirs)
+            _in_child(lambda: _detach(theirs.fileno()))
         theirs.close()
         os.waitpid(pid, 0)
         self.sock = ours
         self.handed = False
-        said = ours.recv(32)  # it is ready when it says who it is
-        if not said:
+        ours.settimeout(SPARE_READY_WAIT)  # a spare stopped before it is ready is not waited for
+        try:
+            said = ours.recv(32)  # it is ready when it says who it is
+            if not said:
+                raise OSError("the spare shim died before it was ready")
+            self.pid = int(said)
+        except (OSError, ValueError):
             ours.close()
-            raise OSError("the spare shim died before it was ready")
-        self.pid = int(said)
+            raise OSError("the spare shim did not say it was ready") from None
+        ours.settimeout(None)
 
     def hand(self, message: bytes, report_fd: int) -> bool:
         """The request, passed on; False if the spare is gone (killed meanwhile)."""
@@ -88,25 +106,40 @@ class Spare:
                 os.close(pidfd)
 
 
+def _detach(keep: int) -> None:
+    """The forked child: nothing of the zygote's but its stdio and the spare's
+    socket (not the server's socket, not another shim's report pipe), its own
+    session (the server's signals do not reach it), and the double fork (the
+    shim is nobody's child but init's); the grandchild waits as the spare."""
+    os.closerange(3, keep)
+    os.closerange(keep + 1, MAX_FD)
+    os.setsid()
+    if os.fork() == 0:
+        _in_child(lambda: _wait_for_a_container(socket.socket(fileno=keep)))
+
+
 def _wait_for_a_container(sock: socket.socket) -> None:
     """The spare's life before its container: prepared, then one request, then
     :func:`.shim.run`, which closes ``sock`` once it has reported its pid. EOF
-    (the zygote gone) ends it. Never returns."""
+    (the zygote gone) ends it."""
     wake_r = shim.prepare()
     try:
         sock.send(str(os.getpid()).encode())
         message, fds, _flags, _addr = socket.recv_fds(sock, 4096, 1)
     except OSError:
-        os._exit(0)
+        return
     if not message or not fds:
-        os._exit(0)
-    shim.run(os.fsdecode(message), fds[0], wake_r, reported=sock.close)
+        return
+    try:
+        shim.run(os.fsdecode(message), fds[0], wake_r, reported=sock.close)
+    except BaseException as exc:
+        shim.report(fds[0], {"error": f"the shim failed: {exc!r}"})
+        raise
 
 
 def next_spare(server: socket.socket) -> Spare:
     """A new spare; one killed while it was being made is made again. An
-    OSError after three tries (no more processes?) ends the zygote: the
-    server's launcher starts another, or spawns its shims instead."""
+    OSError after three tries (no more processes?) is the caller's."""
     for _attempt in range(2):
         with contextlib.suppress(OSError):
             return Spare(server)
@@ -115,8 +148,10 @@ def next_spare(server: socket.socket) -> Spare:
 
 def serve(sock: socket.socket) -> None:
     """Requests, each handed to the spare. The next spare is forked once the
-    last has reported to the server (or a request comes first): a fork and
-    the shim's own start would compete for a CPU while a CreateContainer waits."""
+    last has told the server its pid (or when a request comes first): a fork
+    and the shim's own start would compete for a CPU while a CreateContainer
+    waits. A request no spare can be made for is answered with the error, and
+    the zygote leaves (the server's launcher starts another at its next create)."""
     spare: Spare | None = next_spare(sock)
     last: Spare | None = None  # handed its container, its report still to come
     try:
@@ -127,8 +162,6 @@ def serve(sock: socket.socket) -> None:
                     last.dismiss()
                     last, spare = None, next_spare(sock)
                     continue
-            elif spare is None:
-                spare = next_spare(sock)
             try:
                 message, fds, _flags, _addr = socket.recv_fds(sock, 4096, 1)
             except OSError:
@@ -143,6 +176,9 @@ def serve(sock: socket.socket) -> None:
                     spare = next_spare(sock)
                 while not spare.hand(message, report_fd):
                     spare = next_spare(sock)  # the one we had died: its successor takes it
+            except OSError as exc:
+                shim.report(report_fd, {"error": f"the shim server cannot fork a shim: {exc}"})
+                return
             finally:
                 os.close(report_fd)
             if last is not None:
