@@ -149,7 +149,8 @@ def test_the_writable_layer_is_what_the_container_wrote(
 ) -> None:
     """ContainerStats' writable_layer (crictl stats' DISK; the kubelet's
     ephemeral storage): the bytes and inodes the container wrote, on the file
-    system ImageFsInfo names for containers. With runc, the overlay's upper
+    system ImageFsInfo names for containers; the same in PodSandboxStats'
+    containers. With runc, the overlay's upper
     directory only, not the image under it; the fake backend's copy holds
     the image's files too (copy mode, as containerd's native snapshotter)."""
     srv, client, logs = any_node
@@ -178,6 +179,11 @@ def test_the_writable_layer_is_what_the_container_wrote(
         api_pb2.ListContainerStatsRequest(filter=api_pb2.ContainerStatsFilter(id=cid))
     ).stats
     assert [s.writable_layer.used_bytes.value for s in listed] == [layer.used_bytes.value]
+    in_pod = rt.PodSandboxStats(api_pb2.PodSandboxStatsRequest(pod_sandbox_id=sandbox[0]))
+    [mine] = [c for c in in_pod.stats.linux.containers if c.attributes.id == cid]
+    assert mine.attributes == listed[0].attributes, "as ListContainerStats gives it"
+    assert mine.writable_layer.used_bytes.value == layer.used_bytes.value
+    assert mine.writable_layer.fs_id.mountpoint == layer.fs_id.mountpoint
 
 
 def test_a_kubelet_like_sequence(any_node: tuple[Server, Client, Path], charts: ChartSet) -> None:

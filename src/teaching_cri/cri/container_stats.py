@@ -13,8 +13,7 @@ from typing import TYPE_CHECKING
 
 from ..api import Context, api_pb2
 from ..manager.container import RUNNING, Container, ContainerManager
-from ..manager.writable_layers import LayerSample
-from ..runtime.cgroups import CgroupStats
+from ..manager.writable_layers import ContainerFigures
 from ..trace.tracer import step
 from ._rpc import rpc
 
@@ -59,23 +58,12 @@ def pack_container_stats_filter(
     ]
 
 
-Figures = tuple[Container, CgroupStats | None, LayerSample | None]
-
-
 @step("m_cb_container_stats")
 async def m_cb_container_stats(
     manager: ContainerManager, containers: list[Container]
-) -> list[Figures]:
-    """Each container's cgroup, read now, and its writable layer's last sample
-    (:mod:`..manager.writable_layers`)."""
-    layers = await manager.writable_layers.samples(c.id for c in containers)
-    out: list[Figures] = []
-    for c in containers:
-        try:
-            out.append((c, await manager.stats(c), layers.get(c.id)))
-        except Exception:
-            out.append((c, None, layers.get(c.id)))
-    return out
+) -> list[ContainerFigures]:
+    """Each container's cgroup, read now, and its writable layer's last sample."""
+    return await manager.figures(containers)
 
 
 # A container's attributes never change (its config is fixed at create), so each
@@ -126,29 +114,38 @@ def forget_removed(manager: ContainerManager) -> None:
 
 @step("container_stats_to_grpc")
 def container_stats_to_grpc(
-    stats: list[Figures], mountpoint: str
+    stats: list[ContainerFigures], mountpoint: str
 ) -> api_pb2.ListContainerStatsResponse:
     out = api_pb2.ListContainerStatsResponse()
-    for c, s, layer in stats:
-        item = out.stats.add()
-        item.attributes.CopyFrom(attributes(c))
-        if layer is not None:
-            fs = item.writable_layer
-            fs.timestamp = layer.timestamp
-            fs.fs_id.mountpoint = mountpoint
-            fs.used_bytes.value = layer.used_bytes
-            fs.inodes_used.value = layer.inodes_used
-        if s is not None:
-            cpu, memory = item.cpu, item.memory
-            cpu.timestamp = s.timestamp
-            cpu.usage_core_nano_seconds.value = s.cpu_usage_ns
-            cpu.usage_nano_cores.value = usage_nano_cores(c.id, s.timestamp, s.cpu_usage_ns)
-            memory.timestamp = s.timestamp
-            memory.working_set_bytes.value = s.memory_working_set
-            memory.usage_bytes.value = s.memory_usage
-            if s.memory_limit is not None:
-                memory.available_bytes.value = max(0, s.memory_limit - s.memory_working_set)
+    for figures in stats:
+        fill_container_stats(out.stats.add(), figures, mountpoint)
     return out
+
+
+def fill_container_stats(
+    item: api_pb2.ContainerStats, figures: ContainerFigures, mountpoint: str
+) -> None:
+    """One container's message (ContainerStatsToGRPC's, and PodSandboxStats'
+    for each of the pod's containers), filled in place: a list's items are
+    made in it, not copied into it."""
+    c, s, layer = figures
+    item.attributes.CopyFrom(attributes(c))
+    if layer is not None:
+        fs = item.writable_layer
+        fs.timestamp = layer.timestamp
+        fs.fs_id.mountpoint = mountpoint
+        fs.used_bytes.value = layer.used_bytes
+        fs.inodes_used.value = layer.inodes_used
+    if s is not None:
+        cpu, memory = item.cpu, item.memory
+        cpu.timestamp = s.timestamp
+        cpu.usage_core_nano_seconds.value = s.cpu_usage_ns
+        cpu.usage_nano_cores.value = usage_nano_cores(c.id, s.timestamp, s.cpu_usage_ns)
+        memory.timestamp = s.timestamp
+        memory.working_set_bytes.value = s.memory_working_set
+        memory.usage_bytes.value = s.memory_usage
+        if s.memory_limit is not None:
+            memory.available_bytes.value = max(0, s.memory_limit - s.memory_working_set)
 
 
 @rpc("ReopenContainerLog")

@@ -18,6 +18,7 @@ from ..manager.sandbox import InterfaceUsage, Sandbox, SandboxManager
 from ..runtime import cgroups
 from ..trace.tracer import branch, decide, quiet, step
 from ._rpc import rpc
+from .container_stats import fill_container_stats
 
 if TYPE_CHECKING:
     from .runtime_service import RuntimeService
@@ -49,20 +50,9 @@ async def pod_sandbox_stats(manager: SandboxManager, sandbox: Sandbox) -> api_pb
         )
     else:
         manager.sandbox_update_cpu_metrics(sandbox.id, 0, 0)
-    for container_id, c in await manager.container_manager_service_list_container_stats(sandbox):
-        stats.linux.containers.append(
-            api_pb2.ContainerStats(
-                attributes=api_pb2.ContainerAttributes(id=container_id),
-                cpu=api_pb2.CpuUsage(
-                    timestamp=c.timestamp, usage_core_nano_seconds=UInt64Value(value=c.cpu_usage_ns)
-                ),
-                memory=api_pb2.MemoryUsage(
-                    timestamp=c.timestamp,
-                    working_set_bytes=UInt64Value(value=c.memory_working_set),
-                    usage_bytes=UInt64Value(value=c.memory_usage),
-                ),
-            )
-        )
+    mountpoint = manager.images.snapshots.active  # where the containers' writable layers are
+    for figures in await manager.container_manager_service_list_container_stats(sandbox):
+        fill_container_stats(stats.linux.containers.add(), figures, str(mountpoint))
     return stats
 
 

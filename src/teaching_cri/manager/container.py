@@ -71,7 +71,7 @@ from ..trace.tracer import annotate, branch, decide, step
 from . import validate
 from .events import Mailbox
 from .sandbox import Sandbox, SandboxManager
-from .writable_layers import WritableLayers
+from .writable_layers import ContainerFigures, WritableLayers
 
 TYPE_LABEL = "cri.isulad.type"  # iSulad: CRIHelpers::Constants::CONTAINER_TYPE_LABEL_KEY
 TYPE_CONTAINER = "container"
@@ -660,6 +660,19 @@ class ContainerManager:
 
     async def stats(self, container: Container) -> CgroupStats:
         return await self.backend.stats(container.id)
+
+    async def figures(self, containers: list[Container]) -> list[ContainerFigures]:
+        """What ContainerStats reports of each container: its cgroup, read now
+        (None if it cannot be read: a container stopped meanwhile), and its
+        writable layer's last sample (:mod:`.writable_layers`)."""
+        layers = await self.writable_layers.samples(c.id for c in containers)
+        out: list[ContainerFigures] = []
+        for c in containers:
+            try:
+                out.append((c, await self.stats(c), layers.get(c.id)))
+            except Exception:
+                out.append((c, None, layers.get(c.id)))
+        return out
 
     # -- for the pod sandboxes ----------------------------------------------------------
 

@@ -44,7 +44,7 @@ from ..image.store import ImageRecord
 from ..runtime import cgroups, seccomp
 from ..runtime.backend import Backend, CreateRequest, RecordUnreadable
 from ..runtime.spec import ImageRunConfig, SandboxContext, generate_spec
-from ..store.container import Container
+from ..store.container import RUNNING, Container
 from ..store.sandbox import NOTREADY as NOTREADY
 from ..store.sandbox import PENDING_REMOVE, PENDING_RUN, SandboxStore, unreadable
 from ..store.sandbox import READY as READY
@@ -54,17 +54,21 @@ from ..trace.tracer import annotate, branch, decide, quiet, step
 from . import netns, validate
 from .cni import CNI, LOOPBACK, Attachment, NetworkConfig, ips_of
 from .hostports import check_host_ports
+from .writable_layers import ContainerFigures
 
 
 class PodContainers(Protocol):
     """What the pod flows need of the containers: StopPodSandbox's "stop all
-    containers", RemovePodSandbox's "remove all containers"."""
+    containers", RemovePodSandbox's "remove all containers", PodSandboxStats'
+    containers' stats."""
 
     def in_sandbox(self, sandbox_id: str) -> list[Container]: ...
 
     async def stop_container(self, container_id: str) -> None: ...
 
     async def remove_container(self, container_id: str) -> None: ...
+
+    async def figures(self, containers: list[Container]) -> list[ContainerFigures]: ...
 
 
 class NoContainers:
@@ -78,6 +82,9 @@ class NoContainers:
 
     async def remove_container(self, container_id: str) -> None:
         raise NotFound(container_id)
+
+    async def figures(self, containers: list[Container]) -> list[ContainerFigures]:
+        return []
 
 
 INFRA_LABEL = ("cri.isulad.type", "podSandbox")  # iSulad's label on the infra container
@@ -942,12 +949,11 @@ class SandboxManager:
     @step("container_manager_service_list_container_stats")
     async def container_manager_service_list_container_stats(
         self, sandbox: Sandbox
-    ) -> list[tuple[str, cgroups.CgroupStats]]:
-        out = []
-        for container in self.pod_containers.in_sandbox(sandbox.id):
-            with contextlib.suppress(CRIError):
-                out.append((container.id, await self.backend.stats(container.id)))
-        return out
+    ) -> list[ContainerFigures]:
+        """The pod's running containers' figures, as ListContainerStats reads
+        them with the filter pod_sandbox_id."""
+        running = [c for c in self.pod_containers.in_sandbox(sandbox.id) if c.state == RUNNING]
+        return await self.pod_containers.figures(running)
 
     def verbose_info(self, sandbox: Sandbox) -> dict[str, str]:
         info = {

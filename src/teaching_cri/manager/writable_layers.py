@@ -26,6 +26,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from ..image.snapshot import SnapshotStore
+from ..runtime.cgroups import CgroupStats
+from ..store.container import Container
 
 PERIOD = 10.0  # s: containerd's default stats_collect_period
 
@@ -35,6 +37,11 @@ class LayerSample:
     timestamp: int  # ns since the epoch, when the walk began
     used_bytes: int
     inodes_used: int
+
+
+# What ContainerStats reports of a container: it, its cgroup figures (None if
+# they could not be read) and its writable layer's last sample.
+ContainerFigures = tuple[Container, CgroupStats | None, LayerSample | None]
 
 
 class WritableLayers:
