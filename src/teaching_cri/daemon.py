@@ -144,6 +144,7 @@ class Daemon:
         self.backend: Backend | None = None
         self.streaming: StreamingServer | None = None
         self.images: ImageManager | None = None
+        self.containers: ContainerManager | None = None  # what _cleanup stops of it
 
     async def start(self) -> None:
         """Everything that can fail on bad input or a busy socket is checked
@@ -301,6 +302,7 @@ class Daemon:
             seccomp_profile_root=self.config.profile_root,
         )
         await self.runtime.containers.load()
+        self.containers = self.runtime.containers
         if recovered:
             running = sum(1 for s in recovered if s.status == "running")
             log.info("recovered %d containers (%d running)", len(recovered), running)
@@ -325,8 +327,9 @@ class Daemon:
         if self.server is not None:
             await self.server.stop(grace)
             self.server = None
-        if self.runtime.containers is not None:
-            await self.runtime.containers.writable_layers.close()  # a walk under way
+        if self.containers is not None:
+            await self.containers.writable_layers.close()  # a walk under way
+            self.containers = None
         if self.backend is not None:
             await self.backend.close()  # stop watching; the containers run on
             self.backend = None
