@@ -2,18 +2,20 @@
 
 A shim started with ``python -c`` spends most of its first 100 ms importing
 modules, more than our whole budget for our share of a container's create
-(runc's cycle + 40 ms, ``benchmarks/containers.py``). So the backend starts this process once, with
-the shim's modules already imported, and asks it for each shim. Android's
+(runc's cycle + 40 ms, ``benchmarks/containers.py``). So the backend starts
+this process once, with the shim's modules already imported, and asks it for
+each shim. Android's
 zygote starts apps the same way, for the same reason.
 
 Forking a shim still costs two forks (the double fork that detaches it) and
-the child's first touches of the pages it now shares, some 2.5 ms of a
-CreateContainer that the kubelet waits for. So the zygote forks one **spare**
-ahead of need: detached, a subreaper, its signals set (:func:`.shim.prepare`),
-waiting on a socket pair for its container. A request is handed to the spare,
-which starts at once, and once it has told the server its pid the zygote
-forks the next spare, while the shim's ``runc create`` goes on; a request
-that comes before that gets a spare forked for it there and then.
+the child's first touches of the pages it now shares: most of the 6 ms a
+shim took to start, in a CreateContainer that the kubelet waits for. So the
+zygote forks one **spare** ahead of need: detached, a subreaper, its signals
+set (:func:`.shim.prepare`), waiting on a socket pair for its container. A
+request is handed to the spare, which starts at once, and once it has told
+the server its pid the zygote forks the next spare, while the shim's ``runc
+create`` goes on; a request that comes before that gets a spare forked for it
+there and then.
 
 The request is one SOCK_SEQPACKET message: the container's state dir, with
 the write end of a pipe attached (SCM_RIGHTS) on which the shim reports
