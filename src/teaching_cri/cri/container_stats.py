@@ -28,8 +28,7 @@ async def ContainerStats(
     manager = svc.containers()
     container = manager.get(request.container_id)
     stats = await m_cb_container_stats(manager, [container])
-    mountpoint = manager.writable_layers.mountpoint
-    return api_pb2.ContainerStatsResponse(stats=container_stats_to_grpc(stats, mountpoint).stats[0])
+    return api_pb2.ContainerStatsResponse(stats=container_stats_to_grpc(stats).stats[0])
 
 
 @rpc("ListContainerStats")
@@ -40,7 +39,7 @@ async def ListContainerStats(
     wanted = pack_container_stats_filter(manager, request.filter)
     stats = await m_cb_container_stats(manager, wanted)
     forget_removed(manager)
-    return container_stats_to_grpc(stats, manager.writable_layers.mountpoint)
+    return container_stats_to_grpc(stats)
 
 
 @step("pack_container_stats_filter")
@@ -114,17 +113,15 @@ def forget_removed(manager: ContainerManager) -> None:
 
 @step("container_stats_to_grpc")
 def container_stats_to_grpc(
-    stats: list[ContainerFigures], mountpoint: str
+    stats: list[ContainerFigures],
 ) -> api_pb2.ListContainerStatsResponse:
     out = api_pb2.ListContainerStatsResponse()
     for figures in stats:
-        fill_container_stats(out.stats.add(), figures, mountpoint)
+        fill_container_stats(out.stats.add(), figures)
     return out
 
 
-def fill_container_stats(
-    item: api_pb2.ContainerStats, figures: ContainerFigures, mountpoint: str
-) -> None:
+def fill_container_stats(item: api_pb2.ContainerStats, figures: ContainerFigures) -> None:
     """One container's message (ContainerStatsToGRPC's, and PodSandboxStats'
     for each of the pod's containers), filled in place: a list's items are
     made in it, not copied into it."""
@@ -133,7 +130,7 @@ def fill_container_stats(
     if layer is not None:
         fs = item.writable_layer
         fs.timestamp = layer.timestamp
-        fs.fs_id.mountpoint = mountpoint
+        fs.fs_id.mountpoint = layer.mountpoint
         fs.used_bytes.value = layer.used_bytes
         fs.inodes_used.value = layer.inodes_used
     if s is not None:

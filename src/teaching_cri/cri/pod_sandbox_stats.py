@@ -50,9 +50,8 @@ async def pod_sandbox_stats(manager: SandboxManager, sandbox: Sandbox) -> api_pb
         )
     else:
         manager.sandbox_update_cpu_metrics(sandbox.id, 0, 0)
-    mountpoint = manager.images.snapshots.active  # where the containers' writable layers are
     for figures in await manager.container_manager_service_list_container_stats(sandbox):
-        fill_container_stats(stats.linux.containers.add(), figures, str(mountpoint))
+        fill_container_stats(stats.linux.containers.add(), figures)
     return stats
 
 

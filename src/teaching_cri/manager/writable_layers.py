@@ -37,6 +37,7 @@ class LayerSample:
     timestamp: int  # ns since the epoch, when the walk began
     used_bytes: int
     inodes_used: int
+    mountpoint: str  # the fs_id: ImageFsInfo's container file system
 
 
 # What ContainerStats reports of a container: it, its cgroup figures (None if
@@ -50,7 +51,6 @@ class WritableLayers:
     def __init__(self, snapshots: SnapshotStore, period: float = PERIOD) -> None:
         self.snapshots = snapshots
         self.period = period
-        self.mountpoint = str(snapshots.active)  # the fs_id, as ImageFsInfo's container filesystem
         self._samples: dict[str, LayerSample] = {}
         self._refresh: asyncio.Task[None] | None = None
 
@@ -72,7 +72,8 @@ class WritableLayers:
         for container_id in container_ids:
             started = time.time_ns()
             used, inodes = self.snapshots.writable_usage(container_id)
-            self._samples[container_id] = LayerSample(started, used, inodes)
+            mountpoint = str(self.snapshots.active)
+            self._samples[container_id] = LayerSample(started, used, inodes, mountpoint)
 
     def forget(self, kept: Iterable[str]) -> None:
         """Drop the samples of containers not in ``kept`` (removed since)."""
